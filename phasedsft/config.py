@@ -1,0 +1,196 @@
+"""Typed configuration schemas, generated config-group options and resolvers.
+
+The primary config ``conf/train.yaml`` starts from ``train_schema`` (the
+:class:`TrainConfig` dataclass below), so every value that Hydra composes is checked
+against these types: a misspelt key or a value of the wrong type fails at compose
+time with Hydra's message, before anything expensive starts.
+
+The ``ordering`` group lives here too: its options are dataclass nodes, and the
+permutations and subsets of the difficulty stages (``1-2-3``, ``3-2-1``, ``2``,
+``3-1``, ...) are generated for up to :data:`MAX_GENERATED_STAGES` stages rather than
+written as files. Any other sequence: ``ordering=phased ordering.stages=[5,4,3,2,1]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from phasedsft.io import sha256_json
+
+MAX_GENERATED_STAGES = 4
+
+# Top-level keys that do not change what a run computes: left out of the run's hash,
+# so the same experiment keeps its run directory whatever launcher or logger it uses.
+NON_SEMANTIC_KEYS = ("hydra", "run", "launcher", "logger")
+
+
+# ----------------------------------------------------------------- schemas
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    # Stable across reruns and requeues: same config -> same directory -> resume.
+    name: str = "${dataset.name}-${model.name}-${ordering.name}-s${seed}-${cfg_hash:}"
+    cache_dir: str = "${run.root}/.cache"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    tokenizer: Any = MISSING  # node with _target_ (phasedsft.models.*_tokenizer)
+    loader: Any = MISSING  # node with _target_ (phasedsft.models.scratch_llama / load_pretrained)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    source: Any = MISSING  # node with _target_ (phasedsft.data.loaders.* / graded.generate_suite)
+    eval: Any = None  # optional held-out data, same kind of node
+    max_examples: int | None = None  # seeded subsample, for data-quantity sweeps
+    subsample_seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class SegmentConfig:
+    method: Any = MISSING  # node with _target_ (phasedsft.stages.ManualThresholds, ...)
+    random_seed: int = "${seed}"  # type: ignore[assignment]
+    manifest: str | None = None  # use this stage manifest instead of segmenting
+
+
+@dataclass
+class TrainerConfig:
+    """Per-stage hyper-parameters; every stage uses the same ones (paper defaults)."""
+
+    learning_rate: float = 5e-6
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    max_seq_length: int = 512
+    max_steps: int = -1  # per stage; -1 lets num_train_epochs decide
+    save_steps: int = 200
+    save_total_limit: int = 2
+    keep_checkpoints: bool = False  # keep mid-stage checkpoints after a stage completes
+    logging_steps: int = 10
+    optim: str = "adamw_torch"
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+    use_cpu: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments as is
+
+
+@dataclass
+class EvalConfig:
+    after_each_stage: bool = True  # held-out loss (per difficulty level) after every stage
+    generate: bool = True  # greedy answers + judge at the end
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    max_items: int | None = None
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    report_to: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    prompt: Any = MISSING
+    scorer: Any = MISSING
+    segment: SegmentConfig = MISSING
+    ordering: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    judge: Any = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: Any = None
+
+
+# ----------------------------------------------------------------- orderings
+
+
+@dataclass
+class OneOffOrdering:
+    _target_: str = "phasedsft.ordering.OneOff"
+    name: str = "one_off"
+
+
+@dataclass
+class PhasedOrdering:
+    _target_: str = "phasedsft.ordering.Phased"
+    name: str = "phased"
+    stages: list[int] = MISSING
+
+
+@dataclass
+class RandomOrdering:
+    _target_: str = "phasedsft.ordering.RandomPhased"
+    name: str = "random"
+    stages: list[int] | None = None  # default: all random stages in order
+
+
+@dataclass
+class SortedOrdering:
+    _target_: str = "phasedsft.ordering.Sorted"
+    name: str = "sorted"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+def stage_sequences(max_stages: int = MAX_GENERATED_STAGES) -> list[tuple[int, ...]]:
+    """Every ordered selection of distinct stages from 1..max_stages (permutations and subsets)."""
+    stages = range(1, max_stages + 1)
+    return [p for r in range(1, max_stages + 1) for p in itertools.permutations(stages, r)]
+
+
+# ----------------------------------------------------------------- resolvers
+
+
+def config_hash(*, _root_: DictConfig) -> str:
+    """Short hash of everything that changes what a run computes (see NON_SEMANTIC_KEYS)."""
+    container = OmegaConf.to_container(_root_, resolve=False)
+    assert isinstance(container, dict)
+    for key in NON_SEMANTIC_KEYS:
+        container.pop(key, None)
+    return sha256_json(container)[:8]
+
+
+def _package_dir(package: str) -> str:
+    from phasedsft.models import package_dir
+
+    return package_dir(package)
+
+
+def register() -> None:
+    """Register schemas, generated options and resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("cfg_hash"):
+        OmegaConf.register_new_resolver("cfg_hash", config_hash)
+    if not OmegaConf.has_resolver("pkgdir"):
+        OmegaConf.register_new_resolver("pkgdir", _package_dir)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="ordering", name="one_off", node=OneOffOrdering)
+    cs.store(group="ordering", name="random", node=RandomOrdering)
+    cs.store(group="ordering", name="sorted", node=SortedOrdering)
+    cs.store(group="ordering", name="phased", node=PhasedOrdering)
+    for seq in stage_sequences():
+        name = "-".join(map(str, seq))
+        cs.store(group="ordering", name=name, node=PhasedOrdering(name=name, stages=list(seq)))
+
+
+register()

@@ -1,0 +1,277 @@
+"""Loaders from the formats researchers actually have into :class:`Example` records.
+
+Every loader reads rows, converts each with a pure row converter (one per *format*),
+and applies the same checks: required fields, non-empty output, unique ids. Bad input
+raises :class:`DataError` naming the file and line (or dataset and row). With
+``on_error="skip"`` the bad rows are skipped, counted and logged instead, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phasedsft.records import DataError, Example, SkipReport
+
+log = logging.getLogger(__name__)
+
+
+class RowError(ValueError):
+    """A row is malformed; the caller adds where it is."""
+
+
+@dataclass
+class Loaded:
+    """What a loader returns: the examples and what was skipped (and why)."""
+
+    examples: list[Example]
+    skips: SkipReport
+    notes: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- row converters
+
+
+def _text(row: Mapping[str, Any], key: str, *, required: bool = True) -> str:
+    if key not in row or row[key] is None:
+        if required:
+            raise RowError(f"missing field '{key}'")
+        return ""
+    value = row[key]
+    if not isinstance(value, str):
+        raise RowError(f"field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _score(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise RowError(f"field 'score' is not a number: {value!r}") from None
+    if math.isnan(score) or math.isinf(score):
+        raise RowError(f"field 'score' is not finite: {value!r}")
+    return score
+
+
+def from_alpaca(row: Mapping[str, Any], index: int) -> Example:
+    """Alpaca triplet ``{instruction, input, output}`` (+ optional ``id``, ``score``).
+
+    Without an ``id`` the row's position in the source is its id, as in the Phased IFT
+    authors' score files (their id "46229" is row 46229 of ``alpaca_data.json``).
+    """
+    meta = {k: v for k, v in row.items() if k not in {"id", "instruction", "input", "output", "score"}}
+    return Example(
+        id=str(row["id"]) if row.get("id") is not None else str(index),
+        instruction=_text(row, "instruction"),
+        input=_text(row, "input", required=False),
+        output=_text(row, "output"),
+        score=_score(row.get("score")),
+        meta=meta,
+    )
+
+
+def from_phasedsft_scored(row: Mapping[str, Any], index: int) -> Example:
+    """The authors' scored format: ``{"id", "score", "data": [prompt, output]}``."""
+    data = row.get("data")
+    if not isinstance(data, list) or len(data) != 2 or not all(isinstance(x, str) for x in data):
+        raise RowError("field 'data' must be a list [prompt, output] of two strings")
+    if row.get("id") is None:
+        raise RowError("missing field 'id'")
+    score = _score(row.get("score"))
+    if score is None:
+        raise RowError("missing field 'score'")
+    return Example(id=str(row["id"]), instruction=data[0], input="", output=data[1], score=score)
+
+
+def from_lima(row: Mapping[str, Any], index: int) -> Example:
+    """LIMA: ``{"conversations": [user, assistant, ...]}``; the first exchange is used."""
+    conv = row.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(x, str) for x in conv):
+        raise RowError("field 'conversations' must be a list of at least two strings")
+    meta = {"turns": len(conv)}
+    if row.get("source") is not None:
+        meta["source"] = row["source"]
+    return Example(
+        id=str(row["id"]) if row.get("id") is not None else str(index),
+        instruction=conv[0],
+        input="",
+        output=conv[1],
+        meta=meta,
+    )
+
+
+FORMATS: dict[str, Callable[[Mapping[str, Any], int], Example]] = {
+    "alpaca": from_alpaca,
+    "phasedsft_scored": from_phasedsft_scored,
+    "lima": from_lima,
+}
+
+
+def _converter(fmt: str) -> Callable[[Mapping[str, Any], int], Example]:
+    try:
+        return FORMATS[fmt]
+    except KeyError:
+        raise DataError(f"unknown data format '{fmt}'; known formats: {sorted(FORMATS)}") from None
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+def _read_json_array(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, element)`` for each element of a top-level JSON array, with its line."""
+    text = _decode(path.read_bytes(), path)
+    decoder = json.JSONDecoder()
+    i = len(text) - len(text.lstrip())
+    if not text[i:].startswith("["):
+        raise DataError(f"{path}:1: expected a JSON list of records (use format jsonl for one record per line)")
+    i += 1
+    n = len(text)
+    while True:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n:
+            raise DataError(f"{path}: the JSON list is not closed with ']'")
+        if text[i] == "]":
+            return
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+        yield f"{path}:{text.count(chr(10), 0, i) + 1}", obj
+        i = end
+
+
+def _read_jsonl(path: Path, report: SkipReport, on_error: str) -> Iterator[tuple[str, Any]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _fail(report, on_error, where, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                _fail(report, on_error, where, f"invalid JSON: {e.msg} (column {e.colno})")
+                continue
+            yield where, obj
+
+
+def _fail(report: SkipReport, on_error: str, where: str, reason: str) -> None:
+    if on_error == "raise":
+        hint = " (set dataset.source.on_error=skip to skip and count bad rows)"
+        raise DataError(f"{where}: {reason}{hint}")
+    report.add(where, reason)
+    log.warning("skipping %s: %s", where, reason)
+
+
+def _convert_rows(
+    rows: Iterator[tuple[str, Any]],
+    fmt: str,
+    source: str,
+    report: SkipReport,
+    on_error: str,
+) -> Loaded:
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    convert = _converter(fmt)
+    examples: list[Example] = []
+    seen: dict[str, str] = {}
+    notes: dict[str, int] = {}
+    for index, (where, row) in enumerate(rows):
+        if not isinstance(row, Mapping):
+            _fail(report, on_error, where, f"record is a {type(row).__name__}, not an object")
+            continue
+        try:
+            ex = convert(row, index)
+        except RowError as e:
+            _fail(report, on_error, where, str(e))
+            continue
+        if not ex.output.strip():
+            _fail(report, on_error, where, "empty output")
+            continue
+        if not ex.instruction.strip():
+            _fail(report, on_error, where, "empty instruction")
+            continue
+        if ex.id in seen:
+            _fail(report, on_error, where, f"duplicate id '{ex.id}' (first seen at {seen[ex.id]})")
+            continue
+        seen[ex.id] = where
+        if ex.meta.get("turns", 2) > 2:
+            notes["multi_turn_first_exchange_only"] = notes.get("multi_turn_first_exchange_only", 0) + 1
+        examples.append(ex)
+    if not examples:
+        raise DataError(f"{source}: no usable examples ({report.count} skipped)")
+    if report.count:
+        log.warning("%s: skipped %d bad rows (see data_report.json)", source, report.count)
+    return Loaded(examples, report, notes)
+
+
+# ---------------------------------------------------------------- public loaders
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data file not found: {p} (set dataset.source.path)")
+    return p
+
+
+def load_json(path: str, format: str = "alpaca", on_error: str = "raise") -> Loaded:
+    """A JSON list of records, e.g. Alpaca's ``alpaca_data.json``."""
+    p = _existing(path)
+    report = SkipReport(str(p))
+    return _convert_rows(_read_json_array(p), format, str(p), report, on_error)
+
+
+def load_jsonl(path: str, format: str = "alpaca", on_error: str = "raise") -> Loaded:
+    """One JSON record per line (our own scored output, the authors' score files...)."""
+    p = _existing(path)
+    report = SkipReport(str(p))
+    return _convert_rows(_read_jsonl(p, report, on_error), format, str(p), report, on_error)
+
+
+def load_hub(
+    path: str,
+    split: str = "train",
+    format: str = "alpaca",
+    name: str | None = None,
+    revision: str | None = None,
+    on_error: str = "raise",
+) -> Loaded:
+    """A Hugging Face ``datasets`` dataset, by hub id (``tatsu-lab/alpaca``) or local path."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, name=name, split=split, revision=revision)
+    except Exception as e:  # datasets raises many types: name the dataset in plain words
+        raise DataError(
+            f"could not load dataset '{path}' (split '{split}'): {type(e).__name__}: {e}. "
+            "Without internet, download it once elsewhere and point dataset.source.path at the copy."
+        ) from e
+    source = f"{path}[{split}]"
+    report = SkipReport(source)
+    rows = ((f"{source} row {i}", row) for i, row in enumerate(ds))
+    return _convert_rows(rows, format, source, report, on_error)

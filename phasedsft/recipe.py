@@ -1,0 +1,278 @@
+"""The Phased IFT recipe, top to bottom like the paper's algorithm.
+
+    setup:    load data -> tokenizer -> encode -> score -> segment -> phases
+    uptrain:  for each phase in the ordering: train from the previous weights, checkpoint
+    evaluate: held-out loss per stage (inside the loop) and judged answers at the end
+
+Everything is written under the run directory, which is stable for a given config
+(``run.name`` ends with a hash of it), so rerunning the same command resumes: finished
+stages are skipped, an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from phasedsft import __version__
+from phasedsft.data.loaders import Loaded
+from phasedsft.evaluate import eval_datasets, generate_answers, judge_answers
+from phasedsft.io import atomic_write_json, atomic_write_text, git_revision, sha256_lines
+from phasedsft.models import BuildContext
+from phasedsft.ordering import Phase
+from phasedsft.prompts import AlpacaTemplate, Encoded, encode
+from phasedsft.records import DataError, Example
+from phasedsft.scorers import apply_scores
+from phasedsft.stages import StageManifest, load_or_build_manifest
+from phasedsft.training import StageSpec, train_stage
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ setup steps
+
+
+def subsample(examples: Sequence[Example], max_examples: int | None, seed: int) -> list[Example]:
+    """A seeded random subset of ``max_examples`` examples, in their original order."""
+    if max_examples is None or max_examples >= len(examples):
+        return list(examples)
+    if max_examples <= 0:
+        raise DataError(f"dataset.max_examples must be positive, got {max_examples}")
+    keep = set(random.Random(f"subsample-{seed}").sample(range(len(examples)), max_examples))
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
+
+def tokenizer_corpus(examples: Sequence[Example]) -> list[str]:
+    """Texts a from-scratch tokenizer is trained on: every prompt (Alpaca layout) and output."""
+    template = AlpacaTemplate()
+    return [template.prompt_text(ex) + ex.output for ex in examples]
+
+
+def encode_all(
+    examples: Sequence[Example], template: Any, tokenizer: Any, max_length: int, report: dict[str, Any]
+) -> tuple[list[Example], dict[str, Encoded]]:
+    """Encode every example; those whose prompt leaves no room for output are skipped and counted."""
+    kept, encoded, too_long, truncated = [], {}, [], 0
+    for ex in examples:
+        enc = encode(ex, template, tokenizer, max_length)
+        if enc is None:
+            too_long.append(ex.id)
+            continue
+        full = sum(len(x) for x in template.split_ids(ex, tokenizer))
+        truncated += full > max_length
+        encoded[ex.id] = enc
+        kept.append(ex)
+    if too_long:
+        log.warning(
+            "skipped %d examples whose prompt is longer than trainer.max_seq_length=%d (e.g. %s)",
+            len(too_long), max_length, too_long[:3],
+        )
+    report["prompt_too_long_skipped"] = {"count": len(too_long), "ids": too_long[:100]}
+    report["output_truncated"] = truncated
+    if not kept:
+        raise DataError(f"no example fits trainer.max_seq_length={max_length}")
+    return kept, encoded
+
+
+def stage_manifest(cfg: DictConfig, examples: Sequence[Example], cache_dir: Path) -> tuple[StageManifest, str]:
+    if cfg.segment.manifest:
+        manifest = StageManifest.load(cfg.segment.manifest)
+        manifest.check_covers(examples, cfg.segment.manifest)
+        return manifest, str(cfg.segment.manifest)
+    segmenter = instantiate(cfg.segment.method)
+    manifest, path = load_or_build_manifest(examples, segmenter, cfg.segment.random_seed, cache_dir)
+    return manifest, str(path)
+
+
+@dataclass
+class Setup:
+    examples: list[Example]
+    eval_examples: list[Example]
+    tokenizer: Any
+    template: Any
+    encoded: dict[str, Encoded]
+    eval_encoded: dict[str, Encoded]
+    phases: list[Phase]
+    manifest: StageManifest | None
+    manifest_path: str | None
+    data_report: dict[str, Any]
+
+
+def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
+    train: Loaded = instantiate(cfg.dataset.source)
+    held_out: Loaded | None = instantiate(cfg.dataset.eval) if cfg.dataset.eval else None
+    examples = subsample(train.examples, cfg.dataset.max_examples, cfg.dataset.subsample_seed)
+    report: dict[str, Any] = {
+        "loaded": len(train.examples),
+        "used": len(examples),
+        "skipped_rows": train.skips.summary(),
+        "notes": train.notes,
+    }
+    template = instantiate(cfg.prompt)
+    ctx = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(examples))
+    tokenizer = instantiate(cfg.model.tokenizer, context=ctx)
+    max_len = cfg.trainer.max_seq_length
+    examples, encoded = encode_all(examples, template, tokenizer, max_len, report)
+    eval_examples, eval_encoded = [], {}
+    if held_out is not None:
+        eval_examples = held_out.examples[: cfg.eval.max_items] if cfg.eval.max_items else held_out.examples
+        eval_examples, eval_encoded = encode_all(eval_examples, template, tokenizer, max_len, {})
+
+    ordering = instantiate(cfg.ordering)
+    manifest, manifest_path = None, None
+    if ordering.needs_scores:
+        scorer = instantiate(cfg.scorer)
+        examples = apply_scores(examples, scorer.score(examples, tokenizer), scorer.name)
+    if ordering.needs_stages:
+        manifest, manifest_path = stage_manifest(cfg, examples, cache_dir)
+    phases = ordering.phases(examples, manifest)
+    return Setup(
+        examples, eval_examples, tokenizer, template, encoded, eval_encoded,
+        phases, manifest, manifest_path, report,
+    )
+
+
+def model_loader(cfg: DictConfig, ctx: BuildContext, tokenizer: Any, previous: Path | None) -> Any:
+    """Stage 1 starts from the configured model; every later stage from the previous stage's weights."""
+
+    def load() -> Any:
+        if previous is None:
+            return instantiate(cfg.model.loader, context=ctx, tokenizer=tokenizer)
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(previous / "model", dtype="auto")
+
+    return load
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.run.root) / cfg.run.name
+
+
+# ------------------------------------------------------------------ the recipe
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Setup -> for each stage of the ordering: train, checkpoint -> evaluate."""
+    started = time.time()
+    run_dir = run_dir_for(cfg)
+    cache_dir = Path(cfg.run.cache_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    # --- setup
+    s = setup(cfg, cache_dir)
+    epochs = float(cfg.trainer.num_train_epochs)
+    specs = [
+        StageSpec(i, p.name, p.ids, p.sequence(epochs, seed=cfg.seed), run_dir / f"stage_{i}_{p.name}")
+        for i, p in enumerate(s.phases, start=1)
+    ]
+    run_info = {
+        "phasedsft_version": __version__,
+        "git": git_revision(),
+        "run_dir": str(run_dir),
+        "ordering": cfg.ordering.name,
+        "stage_manifest": {"path": s.manifest_path, "hash": s.manifest.hash if s.manifest else None},
+        "stages": [{"index": sp.index, "name": sp.name, "n_examples": len(sp.ids), "order_sha256": sp.order_hash} for sp in specs],
+        "data": s.data_report,
+        "eval_examples": len(s.eval_examples),
+    }
+    atomic_write_json(run_dir / "run.json", run_info)
+    if s.manifest is not None:
+        atomic_write_json(run_dir / "stage_manifest.json", s.manifest.to_json())
+    log.info("run directory: %s", run_dir)
+    log.info("stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs))
+
+    # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
+    ctx = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(s.examples))
+    evals = eval_datasets(s.eval_examples, s.eval_encoded) if cfg.eval.after_each_stage else {}
+    encoded = {**s.encoded, **{f"eval::{k}": v for k, v in s.eval_encoded.items()}}
+    for ds in evals.values():  # eval ids live in their own namespace
+        ds.encoded, ds.sequence = encoded, [f"eval::{i}" for i in ds.sequence]
+    records, previous = [], None
+    for spec in specs:
+        load = model_loader(cfg, ctx, s.tokenizer, previous)
+        records.append(
+            train_stage(spec, load, s.tokenizer, encoded, evals, cfg.trainer, cfg.seed, list(cfg.logger.report_to))
+        )
+        previous = spec.dir
+
+    # --- evaluate the final weights
+    final: dict[str, Any] | None = None
+    if cfg.eval.generate and s.eval_examples and previous is not None:
+        final = evaluate_final(cfg, s, previous, run_dir, key=specs[-1].order_hash)
+
+    summary = {
+        **run_info,
+        "per_stage": [
+            {
+                "index": r["index"],
+                "name": r["name"],
+                "n_examples": r["n_examples"],
+                "global_step": r["global_step"],
+                "first_logged_loss": r["first_logged_loss"],
+                "last_logged_loss": r["last_logged_loss"],
+                "fed_matches_plan": r["fed_matches_plan"],
+                "eval": r["metrics"].get("eval", {}),
+            }
+            for r in records
+        ],
+        "final_accuracy": final["accuracy"] if final else None,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    print_summary(summary, run_dir)
+    return summary
+
+
+def evaluate_final(cfg: DictConfig, s: Setup, last_stage: Path, run_dir: Path, key: str) -> dict[str, Any]:
+    """Greedy answers from the final weights, marked by the judge; cached by the last stage's order."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    out = run_dir / "eval" / "final.json"
+    if out.is_file():
+        cached = json.loads(out.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return dict(cached)
+    model = AutoModelForCausalLM.from_pretrained(last_stage / "model", dtype="auto")
+    answers = generate_answers(
+        model, s.tokenizer, s.template, s.eval_examples, cfg.eval.max_new_tokens, cfg.eval.batch_size
+    )
+    result = {"key": key, "model": str(last_stage / "model"), **judge_answers(instantiate(cfg.judge), s.eval_examples, answers)}
+    atomic_write_json(out, result)
+    return result
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    lines = [f"\nphasedsft: {summary['ordering']} done in {summary['wall_seconds']} s", ""]
+    lines.append(f"{'stage':<22}{'examples':>9}{'steps':>7}{'first loss':>12}{'last loss':>11}{'eval loss':>11}")
+    for st in summary["per_stage"]:
+        ev = st["eval"].get("eval_all_loss")
+        fmt = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"  # noqa: E731
+        lines.append(
+            f"{st['index']}:{st['name']:<20}{st['n_examples']:>9}{st['global_step']:>7}"
+            f"{fmt(st['first_logged_loss']):>12}{fmt(st['last_logged_loss']):>11}{fmt(ev):>11}"
+        )
+    if summary["final_accuracy"]:
+        acc = summary["final_accuracy"]
+        levels = [k for k in acc if k.startswith("level") or k == "all"]
+        lines.append("")
+        lines.append("exact-match accuracy: " + "  ".join(f"{k} {acc[k]['accuracy']:.1%}" for k in levels))
+    lines.append(f"\nresults: {run_dir}/summary.json")
+    print("\n".join(lines), flush=True)
+
+
+__all__ = ["run", "setup", "sha256_lines"]

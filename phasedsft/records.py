@@ -1,0 +1,51 @@
+"""The one canonical training record, and the error every loader raises on bad input."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction-tuning triplet, plus its difficulty score and stage once known."""
+
+    id: str
+    instruction: str
+    input: str
+    output: str
+    score: float | None = None
+    stage: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def with_score(self, score: float) -> Example:
+        return Example(self.id, self.instruction, self.input, self.output, score, self.stage, self.meta)
+
+
+class DataError(ValueError):
+    """Bad input data. The message always names where (file and line, or dataset and row)."""
+
+
+@dataclass
+class SkipReport:
+    """Examples dropped on purpose (the user asked to skip bad rows): counted, with reasons."""
+
+    source: str
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, reason: str) -> None:
+        self.skipped.append({"where": where, "reason": reason})
+
+    @property
+    def count(self) -> int:
+        return len(self.skipped)
+
+    def summary(self) -> dict[str, Any]:
+        reasons = Counter(s["reason"].split(":")[0] for s in self.skipped)
+        return {
+            "source": self.source,
+            "skipped": self.count,
+            "by_reason": dict(reasons),
+            "first": self.skipped[:20],
+        }

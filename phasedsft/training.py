@@ -1,0 +1,256 @@
+"""Training one stage with the Hugging Face Trainer, in exactly the planned data order.
+
+The recipe hands each stage the exact sequence of example ids to feed (the epochs are
+already unrolled there, each a seeded shuffle of the stage, or a fixed order), so the
+Trainer reads the data sequentially. Every id actually fed is appended to
+``fed_ids.jsonl`` with its optimizer step, which is how a run proves its curriculum
+was respected (and how a resumed stage keeps a consistent record).
+
+A stage is complete when its ``stage.json`` says so; that file is written last,
+after the model directory is in place. Until then a rerun resumes the stage from its
+last complete Trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from phasedsft.io import atomic_write_json, atomic_write_text, replace_dir, sha256_lines
+from phasedsft.prompts import Encoded, pad_batch
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """Items in the planned order; each carries its position so the fed order can be logged."""
+
+    def __init__(self, encoded: Mapping[str, Encoded], sequence: Sequence[str]):
+        self.encoded = encoded
+        self.sequence = list(sequence)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e = self.encoded[self.sequence[i]]
+        return {"input_ids": e.input_ids, "labels": e.labels, "position": i}
+
+
+@dataclass
+class Collator:
+    pad_token_id: int
+
+    def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        padded = pad_batch(batch, self.pad_token_id, side="right")
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in padded.items()}
+        out["positions"] = torch.tensor([b["position"] for b in batch], dtype=torch.long)
+        return out
+
+
+class FedLog:
+    """Append-only record of the ids fed per optimizer step (one JSON line per micro-batch)."""
+
+    def __init__(self, path: Path, sequence: Sequence[str]):
+        self.path = path
+        self.sequence = sequence
+
+    def truncate(self, step: int) -> None:
+        """Forget micro-batches from optimizer step ``step`` on (they are about to be redone)."""
+        if not self.path.exists():
+            return
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] < step
+        ]
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def record(self, step: int, positions: Sequence[int]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "ids": [self.sequence[p] for p in positions]}) + "\n")
+
+    def ids(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [i for line in lines if line.strip() for i in json.loads(line)["ids"]]
+
+
+class CurriculumTrainer(Trainer):
+    """``Trainer`` that logs the ids of every training micro-batch it computes a loss on."""
+
+    def __init__(self, *args: Any, fed_log: FedLog | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fed_log = fed_log
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def,override]
+        positions = inputs.pop("positions")
+        if model.training and self.fed_log is not None and self.args.process_index == 0:
+            self.fed_log.record(self.state.global_step, positions.tolist())
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """Newest ``checkpoint-N`` whose trainer state (written last by the Trainer) exists."""
+    if not checkpoints.is_dir():
+        return None
+    complete = [
+        d
+        for d in checkpoints.glob("checkpoint-*")
+        if d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()
+    ]
+    return max(complete, key=lambda d: int(d.name.split("-")[-1]), default=None)
+
+
+def training_arguments(tcfg: Any, output_dir: Path, seed: int, report_to: list[str]) -> TrainingArguments:
+    extra = dict(tcfg.extra or {})
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=tcfg.learning_rate,
+        num_train_epochs=1,  # epochs are unrolled in the planned sequence
+        max_steps=tcfg.max_steps,
+        per_device_train_batch_size=tcfg.per_device_train_batch_size,
+        per_device_eval_batch_size=tcfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+        weight_decay=tcfg.weight_decay,
+        warmup_steps=tcfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=tcfg.lr_scheduler_type,
+        optim=tcfg.optim,
+        logging_steps=tcfg.logging_steps,
+        save_strategy="steps",
+        save_steps=tcfg.save_steps,
+        save_total_limit=tcfg.save_total_limit,
+        report_to=report_to or "none",
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="sequential",
+        remove_unused_columns=False,
+        bf16=tcfg.bf16,
+        fp16=tcfg.fp16,
+        activation_checkpointing=tcfg.gradient_checkpointing,
+        dataloader_num_workers=tcfg.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available() and not tcfg.use_cpu,
+        use_cpu=tcfg.use_cpu,
+        **extra,
+    )
+
+
+@dataclass
+class StageSpec:
+    index: int  # 1-based position in the run
+    name: str  # e.g. difficulty-3, random-1, all, sorted
+    ids: Sequence[str]  # the stage's examples
+    sequence: Sequence[str]  # the planned fed order (epochs unrolled)
+    dir: Path
+
+    @property
+    def order_hash(self) -> str:
+        return sha256_lines(self.sequence)
+
+
+def read_stage(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / STAGE_FILE
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def train_stage(
+    spec: StageSpec,
+    load_model: Callable[[], Any],
+    tokenizer: Any,
+    encoded: Mapping[str, Encoded],
+    eval_datasets: Mapping[str, torch.utils.data.Dataset],
+    tcfg: Any,
+    seed: int,
+    report_to: list[str],
+) -> dict[str, Any]:
+    """Train one stage (or resume it, or skip it if done); return its record."""
+    done = read_stage(spec.dir)
+    if done is not None and done.get("status") == "done":
+        if done.get("order_sha256") != spec.order_hash:
+            raise RuntimeError(
+                f"{spec.dir / STAGE_FILE}: this stage was trained on a different data order "
+                "(data or config changed under the same run directory); use a new run.name"
+            )
+        log.info("stage %d (%s) already done: skipping", spec.index, spec.name)
+        return done
+
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec.dir / "data_order.txt", "".join(f"{i}\n" for i in spec.sequence))
+    checkpoints = spec.dir / "checkpoints"
+    resume = last_complete_checkpoint(checkpoints)
+    fed_log = FedLog(spec.dir / "fed_ids.jsonl", spec.sequence)
+    if resume is None:
+        fed_log.truncate(0)
+    else:
+        step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
+        fed_log.truncate(step)
+        log.info("stage %d (%s): resuming from %s", spec.index, spec.name, resume)
+
+    model = load_model()
+    trainer = CurriculumTrainer(
+        model=model,
+        args=training_arguments(tcfg, checkpoints, seed, report_to),
+        train_dataset=SequenceDataset(encoded, spec.sequence),
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        fed_log=fed_log,
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    final = spec.dir / "model"
+    if trainer.args.should_save:
+        tmp = spec.dir / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, final)
+
+    metrics: dict[str, Any] = {"train": dict(result.metrics)}
+    if eval_datasets:
+        metrics["eval"] = trainer.evaluate(eval_dataset=dict(eval_datasets))
+    fed = fed_log.ids()
+    planned = list(spec.sequence)
+    if tcfg.max_steps < 0:
+        audit_ok = fed == planned
+    else:  # max_steps may stop early or wrap around: compare what was fed with the plan, cyclically
+        audit_ok = all(fed[i] == planned[i % len(planned)] for i in range(len(fed)))
+    if not audit_ok:
+        log.error("stage %d (%s): fed order differs from the planned order!", spec.index, spec.name)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    record = {
+        "status": "done",
+        "index": spec.index,
+        "name": spec.name,
+        "n_examples": len(spec.ids),
+        "n_fed": len(fed),
+        "n_target_tokens": sum(encoded[i].n_target for i in spec.sequence),
+        "order_sha256": spec.order_hash,
+        "fed_sha256": sha256_lines(fed),
+        "fed_matches_plan": audit_ok,
+        "global_step": trainer.state.global_step,
+        "resumed_from": resume.name if resume else None,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "metrics": metrics,
+        "log_history": trainer.state.log_history,
+    }
+    if trainer.args.should_save:
+        atomic_write_json(spec.dir / "metrics.json", metrics)
+        atomic_write_json(spec.dir / STAGE_FILE, record)  # the completion marker: written last
+        if not tcfg.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    del trainer, model
+    return record

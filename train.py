@@ -1,8 +1,8 @@
 """Phased instruction fine-tuning: one entrypoint for one-off, phased, random and permuted runs.
 
-    python train.py                                    # offline demo: graded suite, tiny model, 1-2-3
-    python train.py -m ordering=1-2-3,3-2-1,one_off,random model=llama2_7b trainer=paper
-    python train.py --cfg job                          # print the composed config
+python train.py                                    # offline demo: graded suite, tiny model, 1-2-3
+python train.py -m ordering=1-2-3,3-2-1,one_off,random model=llama2_7b trainer=paper
+python train.py --cfg job                          # print the composed config
 """
 
 import hydra

@@ -6,8 +6,8 @@ against these types: a misspelt key or a value of the wrong type fails at compos
 time with Hydra's message, before anything expensive starts.
 
 The ``ordering`` group lives here too: its options are dataclass nodes, and the
-permutations and subsets of the difficulty stages (``1-2-3``, ``3-2-1``, ``2``,
-``3-1``, ...) are generated for up to :data:`MAX_GENERATED_STAGES` stages rather than
+permutations and subsets of the difficulty stages (``1-2-3``, ``3-2-1``, ``3-1``,
+``only-3``, ...) are generated for up to :data:`MAX_GENERATED_STAGES` stages rather than
 written as files. Any other sequence: ``ordering=phased ordering.stages=[5,4,3,2,1]``.
 """
 
@@ -189,7 +189,7 @@ def register() -> None:
     cs.store(group="ordering", name="sorted", node=SortedOrdering)
     cs.store(group="ordering", name="phased", node=PhasedOrdering)
     for seq in stage_sequences():
-        name = "-".join(map(str, seq))
+        name = "-".join(map(str, seq)) if len(seq) > 1 else f"only-{seq[0]}"
         cs.store(group="ordering", name=name, node=PhasedOrdering(name=name, stages=list(seq)))
 
 

@@ -25,7 +25,9 @@ def level_of(ex: Example) -> str:
     return f"level{int(level)}" if level is not None else "all"
 
 
-def eval_datasets(examples: Sequence[Example], encoded: Mapping[str, Encoded]) -> dict[str, SequenceDataset]:
+def eval_datasets(
+    examples: Sequence[Example], encoded: Mapping[str, Encoded]
+) -> dict[str, SequenceDataset]:
     """Held-out sets for the Trainer: ``all`` plus one per difficulty level when levels are known."""
     groups: dict[str, list[str]] = defaultdict(list)
     for ex in examples:
@@ -67,7 +69,9 @@ def generate_answers(
     return answers
 
 
-def judge_answers(judge: Any, examples: Sequence[Example], answers: Sequence[str]) -> dict[str, Any]:
+def judge_answers(
+    judge: Any, examples: Sequence[Example], answers: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy overall, per difficulty level and per task family, plus every item."""
     items: list[dict[str, Any]] = []
     by: dict[str, list[bool]] = defaultdict(list)

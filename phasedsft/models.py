@@ -50,11 +50,16 @@ def package_dir(package: str) -> str:
 def _ensure_pad(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        log.info("tokenizer has no pad token; using %r (padding is masked out of the loss)", tokenizer.pad_token)
+        log.info(
+            "tokenizer has no pad token; using %r (padding is masked out of the loss)",
+            tokenizer.pad_token,
+        )
     return tokenizer
 
 
-def train_bpe_tokenizer(context: BuildContext, vocab_size: int = 512, min_frequency: int = 2) -> Any:
+def train_bpe_tokenizer(
+    context: BuildContext, vocab_size: int = 512, min_frequency: int = 2
+) -> Any:
     """A byte-level BPE (digits split one by one) trained on the run's training texts, cached."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -66,7 +71,10 @@ def train_bpe_tokenizer(context: BuildContext, vocab_size: int = 512, min_freque
         return AutoTokenizer.from_pretrained(target)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -77,7 +85,9 @@ def train_bpe_tokenizer(context: BuildContext, vocab_size: int = 512, min_freque
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
     fast.save_pretrained(tmp)
@@ -153,15 +163,27 @@ def load_pretrained(
     from transformers import AutoModelForCausalLM
 
     torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+    }
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:
         raise ModelError(f"could not load model '{path}': {type(e).__name__}: {e}") from e
+    if gguf_file:
+        # transformers de-quantises GGUF weights into ordinary tensors of ``dtype`` but leaves a
+        # GGUF "quantizer" attached, which makes Trainer refuse full fine-tuning and would write
+        # a quantization_config into every saved stage: the weights are dense, so drop both.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if model.config.pad_token_id is None:

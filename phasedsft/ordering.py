@@ -122,4 +122,4 @@ class Sorted:
         keyed = [(ex.score, tiebreak.random(), ex.id) for ex in examples]
         if any(k[0] is None for k in keyed):
             raise DataError("ordering=sorted needs a difficulty score for every example")
-        return [Phase("sorted", tuple(k[2] for k in sorted(keyed)), shuffle=False)]  # type: ignore[type-var]
+        return [Phase("sorted", tuple(k[2] for k in sorted(keyed)), shuffle=False)]

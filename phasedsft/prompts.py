@@ -90,7 +90,9 @@ class ChatTemplate:
     def prompt_text(self, ex: Example, tokenizer: Any) -> str:
         self._check(tokenizer)
         return str(
-            tokenizer.apply_chat_template(self._messages(ex), tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                self._messages(ex), tokenize=False, add_generation_prompt=True
+            )
         )
 
     def split_ids(self, ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -106,7 +108,9 @@ class ChatTemplate:
                 "with the generation prompt; loss masking would be wrong (use prompt=alpaca)"
             )
         prompt = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-        completion = list(tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"])
+        completion = list(
+            tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        )
         return prompt, completion
 
 
@@ -120,7 +124,9 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
-def encode(ex: Example, template: PromptTemplate, tokenizer: Any, max_length: int) -> Encoded | None:
+def encode(
+    ex: Example, template: PromptTemplate, tokenizer: Any, max_length: int
+) -> Encoded | None:
     """Token ids and labels for one example; ``None`` if no output token fits ``max_length``.
 
     Over-long examples keep the whole prompt and lose the end of the output (truncation

@@ -58,7 +58,11 @@ def tokenizer_corpus(examples: Sequence[Example]) -> list[str]:
 
 
 def encode_all(
-    examples: Sequence[Example], template: Any, tokenizer: Any, max_length: int, report: dict[str, Any]
+    examples: Sequence[Example],
+    template: Any,
+    tokenizer: Any,
+    max_length: int,
+    report: dict[str, Any],
 ) -> tuple[list[Example], dict[str, Encoded]]:
     """Encode every example; those whose prompt leaves no room for output are skipped and counted."""
     kept, encoded, too_long, truncated = [], {}, [], 0
@@ -74,7 +78,9 @@ def encode_all(
     if too_long:
         log.warning(
             "skipped %d examples whose prompt is longer than trainer.max_seq_length=%d (e.g. %s)",
-            len(too_long), max_length, too_long[:3],
+            len(too_long),
+            max_length,
+            too_long[:3],
         )
     report["prompt_too_long_skipped"] = {"count": len(too_long), "ids": too_long[:100]}
     report["output_truncated"] = truncated
@@ -83,7 +89,9 @@ def encode_all(
     return kept, encoded
 
 
-def stage_manifest(cfg: DictConfig, examples: Sequence[Example], cache_dir: Path) -> tuple[StageManifest, str]:
+def stage_manifest(
+    cfg: DictConfig, examples: Sequence[Example], cache_dir: Path
+) -> tuple[StageManifest, str]:
     if cfg.segment.manifest:
         manifest = StageManifest.load(cfg.segment.manifest)
         manifest.check_covers(examples, cfg.segment.manifest)
@@ -118,13 +126,18 @@ def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
         "notes": train.notes,
     }
     template = instantiate(cfg.prompt)
-    ctx = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(examples))
+    ctx = BuildContext(
+        cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(examples)
+    )
     tokenizer = instantiate(cfg.model.tokenizer, context=ctx)
     max_len = cfg.trainer.max_seq_length
     examples, encoded = encode_all(examples, template, tokenizer, max_len, report)
-    eval_examples, eval_encoded = [], {}
+    eval_examples: list[Example] = []
+    eval_encoded: dict[str, Encoded] = {}
     if held_out is not None:
-        eval_examples = held_out.examples[: cfg.eval.max_items] if cfg.eval.max_items else held_out.examples
+        eval_examples = (
+            held_out.examples[: cfg.eval.max_items] if cfg.eval.max_items else held_out.examples
+        )
         eval_examples, eval_encoded = encode_all(eval_examples, template, tokenizer, max_len, {})
 
     ordering = instantiate(cfg.ordering)
@@ -136,8 +149,16 @@ def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
         manifest, manifest_path = stage_manifest(cfg, examples, cache_dir)
     phases = ordering.phases(examples, manifest)
     return Setup(
-        examples, eval_examples, tokenizer, template, encoded, eval_encoded,
-        phases, manifest, manifest_path, report,
+        examples,
+        eval_examples,
+        tokenizer,
+        template,
+        encoded,
+        eval_encoded,
+        phases,
+        manifest,
+        manifest_path,
+        report,
     )
 
 
@@ -175,7 +196,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     s = setup(cfg, cache_dir)
     epochs = float(cfg.trainer.num_train_epochs)
     specs = [
-        StageSpec(i, p.name, p.ids, p.sequence(epochs, seed=cfg.seed), run_dir / f"stage_{i}_{p.name}")
+        StageSpec(
+            i, p.name, p.ids, p.sequence(epochs, seed=cfg.seed), run_dir / f"stage_{i}_{p.name}"
+        )
         for i, p in enumerate(s.phases, start=1)
     ]
     run_info = {
@@ -183,8 +206,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "git": git_revision(),
         "run_dir": str(run_dir),
         "ordering": cfg.ordering.name,
-        "stage_manifest": {"path": s.manifest_path, "hash": s.manifest.hash if s.manifest else None},
-        "stages": [{"index": sp.index, "name": sp.name, "n_examples": len(sp.ids), "order_sha256": sp.order_hash} for sp in specs],
+        "stage_manifest": {
+            "path": s.manifest_path,
+            "hash": s.manifest.hash if s.manifest else None,
+        },
+        "stages": [
+            {
+                "index": sp.index,
+                "name": sp.name,
+                "n_examples": len(sp.ids),
+                "order_sha256": sp.order_hash,
+            }
+            for sp in specs
+        ],
         "data": s.data_report,
         "eval_examples": len(s.eval_examples),
     }
@@ -192,10 +226,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if s.manifest is not None:
         atomic_write_json(run_dir / "stage_manifest.json", s.manifest.to_json())
     log.info("run directory: %s", run_dir)
-    log.info("stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs))
+    log.info(
+        "stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs)
+    )
 
     # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
-    ctx = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(s.examples))
+    ctx = BuildContext(
+        cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(s.examples)
+    )
     evals = eval_datasets(s.eval_examples, s.eval_encoded) if cfg.eval.after_each_stage else {}
     encoded = {**s.encoded, **{f"eval::{k}": v for k, v in s.eval_encoded.items()}}
     for ds in evals.values():  # eval ids live in their own namespace
@@ -204,7 +242,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for spec in specs:
         load = model_loader(cfg, ctx, s.tokenizer, previous)
         records.append(
-            train_stage(spec, load, s.tokenizer, encoded, evals, cfg.trainer, cfg.seed, list(cfg.logger.report_to))
+            train_stage(
+                spec,
+                load,
+                s.tokenizer,
+                encoded,
+                evals,
+                cfg.trainer,
+                cfg.seed,
+                list(cfg.logger.report_to),
+            )
         )
         previous = spec.dir
 
@@ -236,7 +283,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def evaluate_final(cfg: DictConfig, s: Setup, last_stage: Path, run_dir: Path, key: str) -> dict[str, Any]:
+def evaluate_final(
+    cfg: DictConfig, s: Setup, last_stage: Path, run_dir: Path, key: str
+) -> dict[str, Any]:
     """Greedy answers from the final weights, marked by the judge; cached by the last stage's order."""
     import json
 
@@ -249,16 +298,27 @@ def evaluate_final(cfg: DictConfig, s: Setup, last_stage: Path, run_dir: Path, k
             return dict(cached)
     model = AutoModelForCausalLM.from_pretrained(last_stage / "model", dtype="auto")
     answers = generate_answers(
-        model, s.tokenizer, s.template, s.eval_examples, cfg.eval.max_new_tokens, cfg.eval.batch_size
+        model,
+        s.tokenizer,
+        s.template,
+        s.eval_examples,
+        cfg.eval.max_new_tokens,
+        cfg.eval.batch_size,
     )
-    result = {"key": key, "model": str(last_stage / "model"), **judge_answers(instantiate(cfg.judge), s.eval_examples, answers)}
+    result = {
+        "key": key,
+        "model": str(last_stage / "model"),
+        **judge_answers(instantiate(cfg.judge), s.eval_examples, answers),
+    }
     atomic_write_json(out, result)
     return result
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     lines = [f"\nphasedsft: {summary['ordering']} done in {summary['wall_seconds']} s", ""]
-    lines.append(f"{'stage':<22}{'examples':>9}{'steps':>7}{'first loss':>12}{'last loss':>11}{'eval loss':>11}")
+    lines.append(
+        f"{'stage':<22}{'examples':>9}{'steps':>7}{'first loss':>12}{'last loss':>11}{'eval loss':>11}"
+    )
     for st in summary["per_stage"]:
         ev = st["eval"].get("eval_all_loss")
         fmt = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"  # noqa: E731
@@ -270,7 +330,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         acc = summary["final_accuracy"]
         levels = [k for k in acc if k.startswith("level") or k == "all"]
         lines.append("")
-        lines.append("exact-match accuracy: " + "  ".join(f"{k} {acc[k]['accuracy']:.1%}" for k in levels))
+        lines.append(
+            "exact-match accuracy: " + "  ".join(f"{k} {acc[k]['accuracy']:.1%}" for k in levels)
+        )
     lines.append(f"\nresults: {run_dir}/summary.json")
     print("\n".join(lines), flush=True)
 

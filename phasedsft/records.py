@@ -20,7 +20,9 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_score(self, score: float) -> Example:
-        return Example(self.id, self.instruction, self.input, self.output, score, self.stage, self.meta)
+        return Example(
+            self.id, self.instruction, self.input, self.output, score, self.stage, self.meta
+        )
 
 
 class DataError(ValueError):

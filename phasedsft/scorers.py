@@ -67,7 +67,11 @@ class LengthScorer:
         return [1.0 + 4.0 * r / (n - 1) if n > 1 else 3.0 for r in ranks]
 
 
-def apply_scores(examples: Sequence[Example], scores: Sequence[float], scorer_name: str) -> list[Example]:
+def apply_scores(
+    examples: Sequence[Example], scores: Sequence[float], scorer_name: str
+) -> list[Example]:
     if len(scores) != len(examples):
-        raise DataError(f"scorer {scorer_name} returned {len(scores)} scores for {len(examples)} examples")
+        raise DataError(
+            f"scorer {scorer_name} returned {len(scores)} scores for {len(examples)} examples"
+        )
     return [ex.with_score(s) for ex, s in zip(examples, scores, strict=True)]

@@ -11,6 +11,7 @@ difficulty stages and are drawn with their own seed. Both are written to a manif
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import logging
 import random
@@ -48,7 +49,7 @@ class ManualThresholds:
         ts = [float(t) for t in self.thresholds]
         if not ts:
             raise DataError("segment.thresholds is empty: give at least one threshold")
-        if any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(ts)):
             raise DataError(f"segment.thresholds must be strictly increasing, got {ts}")
         self.thresholds = ts
 
@@ -65,7 +66,9 @@ def stage_of(score: float, thresholds: Sequence[float]) -> int:
     return bisect.bisect_right(thresholds, score) + 1
 
 
-def split_by_thresholds(examples: Sequence[Example], thresholds: Sequence[float]) -> list[list[str]]:
+def split_by_thresholds(
+    examples: Sequence[Example], thresholds: Sequence[float]
+) -> list[list[str]]:
     stages: list[list[str]] = [[] for _ in range(len(thresholds) + 1)]
     for ex in examples:
         if ex.score is None:
@@ -131,7 +134,9 @@ class StageManifest:
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: cannot read stage manifest: {e}") from None
         if obj.get("version") != MANIFEST_VERSION:
-            raise DataError(f"{path}: manifest version {obj.get('version')} is not {MANIFEST_VERSION}")
+            raise DataError(
+                f"{path}: manifest version {obj.get('version')} is not {MANIFEST_VERSION}"
+            )
         try:
             return cls(
                 stages=obj["stages"],
@@ -163,7 +168,9 @@ def data_hash(examples: Sequence[Example]) -> str:
     return sha256_json([[ex.id, ex.score] for ex in examples])
 
 
-def build_manifest(examples: Sequence[Example], segmenter: Segmenter, random_seed: int) -> StageManifest:
+def build_manifest(
+    examples: Sequence[Example], segmenter: Segmenter, random_seed: int
+) -> StageManifest:
     scores = [float(ex.score) for ex in examples if ex.score is not None]
     if len(scores) != len(examples):
         raise DataError(f"{len(examples) - len(scores)} examples have no difficulty score")
@@ -176,7 +183,13 @@ def build_manifest(examples: Sequence[Example], segmenter: Segmenter, random_see
         lo = thresholds[i - 2] if i > 1 else None
         hi = thresholds[i - 1] if i <= len(thresholds) else None
         stats.append(
-            {"stage": i, "lower": lo, "upper": hi, "count": len(ids), "mean_score": sum(s) / len(s) if s else None}
+            {
+                "stage": i,
+                "lower": lo,
+                "upper": hi,
+                "count": len(ids),
+                "mean_score": sum(s) / len(s) if s else None,
+            }
         )
     rand = random_stages([ex.id for ex in examples], [len(s) for s in stages], random_seed)
     params = {**segmenter.params(), "random_seed": random_seed}
@@ -188,7 +201,12 @@ def load_or_build_manifest(
 ) -> tuple[StageManifest, Path]:
     """The manifest for these scores and this segmentation, built once and then reused."""
     key = sha256_json(
-        {"version": MANIFEST_VERSION, "data": data_hash(examples), "params": segmenter.params(), "seed": random_seed}
+        {
+            "version": MANIFEST_VERSION,
+            "data": data_hash(examples),
+            "params": segmenter.params(),
+            "seed": random_seed,
+        }
     )[:16]
     path = cache_dir / "manifests" / f"{key}.json"
     if path.exists():

@@ -94,7 +94,7 @@ class CurriculumTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.fed_log = fed_log
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def,override]
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         positions = inputs.pop("positions")
         if model.training and self.fed_log is not None and self.args.process_index == 0:
             self.fed_log.record(self.state.global_step, positions.tolist())
@@ -113,7 +113,9 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=lambda d: int(d.name.split("-")[-1]), default=None)
 
 
-def training_arguments(tcfg: Any, output_dir: Path, seed: int, report_to: list[str]) -> TrainingArguments:
+def training_arguments(
+    tcfg: Any, output_dir: Path, seed: int, report_to: list[str]
+) -> TrainingArguments:
     extra = dict(tcfg.extra or {})
     return TrainingArguments(
         output_dir=str(output_dir),

@@ -71,7 +71,11 @@ def add_digits(rng: random.Random) -> tuple[str, str, str]:
 # level 3
 def sort_numbers(rng: random.Random) -> tuple[str, str, str]:
     xs = [rng.randint(0, 99) for _ in range(rng.randint(3, 6))]
-    return "Sort the numbers in ascending order.", " ".join(map(str, xs)), " ".join(map(str, sorted(xs)))
+    return (
+        "Sort the numbers in ascending order.",
+        " ".join(map(str, xs)),
+        " ".join(map(str, sorted(xs))),
+    )
 
 
 def add_two_digit(rng: random.Random) -> tuple[str, str, str]:
@@ -99,7 +103,11 @@ def count_letter(rng: random.Random) -> tuple[str, str, str]:
     w = _words(rng, 2, 4)
     s = " ".join(w)
     letter = rng.choice(sorted(set(s.replace(" ", ""))))
-    return f"How many times does the letter '{letter}' appear in the input?", s, str(s.count(letter))
+    return (
+        f"How many times does the letter '{letter}' appear in the input?",
+        s,
+        str(s.count(letter)),
+    )
 
 
 # level 5

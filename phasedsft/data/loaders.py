@@ -67,7 +67,9 @@ def from_alpaca(row: Mapping[str, Any], index: int) -> Example:
     Without an ``id`` the row's position in the source is its id, as in the Phased IFT
     authors' score files (their id "46229" is row 46229 of ``alpaca_data.json``).
     """
-    meta = {k: v for k, v in row.items() if k not in {"id", "instruction", "input", "output", "score"}}
+    meta = {
+        k: v for k, v in row.items() if k not in {"id", "instruction", "input", "output", "score"}
+    }
     return Example(
         id=str(row["id"]) if row.get("id") is not None else str(index),
         instruction=_text(row, "instruction"),
@@ -142,7 +144,9 @@ def _read_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     decoder = json.JSONDecoder()
     i = len(text) - len(text.lstrip())
     if not text[i:].startswith("["):
-        raise DataError(f"{path}:1: expected a JSON list of records (use format jsonl for one record per line)")
+        raise DataError(
+            f"{path}:1: expected a JSON list of records (use format jsonl for one record per line)"
+        )
     i += 1
     n = len(text)
     while True:
@@ -220,7 +224,9 @@ def _convert_rows(
             continue
         seen[ex.id] = where
         if ex.meta.get("turns", 2) > 2:
-            notes["multi_turn_first_exchange_only"] = notes.get("multi_turn_first_exchange_only", 0) + 1
+            notes["multi_turn_first_exchange_only"] = (
+                notes.get("multi_turn_first_exchange_only", 0) + 1
+            )
         examples.append(ex)
     if not examples:
         raise DataError(f"{source}: no usable examples ({report.count} skipped)")

@@ -1,0 +1,68 @@
+from collections import Counter
+
+import pytest
+
+from phasedsft.ordering import OneOff, Phase, Phased, RandomPhased, Sorted
+from phasedsft.records import DataError, Example
+from phasedsft.stages import ManualThresholds, build_manifest
+
+EXAMPLES = [
+    Example(f"e{i}", "q", "", "a", score=s) for i, s in enumerate([1, 1, 1, 1, 2, 2, 3, 4, 5, 5])
+]
+MANIFEST = build_manifest(EXAMPLES, ManualThresholds(), random_seed=0)
+STAGE = {1: {"e0", "e1", "e2", "e3"}, 2: {"e4", "e5", "e6"}, 3: {"e7", "e8", "e9"}}
+
+
+def test_one_off_is_all_data_in_one_phase():
+    (phase,) = OneOff().phases(EXAMPLES, None)
+    assert phase.name == "all" and set(phase.ids) == {e.id for e in EXAMPLES}
+
+
+@pytest.mark.parametrize("stages", [[1, 2, 3], [3, 2, 1], [2, 1, 3], [3], [1, 3]])
+def test_permutations_and_single_stages(stages):
+    phases = Phased(stages=stages).phases(EXAMPLES, MANIFEST)
+    assert [p.name for p in phases] == [f"difficulty-{s}" for s in stages]
+    assert [set(p.ids) for p in phases] == [STAGE[s] for s in stages]
+
+
+def test_random_stages_match_difficulty_sizes_but_not_contents():
+    phases = RandomPhased().phases(EXAMPLES, MANIFEST)
+    assert [p.name for p in phases] == ["random-1", "random-2", "random-3"]
+    assert [len(p.ids) for p in phases] == [4, 3, 3]
+    assert sorted(i for p in phases for i in p.ids) == sorted(e.id for e in EXAMPLES)
+    assert [set(p.ids) for p in phases] != [STAGE[1], STAGE[2], STAGE[3]]
+
+
+def test_sorted_is_one_ascending_pass():
+    (phase,) = Sorted(seed=0).phases(EXAMPLES, None)
+    by_id = {e.id: e.score for e in EXAMPLES}
+    scores = [by_id[i] for i in phase.ids]
+    assert scores == sorted(scores) and not phase.shuffle
+    assert phase.sequence(2, seed=0) == list(phase.ids) * 2
+
+
+def test_any_number_of_stages():
+    ex = [Example(f"x{i}", "q", "", "a", score=1 + i % 5) for i in range(25)]
+    m = build_manifest(ex, ManualThresholds([1.5, 2.5, 3.5, 4.5]), 0)
+    phases = Phased(stages=[5, 4, 3, 2, 1]).phases(ex, m)
+    assert [len(p.ids) for p in phases] == [5] * 5
+    assert [len(p.ids) for p in RandomPhased().phases(ex, m)] == [5] * 5
+
+
+def test_bad_stage_requests_are_explained():
+    with pytest.raises(DataError, match="segmentation has 3 stages"):
+        Phased(stages=[1, 4]).phases(EXAMPLES, MANIFEST)
+    empty = build_manifest(EXAMPLES, ManualThresholds([1.5, 1.7, 3.5]), 0)
+    with pytest.raises(DataError, match="stage 2 is empty"):
+        Phased(stages=[1, 2, 3, 4]).phases(EXAMPLES, empty)
+
+
+def test_epochs_are_seeded_shuffles_of_the_stage():
+    phase = Phase("difficulty-1", tuple(f"e{i}" for i in range(20)))
+    seq = phase.sequence(2, seed=0)
+    assert len(seq) == 40 and Counter(seq) == Counter({f"e{i}": 2 for i in range(20)})
+    assert sorted(seq[:20]) == sorted(phase.ids) and seq[:20] != seq[20:]
+    assert seq == phase.sequence(2, seed=0) and seq != phase.sequence(2, seed=1)
+    assert len(phase.sequence(1.5, seed=0)) == 30
+    with pytest.raises(DataError):
+        phase.sequence(0, seed=0)

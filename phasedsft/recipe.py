@@ -71,8 +71,7 @@ def encode_all(
         if enc is None:
             too_long.append(ex.id)
             continue
-        full = sum(len(x) for x in template.split_ids(ex, tokenizer))
-        truncated += full > max_length
+        truncated += enc.truncated
         encoded[ex.id] = enc
         kept.append(ex)
     if too_long:

@@ -65,6 +65,7 @@ def test_truncation_keeps_prompt_and_drops_what_cannot_fit(tiny_tokenizer):
     prompt, _completion = t.split_ids(long, tiny_tokenizer)
     enc = encode(long, t, tiny_tokenizer, max_length=len(prompt) + 5)
     assert enc is not None and len(enc.input_ids) == len(prompt) + 5 and enc.n_target == 5
+    assert enc.truncated and not encode(long, t, tiny_tokenizer, max_length=1000).truncated
     assert encode(long, t, tiny_tokenizer, max_length=len(prompt)) is None
 
 

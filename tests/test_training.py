@@ -157,6 +157,38 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
 
 
+def test_multirun_sweep_of_orderings(tmp_path):
+    """`python train.py -m ordering=...`: one run directory per ordering, each complete."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "ordering=only-1,one_off,random",
+            *TINY,
+            f"run.root={tmp_path}",
+            "eval.generate=false",
+            "trainer.num_train_epochs=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {
+        p.name.split("-s0-")[0]: p for p in tmp_path.iterdir() if (p / "summary.json").is_file()
+    }
+    assert set(runs) == {"graded-tiny-only-1", "graded-tiny-one_off", "graded-tiny-random"}
+    stages = {k: sorted(d.name for d in v.glob("stage_*_*/")) for k, v in runs.items()}
+    assert stages["graded-tiny-only-1"] == ["stage_1_difficulty-1"]
+    assert stages["graded-tiny-one_off"] == ["stage_1_all"]
+    assert stages["graded-tiny-random"] == [
+        "stage_1_random-1",
+        "stage_2_random-2",
+        "stage_3_random-3",
+    ]
+
+
 def test_real_smollm2_two_stages(tmp_path):
     """The real SmolLM2-135M-Instruct (GGUF) with its chat template, uptrained over two stages."""
     pytest.importorskip("gguf")

@@ -231,7 +231,11 @@ def _convert_rows(
     if not examples:
         raise DataError(f"{source}: no usable examples ({report.count} skipped)")
     if report.count:
-        log.warning("%s: skipped %d bad rows (see data_report.json)", source, report.count)
+        log.warning(
+            "%s: skipped %d bad rows (counted in run.json under data.skipped_rows)",
+            source,
+            report.count,
+        )
     return Loaded(examples, report, notes)
 
 

@@ -143,6 +143,7 @@ class RandomOrdering:
     _target_: str = "phasedsft.ordering.RandomPhased"
     name: str = "random"
     stages: list[int] | None = None  # default: all random stages in order
+    sizes: str = "equal"  # or "matched": the sizes of the difficulty stages
 
 
 @dataclass
@@ -186,6 +187,11 @@ def register() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="ordering", name="one_off", node=OneOffOrdering)
     cs.store(group="ordering", name="random", node=RandomOrdering)
+    cs.store(
+        group="ordering",
+        name="random_matched",
+        node=RandomOrdering(name="random_matched", sizes="matched"),
+    )
     cs.store(group="ordering", name="sorted", node=SortedOrdering)
     cs.store(group="ordering", name="phased", node=PhasedOrdering)
     for seq in stage_sequences():

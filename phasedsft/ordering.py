@@ -6,7 +6,8 @@ recipe trains one phase after another, each from the previous phase's weights.
 - ``OneOff``: all data in one phase (the paper's baseline); needs no scores.
 - ``Phased(stages=[1, 2, 3])``: difficulty stages in the given order; any permutation,
   any subset (``[3]`` = stage 3 alone), any number of stages.
-- ``RandomPhased``: random stages with the same sizes as the difficulty stages.
+- ``RandomPhased``: random stages of equal sizes, or (``sizes="matched"``) of the sizes
+  of the difficulty stages.
 - ``Sorted``: one phase in ascending difficulty, no stage breaks (classic curriculum).
 """
 
@@ -48,14 +49,15 @@ class Phase:
         return out
 
 
-def _check_stages(stages: Sequence[int], manifest: StageManifest, what: str) -> None:
+def _check_stages(
+    stages: Sequence[int], source: Sequence[Sequence[str]], manifest: StageManifest, what: str
+) -> None:
     for s in stages:
-        if not 1 <= s <= manifest.n_stages:
+        if not 1 <= s <= len(source):
             raise DataError(
                 f"ordering asks for {what} stage {s}, but the segmentation has {manifest.n_stages} "
                 f"stages (thresholds {manifest.thresholds})"
             )
-        source = manifest.stages if what == "difficulty" else manifest.random_stages
         if not source[s - 1]:
             raise DataError(
                 f"{what} stage {s} is empty under thresholds {manifest.thresholds}; "
@@ -88,24 +90,28 @@ class Phased:
         assert manifest is not None
         if not self.stages:
             raise DataError("ordering.stages is empty")
-        _check_stages(self.stages, manifest, "difficulty")
+        _check_stages(self.stages, manifest.stages, manifest, "difficulty")
         return [Phase(f"difficulty-{s}", tuple(manifest.stages[s - 1])) for s in self.stages]
 
 
 @dataclass
 class RandomPhased:
-    """Random stages of the same sizes as the difficulty stages, trained in order."""
+    """Random stages (equal sizes, or ``matched`` to the difficulty stages), trained in order."""
 
     stages: list[int] | None = None
+    sizes: str = "equal"
     name: str = "random"
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
 
     def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
         assert manifest is not None
+        if self.sizes not in ("equal", "matched"):
+            raise DataError(f"ordering.sizes must be 'equal' or 'matched', got {self.sizes!r}")
         stages = self.stages or list(range(1, manifest.n_stages + 1))
-        _check_stages(stages, manifest, "random")
-        return [Phase(f"random-{s}", tuple(manifest.random_stages[s - 1])) for s in stages]
+        source = manifest.random_equal_stages if self.sizes == "equal" else manifest.random_stages
+        _check_stages(stages, source, manifest, "random")
+        return [Phase(f"random-{s}", tuple(source[s - 1])) for s in stages]
 
 
 @dataclass

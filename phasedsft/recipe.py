@@ -167,11 +167,19 @@ def model_loader(cfg: DictConfig, ctx: BuildContext, tokenizer: Any, previous: P
     def load() -> Any:
         if previous is None:
             return instantiate(cfg.model.loader, context=ctx, tokenizer=tokenizer)
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(previous / "model", dtype="auto")
+        return load_stage_model(previous / "model", cfg.model.loader)
 
     return load
+
+
+def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
+    """A stage's saved weights, in their saved dtype, with the model config's loading options."""
+    from transformers import AutoModelForCausalLM
+
+    options = {
+        k: loader_cfg[k] for k in ("attn_implementation", "trust_remote_code") if loader_cfg.get(k)
+    }
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", **options)
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
@@ -234,23 +242,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(s.examples)
     )
     evals = eval_datasets(s.eval_examples, s.eval_encoded) if cfg.eval.after_each_stage else {}
-    encoded = {**s.encoded, **{f"eval::{k}": v for k, v in s.eval_encoded.items()}}
-    for ds in evals.values():  # eval ids live in their own namespace
-        ds.encoded, ds.sequence = encoded, [f"eval::{i}" for i in ds.sequence]
+    report_to = list(cfg.logger.report_to)
     records, previous = [], None
     for spec in specs:
         load = model_loader(cfg, ctx, s.tokenizer, previous)
         records.append(
-            train_stage(
-                spec,
-                load,
-                s.tokenizer,
-                encoded,
-                evals,
-                cfg.trainer,
-                cfg.seed,
-                list(cfg.logger.report_to),
-            )
+            train_stage(spec, load, s.tokenizer, s.encoded, evals, cfg.trainer, cfg.seed, report_to)
         )
         previous = spec.dir
 
@@ -288,14 +285,12 @@ def evaluate_final(
     """Greedy answers from the final weights, marked by the judge; cached by the last stage's order."""
     import json
 
-    from transformers import AutoModelForCausalLM
-
     out = run_dir / "eval" / "final.json"
     if out.is_file():
         cached = json.loads(out.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             return dict(cached)
-    model = AutoModelForCausalLM.from_pretrained(last_stage / "model", dtype="auto")
+    model = load_stage_model(last_stage / "model", cfg.model.loader)
     answers = generate_answers(
         model,
         s.tokenizer,

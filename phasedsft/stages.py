@@ -3,8 +3,9 @@
 Every segmentation method reduces to a list of increasing thresholds; stage ``i``
 (1-based) holds the scores in ``[t_{i-1}, t_i)``, with ``t_0 = -inf`` and
 ``t_k = +inf``, so a score exactly on a threshold goes to the upper stage (paper:
-[1, 1.5), [1.5, 3.5), [3.5, 5]). Random ablation stages have the same sizes as the
-difficulty stages and are drawn with their own seed. Both are written to a manifest
+[1, 1.5), [1.5, 3.5), [3.5, 5]). Random ablation stages come in two flavours, both
+seeded: ``random_stages`` with the sizes of the difficulty stages, and
+``random_equal_stages`` with equal sizes (as many stages as the difficulty split). Both are written to a manifest
 (ids per stage + a content hash) that is cached by a key of its inputs and reused.
 """
 
@@ -25,7 +26,7 @@ from phasedsft.records import DataError, Example
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 class Segmenter(Protocol):
@@ -95,7 +96,8 @@ class StageManifest:
     """Which example ids are in which stage (difficulty and random), with a content hash."""
 
     stages: list[list[str]]
-    random_stages: list[list[str]]
+    random_stages: list[list[str]]  # same sizes as the difficulty stages
+    random_equal_stages: list[list[str]]  # equal sizes
     thresholds: list[float]
     params: dict[str, Any]
     stats: list[dict[str, Any]]
@@ -107,6 +109,7 @@ class StageManifest:
             "version": MANIFEST_VERSION,
             "stages": self.stages,
             "random_stages": self.random_stages,
+            "random_equal_stages": self.random_equal_stages,
             "thresholds": self.thresholds,
             "params": self.params,
             "stats": self.stats,
@@ -141,6 +144,7 @@ class StageManifest:
             return cls(
                 stages=obj["stages"],
                 random_stages=obj["random_stages"],
+                random_equal_stages=obj["random_equal_stages"],
                 thresholds=obj["thresholds"],
                 params=obj["params"],
                 stats=obj["stats"],
@@ -191,9 +195,18 @@ def build_manifest(
                 "mean_score": sum(s) / len(s) if s else None,
             }
         )
-    rand = random_stages([ex.id for ex in examples], [len(s) for s in stages], random_seed)
+    ids = [ex.id for ex in examples]
+    rand = random_stages(ids, [len(s) for s in stages], random_seed)
+    rand_equal = random_stages(ids, equal_sizes(len(ids), len(stages)), random_seed)
     params = {**segmenter.params(), "random_seed": random_seed}
-    return StageManifest(stages, rand, list(thresholds), params, stats, data_hash(examples))
+    return StageManifest(
+        stages, rand, rand_equal, list(thresholds), params, stats, data_hash(examples)
+    )
+
+
+def equal_sizes(n: int, k: int) -> list[int]:
+    """``k`` sizes adding up to ``n`` that differ by at most one (the larger ones first)."""
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
 def load_or_build_manifest(

@@ -36,7 +36,17 @@ def options(group: str) -> list[str]:
 
 # The ordering group's permutations are generated (64 nodes): a sample composes here, and
 # test_every_generated_ordering_instantiates checks them all without the cost of composing.
-ORDERING_SAMPLE = {"one_off", "random", "sorted", "phased", "1-2-3", "3-2-1", "only-3", "4-1-2-3"}
+ORDERING_SAMPLE = {
+    "one_off",
+    "random",
+    "random_matched",
+    "sorted",
+    "phased",
+    "1-2-3",
+    "3-2-1",
+    "only-3",
+    "4-1-2-3",
+}
 CASES = [(g, o) for g in GROUPS for o in options(g) if g != "ordering" or o in ORDERING_SAMPLE]
 
 
@@ -68,9 +78,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenize
         overrides.append("ordering.stages=[2,1]")
     if group == "dataset":
         src = compose(overrides).dataset.source
-        if "path" in src and OmegaConf.is_missing(
-            src, "path"
-        ):  # a local-file dataset: give it a real file of its format
+        # a local-file dataset (path: ???): give it a real file of its format
+        if OmegaConf.to_container(src).get("path") == "???":
             row = (
                 {"id": "1", "score": "2", "data": ["q", "a"]}
                 if src.format == "phasedsft_scored"

@@ -25,12 +25,25 @@ def test_permutations_and_single_stages(stages):
     assert [set(p.ids) for p in phases] == [STAGE[s] for s in stages]
 
 
-def test_random_stages_match_difficulty_sizes_but_not_contents():
-    phases = RandomPhased().phases(EXAMPLES, MANIFEST)
+@pytest.mark.parametrize(("sizes", "expected"), [("equal", [4, 3, 3]), ("matched", [4, 3, 3])])
+def test_random_stages_cover_the_data_but_not_by_difficulty(sizes, expected):
+    phases = RandomPhased(sizes=sizes).phases(EXAMPLES, MANIFEST)
     assert [p.name for p in phases] == ["random-1", "random-2", "random-3"]
-    assert [len(p.ids) for p in phases] == [4, 3, 3]
+    assert [len(p.ids) for p in phases] == expected
     assert sorted(i for p in phases for i in p.ids) == sorted(e.id for e in EXAMPLES)
     assert [set(p.ids) for p in phases] != [STAGE[1], STAGE[2], STAGE[3]]
+
+
+def test_random_equal_versus_matched_sizes():
+    ex = [Example(f"x{i}", "q", "", "a", score=1.0 if i < 8 else 4.0) for i in range(12)]
+    m = build_manifest(ex, ManualThresholds([1.5, 3.5]), 0)  # difficulty stages: 8 / 0 / 4
+    assert [len(p.ids) for p in RandomPhased(sizes="equal").phases(ex, m)] == [4, 4, 4]
+    assert [len(p.ids) for p in RandomPhased(stages=[1, 3], sizes="matched").phases(ex, m)] == [
+        8,
+        4,
+    ]
+    with pytest.raises(DataError, match="sizes must be"):
+        RandomPhased(sizes="big").phases(ex, m)
 
 
 def test_sorted_is_one_ascending_pass():

@@ -60,6 +60,7 @@ def test_manifest_stats_and_hash():
     assert [s["count"] for s in m.stats] == [6, 3, 1]
     assert [s["mean_score"] for s in m.stats] == [1.0, 2.0, 4.0]
     assert [len(s) for s in m.random_stages] == [6, 3, 1]
+    assert [len(s) for s in m.random_equal_stages] == [4, 3, 3]
     assert m.hash == build_manifest(ex, ManualThresholds(), random_seed=0).hash
     assert m.hash != build_manifest(ex, ManualThresholds([2.5]), random_seed=0).hash
 

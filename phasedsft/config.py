@@ -26,7 +26,7 @@ MAX_GENERATED_STAGES = 4
 
 # Top-level keys that do not change what a run computes: left out of the run's hash,
 # so the same experiment keeps its run directory whatever launcher or logger it uses.
-NON_SEMANTIC_KEYS = ("hydra", "run", "launcher", "logger")
+NON_SEMANTIC_KEYS = ("hydra", "run", "launcher", "logger", "dry_run", "thresholds")
 
 
 # ----------------------------------------------------------------- schemas
@@ -122,6 +122,27 @@ class TrainConfig:
     launcher: Any = None
 
 
+@dataclass
+class ScoreRunConfig:
+    root: str = "runs/score"
+    name: str = "${dataset.name}-${scorer.name}-${cfg_hash:}"
+    cache_dir: str = "runs/.cache"  # shared with train.py: one score cache for every job
+
+
+@dataclass
+class ScoreConfig:
+    """``score.py``: score a dataset's difficulty."""
+
+    seed: int = 0
+    dry_run: bool = False  # print the cost estimate and stop before any request
+    thresholds: list[float] = field(default_factory=lambda: [1.5, 3.5])  # drawn on the histogram
+    run: ScoreRunConfig = field(default_factory=ScoreRunConfig)
+    model: ModelConfig = MISSING  # for scorers that run a local model (and the length tokenizer)
+    dataset: DatasetConfig = MISSING
+    scorer: Any = MISSING
+    trainer: Any = None  # unused here; a model config may choose a trainer preset
+
+
 # ----------------------------------------------------------------- orderings
 
 
@@ -185,6 +206,7 @@ def register() -> None:
         OmegaConf.register_new_resolver("pkgdir", _package_dir)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="score_schema", node=ScoreConfig)
     cs.store(group="ordering", name="one_off", node=OneOffOrdering)
     cs.store(group="ordering", name="random", node=RandomOrdering)
     cs.store(

@@ -32,6 +32,8 @@ from phasedsft.ordering import Phase
 from phasedsft.prompts import AlpacaTemplate, Encoded, encode
 from phasedsft.records import DataError, Example
 from phasedsft.scorers import apply_scores
+from phasedsft.scoring.cache import ScoreCache
+from phasedsft.scoring.context import ScoreContext
 from phasedsft.stages import StageManifest, load_or_build_manifest
 from phasedsft.training import StageSpec, train_stage
 
@@ -100,6 +102,17 @@ def stage_manifest(
     return manifest, str(path)
 
 
+def score_context(cfg: DictConfig, cache_dir: Path, tokenizer: Any) -> ScoreContext:
+    """The shared score cache, plus the configured model for scorers that run a local LM."""
+    build = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=list)
+    return ScoreContext(
+        cache=ScoreCache(cache_dir / "scores.sqlite"),
+        tokenizer=tokenizer,
+        load_model=lambda: instantiate(cfg.model.loader, context=build, tokenizer=tokenizer),
+        model_name=cfg.model.name,
+    )
+
+
 @dataclass
 class Setup:
     examples: list[Example]
@@ -143,7 +156,8 @@ def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
     manifest, manifest_path = None, None
     if ordering.needs_scores:
         scorer = instantiate(cfg.scorer)
-        examples = apply_scores(examples, scorer.score(examples, tokenizer), scorer.name)
+        scores = scorer.score(examples, score_context(cfg, cache_dir, tokenizer))
+        examples = apply_scores(examples, scores, scorer.name)
     if ordering.needs_stages:
         manifest, manifest_path = stage_manifest(cfg, examples, cache_dir)
     phases = ordering.phases(examples, manifest)

@@ -1,16 +1,21 @@
-"""Difficulty scorers (the paper's IDC step). This module holds the cheap, local ones.
+"""Difficulty scorers (the paper's IDC step): the protocol, and the cheap ones.
 
-A scorer maps examples to difficulty scores in the paper's 1-5 range. ``OracleScorer``
-reads a score the data already carries (the graded suite's level, the authors' GPT-4
-scores, the output of a separate scoring job); ``LengthScorer`` is a cheap baseline.
-LLM scorers (OpenAI-compatible API, local LM, IFD) plug in through the same protocol.
+A scorer maps examples to difficulty scores, ``None`` for an example it could not score
+(never a default score). Every scorer says how its scores relate to the paper's 1-5
+range:
+
+- ``OracleScorer``: the score the data already carries (graded suite level, the authors'
+  GPT-4 scores, the output of ``score.py``), as is.
+- ``LengthScorer``: token length, mapped to 1-5 by rank (:func:`rank_to_scale`).
+- LLM scorers (``phasedsft.scoring.api.OpenAIScorer``, ``phasedsft.scoring.local``):
+  ratings on the 1-5 scale itself; IFD and perplexity mapped to 1-5 by rank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from phasedsft.records import DataError, Example
 
@@ -18,60 +23,99 @@ from phasedsft.records import DataError, Example
 class Scorer(Protocol):
     name: str
 
-    def score(self, examples: Sequence[Example], tokenizer: Any) -> list[float]: ...
+    def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]: ...
+
+
+def rank_to_scale(
+    values: Sequence[float | None], low: float = 1.0, high: float = 5.0
+) -> list[float | None]:
+    """Map values to ``[low, high]`` by rank: the i-th smallest of n gets ``low + (high-low)*i/(n-1)``.
+
+    Equal values share the mean of their ranks; ``None`` stays ``None``.
+    """
+    idx = [i for i, v in enumerate(values) if v is not None]
+    order = sorted(idx, key=lambda i: values[i])  # type: ignore[arg-type,return-value]
+    out: list[float | None] = [None] * len(values)
+    n, i = len(order), 0
+    while i < n:
+        j = i
+        while j + 1 < n and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        rank = (i + j) / 2
+        for k in range(i, j + 1):
+            out[order[k]] = low + (high - low) * rank / (n - 1) if n > 1 else (low + high) / 2
+        i = j + 1
+    return out
+
+
+class _Computed:
+    """Scorers computed at once, with nothing to cache: ``run`` wraps ``score`` in run stats."""
+
+    name: str
+    uses_model: ClassVar[bool] = False
+
+    def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]:
+        raise NotImplementedError
+
+    def finalize(self, raw: list[float | None]) -> list[float | None]:
+        return raw
+
+    def run(self, examples: Sequence[Example], ctx: Any) -> Any:
+        from phasedsft.scoring.cache import Result
+        from phasedsft.scoring.engine import RunStats
+
+        results: list[Result | None] = [
+            Result(ex.id, ex.id, self.name, "ok" if s is not None else "failed", s)
+            for ex, s in zip(examples, self.score(examples, ctx), strict=True)
+        ]
+        return RunStats(total=len(examples), done=len(examples), ordered=results)
 
 
 @dataclass
-class OracleScorer:
+class OracleScorer(_Computed):
     """Use the ``score`` each example already has; fail clearly if any is missing."""
 
     name: str = "oracle"
 
-    def score(self, examples: Sequence[Example], tokenizer: Any = None) -> list[float]:
+    def score(self, examples: Sequence[Example], ctx: Any = None) -> list[float | None]:
         missing = [ex.id for ex in examples if ex.score is None]
         if missing:
             raise DataError(
                 f"scorer=oracle: {len(missing)} of {len(examples)} examples carry no difficulty score "
-                f"(e.g. ids {missing[:3]}). Point the dataset at a scored file, use scorer=length, "
-                "or use ordering=one_off, which needs no scores."
+                f"(e.g. ids {missing[:3]}). Score them first (python score.py ...), point the dataset at "
+                "a scored file, use scorer=length, or use ordering=one_off, which needs no scores."
             )
         return [float(ex.score) for ex in examples]  # type: ignore[arg-type]
 
 
 @dataclass
-class LengthScorer:
-    """Token length of instruction + input + output, mapped to 1-5 by rank.
-
-    Normalisation: the i-th shortest of n examples gets ``1 + 4 * i / (n - 1)`` (equal
-    lengths share the mean of their ranks), so scores span 1-5 whatever the tokenizer.
-    """
+class LengthScorer(_Computed):
+    """Token length of instruction + input + output, mapped to 1-5 by rank."""
 
     name: str = "length"
+    uses_model: ClassVar[bool] = True  # its tokenizer
 
-    def score(self, examples: Sequence[Example], tokenizer: Any) -> list[float]:
+    def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]:
         if not examples:
             return []
         texts = [f"{ex.instruction}\n{ex.input}\n{ex.output}" for ex in examples]
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        ranks = [0.0] * len(lengths)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and lengths[order[j + 1]] == lengths[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                ranks[order[k]] = (i + j) / 2
-            i = j + 1
-        n = len(examples)
-        return [1.0 + 4.0 * r / (n - 1) if n > 1 else 3.0 for r in ranks]
+        lengths = [
+            float(len(ids)) for ids in ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ]
+        return rank_to_scale(lengths)
 
 
 def apply_scores(
-    examples: Sequence[Example], scores: Sequence[float], scorer_name: str
+    examples: Sequence[Example], scores: Sequence[float | None], scorer_name: str
 ) -> list[Example]:
     if len(scores) != len(examples):
         raise DataError(
             f"scorer {scorer_name} returned {len(scores)} scores for {len(examples)} examples"
         )
-    return [ex.with_score(s) for ex, s in zip(examples, scores, strict=True)]
+    failed = [ex.id for ex, s in zip(examples, scores, strict=True) if s is None]
+    if failed:
+        raise DataError(
+            f"scorer {scorer_name} could not score {len(failed)} examples (e.g. {failed[:3]}); "
+            "run score.py to see why, then train on its scored file"
+        )
+    return [ex.with_score(float(s)) for ex, s in zip(examples, scores, strict=True)]  # type: ignore[arg-type]

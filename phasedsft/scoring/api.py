@@ -1,0 +1,286 @@
+"""The OpenAI-compatible LLM scorer (GPT-4 by default; any endpoint through ``base_url``).
+
+The API key is read from the environment variable named by ``api_key_env`` when the
+client is made; it is never stored in the config, the cache or any output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from phasedsft.records import DataError, Example
+from phasedsft.scoring.cache import Result, cache_key
+from phasedsft.scoring.context import ScoreContext
+from phasedsft.scoring.cost import Price, count_tokens
+from phasedsft.scoring.engine import EndpointError, Job, RunStats, run_jobs
+from phasedsft.scoring.prompt import (
+    PROMPT_VERSION,
+    ParseError,
+    combine,
+    expected_scores,
+    messages,
+    parse_reply,
+    spread,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenAIScorer:
+    """Ask an LLM for the two difficulty ratings; average ``samples`` draws (and/or use logprobs)."""
+
+    model: str = "gpt-4-0613"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    samples: int = 1
+    temperature: float = 0.0
+    max_tokens: int = 24
+    seed: int | None = 0
+    logprobs: bool = False
+    score_from: str = "samples"  # or "logprobs": the probability-weighted expected score
+    combine: str = "mean"
+    parse_retries: int = 2
+    structured: bool = False  # send a JSON schema as response_format (servers that support it)
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = 5  # the openai client's own retries on 429 / 5xx / timeouts, with backoff
+    timeout: float = 120.0
+    price: Price = field(default_factory=Price)
+    budget_usd: float | None = None
+    name: str = "openai"
+    uses_model: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.price, Price):  # a mapping from the config
+            self.price = Price(**{str(k): float(v) for k, v in dict(self.price).items()})
+        if self.score_from not in ("samples", "logprobs"):
+            raise DataError(
+                f"scorer.score_from must be 'samples' or 'logprobs', got {self.score_from!r}"
+            )
+        if self.score_from == "logprobs" and not self.logprobs:
+            raise DataError("scorer.score_from=logprobs needs scorer.logprobs=true")
+        combine(self.combine, 1, 1)  # fail early on an unknown rule
+        if self.samples < 1:
+            raise DataError("scorer.samples must be at least 1")
+
+    # --- identity: what the cache key depends on (never the key or the URL's credentials)
+    def identity(self) -> dict[str, Any]:
+        return {
+            "scorer": "openai",
+            "model": self.model,
+            "prompt": PROMPT_VERSION,
+            "samples": self.samples,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "logprobs": self.logprobs,
+            "score_from": self.score_from,
+            "combine": self.combine,
+            "structured": self.structured,
+        }
+
+    def jobs(self, examples: list[Example]) -> list[Job]:
+        ident = self.identity()
+        out = []
+        for ex in examples:
+            tokens_in = sum(count_tokens(m["content"], self.model) for m in messages(ex)) + 8
+            tokens_out = self.max_tokens * self.samples
+            out.append(
+                Job(
+                    cache_key(ident, ex),
+                    ex,
+                    tokens_in + tokens_out,
+                    self.price.cost(tokens_in, tokens_out),
+                )
+            )
+        return out
+
+    def estimate(self, examples: list[Example], ctx: ScoreContext) -> dict[str, Any]:
+        jobs = self.jobs(examples)
+        cached = ctx.cache.get_many(j.key for j in jobs)
+        todo = [j for j in jobs if j.key not in cached]
+        tokens_in = sum(j.est_tokens - self.max_tokens * self.samples for j in todo)
+        return {
+            "model": self.model,
+            "examples": len(jobs),
+            "cached": len(jobs) - len(todo),
+            "to_request": len(todo),
+            "est_input_tokens": tokens_in,
+            "max_output_tokens": len(todo) * self.max_tokens * self.samples,
+            "est_cost_usd_upper_bound": round(sum(j.est_cost for j in todo), 4),
+            "token_counts": count_tokens.method(self.model),  # type: ignore[attr-defined]
+            "price": asdict(self.price),
+        }
+
+    def _client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            if self.base_url is None:
+                raise DataError(
+                    f"scorer=openai needs an API key in the environment variable {self.api_key_env} "
+                    "(export it; it is never written to any file)"
+                )
+            key = "unused"  # local OpenAI-compatible servers accept any key
+        return AsyncOpenAI(
+            base_url=self.base_url, api_key=key, max_retries=self.max_retries, timeout=self.timeout
+        )
+
+    def run(self, examples: list[Example], ctx: ScoreContext) -> RunStats:
+        import openai
+
+        client = self._client()
+        for noisy in ("httpx", "httpx2"):  # one INFO line per request would drown the progress bar
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        fatal = (
+            openai.APIConnectionError,  # includes timeouts, after the client's retries
+            openai.AuthenticationError,
+            openai.PermissionDeniedError,
+            openai.NotFoundError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        )
+        extra: dict[str, Any] = {}
+        if self.logprobs:
+            extra.update(logprobs=True, top_logprobs=5)
+        if self.structured:
+            extra["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
+
+        async def call(job: Job) -> Result:
+            raws: list[str | None] = []
+            parsed: list[tuple[float, float]] = []
+            tokens_in = tokens_out = requests = 0
+            expected = None
+            reason = ""
+            for attempt in range(1 + self.parse_retries):
+                try:
+                    resp = await client.chat.completions.create(
+                        model=self.model,
+                        messages=messages(job.example),
+                        n=self.samples,
+                        # a retry at temperature 0 would repeat the same reply
+                        temperature=self.temperature
+                        if attempt == 0 or self.temperature > 0
+                        else 0.7,
+                        max_tokens=self.max_tokens,
+                        seed=None if self.seed is None else self.seed + attempt,
+                        **extra,
+                    )
+                except fatal as e:
+                    raise EndpointError(f"{type(e).__name__}: {e}") from e
+                except openai.APIStatusError as e:  # e.g. 400: this item cannot be scored
+                    return self._failed(
+                        job, raws, f"request rejected: {e}", requests, tokens_in, tokens_out
+                    )
+                requests += 1
+                if resp.usage:
+                    tokens_in += resp.usage.prompt_tokens
+                    tokens_out += resp.usage.completion_tokens
+                for choice in resp.choices:
+                    raws.append(choice.message.content)
+                    try:
+                        parsed.append(parse_reply(choice.message.content))
+                    except ParseError as e:
+                        reason = str(e)
+                if self.logprobs and resp.choices and resp.choices[0].logprobs:
+                    expected = expected_scores(resp.choices[0].logprobs.content or [])
+                if parsed and (self.score_from == "samples" or expected is not None):
+                    break
+            if not parsed:
+                return self._failed(
+                    job, raws, f"unparseable reply: {reason}", requests, tokens_in, tokens_out
+                )
+            values = [combine(self.combine, t, r) for t, r in parsed]
+            detail: dict[str, Any] = {
+                "task": statistics.mean(t for t, _ in parsed),
+                "response": statistics.mean(r for _, r in parsed),
+                "samples": values,
+                "n_valid": len(parsed),
+                "n_requested": self.samples * requests,
+                "spread": spread(values),
+            }
+            score = statistics.mean(values)
+            if expected is not None:
+                detail["expected"] = {"task": expected[0], "response": expected[1]}
+                if self.score_from == "logprobs":
+                    score = combine(self.combine, *expected)
+            elif self.score_from == "logprobs":
+                return self._failed(
+                    job,
+                    raws,
+                    "the server returned no usable logprobs",
+                    requests,
+                    tokens_in,
+                    tokens_out,
+                )
+            return Result(
+                job.key,
+                job.example.id,
+                self.name,
+                "ok",
+                score,
+                detail,
+                json.dumps(raws),
+                None,
+                self.price.cost(tokens_in, tokens_out),
+                tokens_in,
+                tokens_out,
+                requests,
+            )
+
+        return run_jobs(
+            self.jobs(examples),
+            call,
+            ctx.cache,
+            concurrency=self.concurrency,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            budget_usd=self.budget_usd,
+            desc=f"score ({self.model})",
+        )
+
+    def _failed(
+        self, job: Job, raws: list[str | None], reason: str, requests: int, t_in: int, t_out: int
+    ) -> Result:
+        return Result(
+            job.key,
+            job.example.id,
+            self.name,
+            "failed",
+            None,
+            {},
+            json.dumps(raws),
+            reason,
+            self.price.cost(t_in, t_out),
+            t_in,
+            t_out,
+            requests,
+        )
+
+    def finalize(self, raw: list[float | None]) -> list[float | None]:
+        return raw
+
+    def score(self, examples: list[Example], ctx: ScoreContext) -> list[float | None]:
+        return self.run(examples, ctx).raw_scores()
+
+
+SCHEMA = {
+    "name": "difficulty",
+    "schema": {
+        "type": "object",
+        "properties": {
+            "task": {"type": "integer", "minimum": 1, "maximum": 5},
+            "response": {"type": "integer", "minimum": 1, "maximum": 5},
+        },
+        "required": ["task", "response"],
+        "additionalProperties": False,
+    },
+}

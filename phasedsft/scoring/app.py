@@ -1,0 +1,125 @@
+"""``python score.py``: score a dataset's difficulty and write a scored dataset.
+
+setup: load data -> scorer (+ tokenizer / model if it runs one) -> cost estimate
+score: every example not in the cache (dry_run=true stops after the estimate)
+write: scored.jsonl (train on it with dataset=jsonl scorer=oracle), failures.jsonl,
+       summary.json, histogram.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from phasedsft.io import atomic_write_json, atomic_write_text
+from phasedsft.models import BuildContext
+from phasedsft.recipe import run_dir_for, subsample, tokenizer_corpus
+from phasedsft.records import Example
+from phasedsft.scoring.cache import ScoreCache
+from phasedsft.scoring.context import ScoreContext
+from phasedsft.scoring.engine import ScoringAborted
+from phasedsft.scoring.report import plot_histogram, score_counts, summary_lines, text_histogram
+
+log = logging.getLogger(__name__)
+
+
+def context(
+    cfg: DictConfig, scorer: Any, examples: list[Example], cache: ScoreCache
+) -> ScoreContext:
+    if not getattr(scorer, "uses_model", False):
+        return ScoreContext(cache=cache)
+    build = BuildContext(Path(cfg.run.cache_dir), cfg.seed, lambda: tokenizer_corpus(examples))
+    tokenizer = instantiate(cfg.model.tokenizer, context=build)
+    return ScoreContext(
+        cache=cache,
+        tokenizer=tokenizer,
+        load_model=lambda: instantiate(cfg.model.loader, context=build, tokenizer=tokenizer),
+        model_name=cfg.model.name,
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    loaded = instantiate(cfg.dataset.source)
+    examples = subsample(loaded.examples, cfg.dataset.max_examples, cfg.dataset.subsample_seed)
+    scorer = instantiate(cfg.scorer)
+    cache = ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite")
+    ctx = context(cfg, scorer, examples, cache)
+
+    if hasattr(scorer, "estimate"):
+        estimate = scorer.estimate(examples, ctx)
+        atomic_write_json(run_dir / "estimate.json", estimate)
+        print("cost estimate: " + json.dumps(estimate, indent=2), flush=True)
+        if cfg.dry_run:
+            return {"estimate": estimate, "run_dir": str(run_dir)}
+
+    aborted: ScoringAborted | None = None
+    try:
+        stats = scorer.run(examples, ctx)
+    except ScoringAborted as e:
+        aborted, stats = e, e.stats
+        if not stats.ordered:
+            stats.ordered = [None] * len(examples)
+    scores = scorer.finalize(stats.raw_scores())
+    results = stats.ordered
+
+    scored, failures = [], []
+    for ex, score, r in zip(examples, scores, results, strict=True):
+        if score is not None:
+            row = {
+                "id": ex.id,
+                "instruction": ex.instruction,
+                "input": ex.input,
+                "output": ex.output,
+                "score": score,
+            }
+            if r is not None and r.detail:
+                row["score_detail"] = r.detail
+            scored.append(row)
+        elif r is not None:
+            failures.append({"id": ex.id, "reason": r.error, "raw": r.raw})
+    atomic_write_text(
+        run_dir / "scored.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in scored)
+    )
+    atomic_write_text(
+        run_dir / "failures.jsonl",
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in failures),
+    )
+    counts = score_counts([s for s, r in zip(scores, results, strict=True) if r is not None])
+    summary = {
+        "scorer": scorer.name,
+        "examples": len(examples),
+        "ok": len(scored),
+        "failed": len(failures),
+        "not_scored": len(examples) - len(scored) - len(failures),
+        "counts": counts,
+        "stopped": str(aborted) if aborted else None,
+        "run_dir": str(run_dir),
+        "scored_file": str(run_dir / "scored.jsonl"),
+        **stats.summary(),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    plot_histogram(
+        scores,
+        run_dir / "histogram.png",
+        f"{cfg.dataset.name} scored by {scorer.name}",
+        cfg.thresholds,
+    )
+    print("\n" + text_histogram(counts) + "\n\n" + summary_lines(summary), flush=True)
+    print(
+        f"scored data: {run_dir / 'scored.jsonl'}  (train: python train.py dataset=jsonl "
+        f"dataset.source.path={run_dir / 'scored.jsonl'} scorer=oracle)",
+        flush=True,
+    )
+    if aborted:
+        print(f"error: {aborted}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
+    return summary

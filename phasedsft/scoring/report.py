@@ -1,0 +1,56 @@
+"""What a scoring run shows a person: a histogram in the terminal and as a PNG, counts, cost."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def score_counts(scores: Sequence[float | None], width: float = 0.5) -> dict[str, int]:
+    """Counts per bin of ``width`` (1.0, 1.5, ... 5.0), plus failures."""
+    counts: Counter[str] = Counter()
+    for s in scores:
+        counts["failed" if s is None else f"{math.floor(s / width) * width:.1f}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def text_histogram(counts: dict[str, int], width: int = 40) -> str:
+    peak = max(counts.values(), default=1)
+    lines = []
+    for label, n in counts.items():
+        bar = "#" * max(1 if n else 0, round(width * n / peak))
+        lines.append(f"{label:>7} | {bar:<{width}} {n}")
+    return "\n".join(lines)
+
+
+def plot_histogram(
+    scores: Sequence[float | None], path: Path, title: str, thresholds: Sequence[float] = ()
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [s for s in scores if s is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(values, bins=[1 + 0.25 * i for i in range(18)], color="#4c72b0", edgecolor="white")
+    for t in thresholds:
+        ax.axvline(t, color="#c44e52", linestyle="--", linewidth=1)
+    failed = len(scores) - len(values)
+    ax.set_xlabel("difficulty score")
+    ax.set_ylabel("examples")
+    ax.set_title(f"{title}  (n={len(values)}, failed={failed})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_lines(summary: dict[str, Any]) -> str:
+    s = summary
+    return (
+        f"scored {s['ok']} of {s['examples']} examples ({s['failed']} failed, {s['cached']} from cache); "
+        f"{s['requests']} requests, {s['tokens_in']} + {s['tokens_out']} tokens, ${s['cost_usd']:.4f} in this run"
+    )

@@ -1,0 +1,267 @@
+"""The OpenAI scorer against a real OpenAI-compatible server on loopback.
+
+llama.cpp's server (the ``xllamacpp`` wheel) serves the real SmolLM2-135M-Instruct GGUF.
+A model this small rates difficulty poorly: these tests check the machinery (cache,
+resume, failures, budget, secrets), not the model's judgement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("xllamacpp")
+
+FAKE_KEY = "sk-phasedsft-FAKE-KEY-7f3a9c1e5b2d4a6f8e0c"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "phasedsft.scoring.server",
+            "--port",
+            str(port),
+            "--parallel",
+            "2",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError("the llama.cpp server did not become healthy")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = start_server(port)
+    yield f"http://127.0.0.1:{port}/v1"
+    stop_server(proc)
+
+
+def score_cmd(root: Path, base_url: str, n: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "score.py",
+        "scorer=openai",
+        f"scorer.base_url={base_url}",
+        "scorer.model=smollm2",
+        "scorer.structured=true",
+        "scorer.max_tokens=20",
+        "scorer.concurrency=2",
+        f"dataset.source.n={n}",
+        "dataset.eval=null",
+        f"run.root={root / 'score'}",
+        f"run.cache_dir={root / 'cache'}",
+        *extra,
+    ]
+
+
+def run_score(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, **kw)
+
+
+def summary(root: Path) -> dict:
+    (path,) = (root / "score").glob("*/summary.json")
+    return json.loads(path.read_text())
+
+
+def cached_rows(root: Path) -> int:
+    db = root / "cache" / "scores.sqlite"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_scores_a_dozen_examples_then_reruns_from_cache(server, tmp_path):
+    cmd = score_cmd(
+        tmp_path, server, 12, "scorer.samples=2", "scorer.temperature=1.0", "scorer.logprobs=true"
+    )
+    out = run_score(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = summary(tmp_path)
+    assert (s["ok"], s["failed"], s["requests"], s["cached"]) == (12, 0, 12, 0)
+    (run_dir,) = (tmp_path / "score").iterdir()
+    rows = [json.loads(x) for x in (run_dir / "scored.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(1 <= r["score"] <= 5 for r in rows)
+    d = rows[0]["score_detail"]
+    assert len(d["samples"]) == 2 and d["spread"] >= 0 and 1 <= d["expected"]["task"] <= 5
+    assert (run_dir / "histogram.png").stat().st_size > 1000
+    assert "failed" not in s["counts"] and sum(s["counts"].values()) == 12
+    # the scored file trains directly
+    from phasedsft.data.loaders import load_jsonl
+
+    assert len(load_jsonl(str(run_dir / "scored.jsonl")).examples) == 12
+    again = run_score(cmd)
+    assert again.returncode == 0 and (
+        summary(tmp_path)["requests"],
+        summary(tmp_path)["cached"],
+    ) == (0, 12)
+
+
+def test_a_reply_that_is_not_a_score_is_retried_then_recorded(server, tmp_path):
+    out = run_score(
+        score_cmd(
+            tmp_path,
+            server,
+            3,
+            "scorer.structured=false",
+            "scorer.max_tokens=3",
+            "scorer.parse_retries=1",
+        )
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = summary(tmp_path)
+    assert (s["ok"], s["failed"], s["requests"]) == (
+        0,
+        3,
+        6,
+    )  # each tried twice, never given a score
+    (run_dir,) = (tmp_path / "score").iterdir()
+    failures = [json.loads(x) for x in (run_dir / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 3 and all(f["reason"].startswith("unparseable reply") for f in failures)
+    assert all(len(json.loads(f["raw"])) == 2 and json.loads(f["raw"])[0] for f in failures)
+    assert (run_dir / "scored.jsonl").read_text() == ""
+
+
+def test_client_killed_mid_run_resumes_without_repeating_a_request(server, tmp_path):
+    n = 12
+    cmd = score_cmd(tmp_path, server, n, "scorer.concurrency=1")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 240
+    while cached_rows(tmp_path) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = cached_rows(tmp_path)
+    assert 3 <= before < n
+    out = run_score(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = summary(tmp_path)
+    assert s["cached"] == before and s["requests"] == n - before and s["ok"] == n
+    assert cached_rows(tmp_path) == n
+
+
+def test_server_killed_mid_run_stops_cleanly_and_resumes(tmp_path):
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    srv = start_server(port)
+    n = 10
+    cmd = score_cmd(
+        tmp_path, base_url, n, "scorer.concurrency=1", "scorer.max_retries=1", "scorer.timeout=20"
+    )
+    client = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 240
+        while cached_rows(tmp_path) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        stop_server(srv)
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 3, err[-3000:]
+        assert "the endpoint failed" in err and "Rerun the same command" in err
+        assert "Traceback" not in err
+        before = cached_rows(tmp_path)
+        assert 2 <= before < n
+        srv = start_server(port)
+        out = run_score(cmd)
+        assert out.returncode == 0, out.stderr[-3000:]
+        s = summary(tmp_path)
+        assert s["cached"] == before and s["requests"] == n - before and s["ok"] == n
+    finally:
+        client.kill()
+        stop_server(srv)
+
+
+def test_budget_stops_then_a_rerun_continues(server, tmp_path):
+    # ~$0.2 estimated per item at this (made-up) price: a $0.5 budget stops after two
+    priced = [
+        "scorer.price.input_per_1k=0.5",
+        "scorer.price.output_per_1k=1.0",
+        "scorer.concurrency=1",
+    ]
+    out = run_score(score_cmd(tmp_path, server, 6, *priced, "scorer.budget_usd=0.5"))
+    assert out.returncode == 3 and "budget of $0.50 reached" in out.stderr
+    s = summary(tmp_path)
+    assert 1 <= s["ok"] < 6 and s["cost_usd"] <= 0.5 and s["stopped"]
+    before = cached_rows(tmp_path)
+    out = run_score(score_cmd(tmp_path, server, 6, *priced, "scorer.budget_usd=10"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (latest,) = [
+        p
+        for p in (tmp_path / "score").glob("*/summary.json")
+        if json.loads(p.read_text())["stopped"] is None
+    ]
+    s2 = json.loads(latest.read_text())
+    assert s2["cached"] == before and s2["requests"] == 6 - before
+
+
+def test_dry_run_estimates_without_any_request(server, tmp_path):
+    out = run_score(
+        score_cmd(tmp_path, server, 5, "dry_run=true", "scorer.price.input_per_1k=0.03")
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (est,) = (tmp_path / "score").glob("*/estimate.json")
+    e = json.loads(est.read_text())
+    assert e["to_request"] == 5 and e["est_input_tokens"] > 0 and e["est_cost_usd_upper_bound"] > 0
+    assert cached_rows(tmp_path) == 0
+
+
+def test_api_key_is_never_written(server, tmp_path):
+    out = run_score(score_cmd(tmp_path, server, 2), env={"OPENAI_API_KEY": FAKE_KEY})
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in written) and any(
+        p.suffix == ".sqlite" for p in written
+    )
+    assert any(".hydra" in p.parts for p in written)
+    leaks = [p for p in written if FAKE_KEY.encode() in p.read_bytes()]
+    assert not leaks
+    assert FAKE_KEY not in out.stdout + out.stderr

@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit lint format clean
+.PHONY: install demo test unit lint format bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench: $(STAMP)  ## benchmarks (ratios measured side by side; not part of the tests)
+	$(PY) benchmarks/bench_scoring_client.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -70,7 +70,7 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server():
     port = free_port()
     proc = start_server(port)
@@ -124,14 +124,14 @@ def test_scores_a_dozen_examples_then_reruns_from_cache(server, tmp_path):
     out = run_score(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     s = summary(tmp_path)
-    assert (s["ok"], s["failed"], s["requests"], s["cached"]) == (12, 0, 12, 0)
+    assert (s["ok"], s["failed"], s["requests"], s["cached"]) == (24, 0, 24, 0)
     (run_dir,) = (tmp_path / "score").iterdir()
     rows = [json.loads(x) for x in (run_dir / "scored.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and all(1 <= r["score"] <= 5 for r in rows)
+    assert len(rows) == 24 and all(1 <= r["score"] <= 5 for r in rows)
     d = rows[0]["score_detail"]
     assert len(d["samples"]) == 2 and d["spread"] >= 0 and 1 <= d["expected"]["task"] <= 5
     assert (run_dir / "histogram.png").stat().st_size > 1000
-    assert "failed" not in s["counts"] and sum(s["counts"].values()) == 12
+    assert "failed" not in s["counts"] and sum(s["counts"].values()) == 24
     # the scored file trains directly
     from phasedsft.data.loaders import load_jsonl
 

@@ -12,7 +12,14 @@ from phasedsft.scoring.agree import agreement
 from phasedsft.scoring.agree import main as agree_main
 from phasedsft.scoring.cache import Result, ScoreCache, cache_key
 from phasedsft.scoring.cost import Price, count_tokens
-from phasedsft.scoring.engine import Budget, EndpointError, Job, ScoringAborted, run_jobs
+from phasedsft.scoring.engine import (
+    Budget,
+    EndpointError,
+    Job,
+    RateLimiter,
+    ScoringAborted,
+    run_jobs,
+)
 from phasedsft.scoring.prompt import (
     PROMPT_VERSION,
     ParseError,
@@ -186,3 +193,23 @@ def test_agreement(tmp_path, capsys):
     )
     assert agree_main([str(fa), str(fb), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stage_confusion"] == r["stage_confusion"]
+
+
+def test_rate_limiter_holds_requests_and_tokens_to_the_window():
+    import time
+
+    async def times(limiter, tokens, n):
+        t0, out = time.monotonic(), []
+        for _ in range(n):
+            await limiter.acquire(tokens)
+            out.append(time.monotonic() - t0)
+        return out
+
+    # 2 requests per 0.3 s window: the 3rd and 4th wait for the window to move
+    t = asyncio.run(times(RateLimiter(2, None, window=0.3), 1, 4))
+    assert t[1] < 0.1 and t[2] >= 0.29 and t[3] >= 0.29
+    # 100 tokens per window, 60 per request: every request after the first waits
+    t = asyncio.run(times(RateLimiter(None, 100, window=0.2), 60, 3))
+    assert t[0] < 0.05 and t[1] >= 0.19 and t[2] >= 0.39
+    t = asyncio.run(times(RateLimiter(None, None), 10**9, 50))  # no limits: no waiting
+    assert t[-1] < 0.05

@@ -69,8 +69,13 @@ class RunStats:
 class RateLimiter:
     """Sliding one-minute window over requests and tokens (either limit may be None)."""
 
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
-        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        window: float = 60.0,
+    ):
+        self.rpm, self.tpm, self.span = requests_per_minute, tokens_per_minute, window
         self.window: collections.deque[tuple[float, int]] = collections.deque()
         self.lock = asyncio.Lock()
 
@@ -80,7 +85,7 @@ class RateLimiter:
         async with self.lock:
             while True:
                 now = time.monotonic()
-                while self.window and now - self.window[0][0] >= 60:
+                while self.window and now - self.window[0][0] >= self.span:
                     self.window.popleft()
                 used = sum(t for _, t in self.window)
                 ok_r = self.rpm is None or len(self.window) < self.rpm
@@ -88,7 +93,7 @@ class RateLimiter:
                 if ok_r and ok_t:
                     self.window.append((now, tokens))
                     return
-                await asyncio.sleep(max(0.01, 60 - (now - self.window[0][0])))
+                await asyncio.sleep(max(0.01, self.span - (now - self.window[0][0])))
 
 
 @dataclass

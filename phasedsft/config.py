@@ -27,6 +27,20 @@ MAX_GENERATED_STAGES = 4
 # Top-level keys that do not change what a run computes: left out of the run's hash,
 # so the same experiment keeps its run directory whatever launcher or logger it uses.
 NON_SEMANTIC_KEYS = ("hydra", "run", "launcher", "logger", "dry_run", "thresholds")
+# A scorer's spending and pacing settings do not change its scores either: raising a budget
+# and rerunning continues the same scoring run.
+NON_SEMANTIC_SCORER_KEYS = (
+    "budget_usd",
+    "concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_retries",
+    "timeout",
+    "retry_failed",
+    "price",
+    "api_key_env",
+    "batch_size",
+)
 
 
 # ----------------------------------------------------------------- schemas
@@ -189,6 +203,9 @@ def config_hash(*, _root_: DictConfig) -> str:
     assert isinstance(container, dict)
     for key in NON_SEMANTIC_KEYS:
         container.pop(key, None)
+    if isinstance(container.get("scorer"), dict):
+        for key in NON_SEMANTIC_SCORER_KEYS:
+            container["scorer"].pop(key, None)
     return sha256_json(container)[:8]
 
 

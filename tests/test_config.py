@@ -181,6 +181,10 @@ def test_run_name_is_stable_and_tracks_the_config():
     assert name("trainer.learning_rate=1e-4") != name()
     assert name("ordering=3-2-1") != name()
     assert name("run.root=/elsewhere") == name()  # where results go is not part of the identity
+    assert name("scorer=gpt4") != name()
+    assert name("scorer=gpt4", "scorer.budget_usd=5") == name(
+        "scorer=gpt4"
+    )  # spending is not identity
 
 
 def test_cfg_job_prints_the_composed_config():

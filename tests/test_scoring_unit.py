@@ -213,3 +213,30 @@ def test_rate_limiter_holds_requests_and_tokens_to_the_window():
     assert t[0] < 0.05 and t[1] >= 0.19 and t[2] >= 0.39
     t = asyncio.run(times(RateLimiter(None, None), 10**9, 50))  # no limits: no waiting
     assert t[-1] < 0.05
+
+
+def test_retry_failed_asks_again_only_for_failures(tmp_path):
+    cache = ScoreCache(tmp_path / "s.sqlite")
+    calls = []
+
+    async def flaky(job):
+        calls.append(job.key)
+        ok = job.example.id != "1" or len(calls) > 3
+        return Result(
+            job.key, job.example.id, "t", "ok" if ok else "failed", 1.0 if ok else None, requests=1
+        )
+
+    assert run_jobs(jobs(3), flaky, cache, concurrency=1).failed == 1
+    assert run_jobs(jobs(3), flaky, cache, concurrency=1).requests == 0  # failures stay cached
+    again = run_jobs(jobs(3), flaky, cache, concurrency=1, retry_failed=True)
+    assert again.requests == 1 and again.failed == 0 and calls[-1] == "k1"
+
+
+def test_engine_runs_inside_a_running_event_loop(tmp_path):
+    async def call(job):
+        return Result(job.key, job.example.id, "t", "ok", 1.0, requests=1)
+
+    async def notebook_cell():
+        return run_jobs(jobs(2), call, ScoreCache(tmp_path / "s.sqlite"))
+
+    assert asyncio.run(notebook_cell()).done == 2

@@ -54,6 +54,7 @@ class OpenAIScorer:
     timeout: float = 120.0
     price: Price = field(default_factory=Price)
     budget_usd: float | None = None
+    retry_failed: bool = False  # ask again for items cached as failed (unparseable, rejected)
     name: str = "openai"
     uses_model: ClassVar[bool] = False
 
@@ -244,6 +245,7 @@ class OpenAIScorer:
             requests_per_minute=self.requests_per_minute,
             tokens_per_minute=self.tokens_per_minute,
             budget_usd=self.budget_usd,
+            retry_failed=self.retry_failed,
             desc=f"score ({self.model})",
         )
 

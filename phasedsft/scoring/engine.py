@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -168,6 +170,28 @@ async def _run(
         stats.stopped = stop[0]
 
 
+def _run_coroutine(coro: Any) -> None:
+    """``asyncio.run``, also from code that already runs an event loop (a notebook cell)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
 def run_jobs(
     jobs: Sequence[Job],
     call: Callable[[Job], Awaitable[Result]],
@@ -177,17 +201,20 @@ def run_jobs(
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
     budget_usd: float | None = None,
+    retry_failed: bool = False,
     desc: str = "score",
 ) -> RunStats:
-    """Answer every job not already in the cache; return the stats of this run."""
+    """Answer every job not already in the cache (or cached as failed, with ``retry_failed``)."""
     started = time.time()
     cached = cache.get_many(j.key for j in jobs)
+    if retry_failed:
+        cached = {k: r for k, r in cached.items() if r.status == "ok"}
     todo = [j for j in jobs if j.key not in cached]
     stats = RunStats(total=len(jobs), cached=len(jobs) - len(todo), results=dict(cached))
     limiter = RateLimiter(requests_per_minute, tokens_per_minute)
     budget = Budget(budget_usd)
     if todo:
-        asyncio.run(_run(todo, call, cache, concurrency, limiter, budget, stats, desc))
+        _run_coroutine(_run(todo, call, cache, concurrency, limiter, budget, stats, desc))
     stats.seconds = round(time.time() - started, 2)
     stats.ordered = [stats.results.get(j.key) for j in jobs]
     if stats.stopped:

@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## benchmarks (ratios measured side by side; not part of the tests)
+	$(PY) benchmarks/bench_segmentation.py
 	$(PY) benchmarks/bench_scoring_client.py
 
 format: $(STAMP)

@@ -26,7 +26,15 @@ MAX_GENERATED_STAGES = 4
 
 # Top-level keys that do not change what a run computes: left out of the run's hash,
 # so the same experiment keeps its run directory whatever launcher or logger it uses.
-NON_SEMANTIC_KEYS = ("hydra", "run", "launcher", "logger", "dry_run", "thresholds")
+NON_SEMANTIC_KEYS = (
+    "hydra",
+    "run",
+    "launcher",
+    "logger",
+    "dry_run",
+    "thresholds",
+    "plot_bandwidth",
+)
 # A scorer's spending and pacing settings do not change its scores either: raising a budget
 # and rerunning continues the same scoring run.
 NON_SEMANTIC_SCORER_KEYS = (
@@ -157,6 +165,28 @@ class ScoreConfig:
     trainer: Any = None  # unused here; a model config may choose a trainer preset
 
 
+@dataclass
+class SegmentRunConfig:
+    root: str = "runs/segment"
+    name: str = "${dataset.name}-${cfg_hash:}"
+    cache_dir: str = "runs/.cache"
+
+
+@dataclass
+class SegmentationConfig:
+    """``segment.py``: scores -> stages, with the density view, Table 1 and sensitivity."""
+
+    seed: int = 0
+    plot_bandwidth: Any = None
+    compare: dict[str, Any] = field(default_factory=dict)
+    run: SegmentRunConfig = field(default_factory=SegmentRunConfig)
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    scorer: Any = MISSING
+    segment: SegmentConfig = MISSING
+    trainer: Any = None  # unused here; a model config may choose a trainer preset
+
+
 # ----------------------------------------------------------------- orderings
 
 
@@ -224,6 +254,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="score_schema", node=ScoreConfig)
+    cs.store(name="segmentation_schema", node=SegmentationConfig)
     cs.store(group="ordering", name="one_off", node=OneOffOrdering)
     cs.store(group="ordering", name="random", node=RandomOrdering)
     cs.store(

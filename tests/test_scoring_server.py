@@ -117,9 +117,9 @@ def cached_rows(root: Path) -> int:
             return 0
 
 
-def test_scores_a_dozen_examples_then_reruns_from_cache(server, tmp_path):
+def test_scores_two_dozen_examples_then_reruns_from_cache(server, tmp_path):
     cmd = score_cmd(
-        tmp_path, server, 12, "scorer.samples=2", "scorer.temperature=1.0", "scorer.logprobs=true"
+        tmp_path, server, 24, "scorer.samples=2", "scorer.temperature=1.0", "scorer.logprobs=true"
     )
     out = run_score(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -135,12 +135,12 @@ def test_scores_a_dozen_examples_then_reruns_from_cache(server, tmp_path):
     # the scored file trains directly
     from phasedsft.data.loaders import load_jsonl
 
-    assert len(load_jsonl(str(run_dir / "scored.jsonl")).examples) == 12
+    assert len(load_jsonl(str(run_dir / "scored.jsonl")).examples) == 24
     again = run_score(cmd)
     assert again.returncode == 0 and (
         summary(tmp_path)["requests"],
         summary(tmp_path)["cached"],
-    ) == (0, 12)
+    ) == (0, 24)
 
 
 def test_a_reply_that_is_not_a_score_is_retried_then_recorded(server, tmp_path):

@@ -1,0 +1,22 @@
+"""Segment scored data into stages of rising difficulty (the paper's IDS step).
+
+python segment.py                                         # graded suite, paper thresholds
+python segment.py segment=jenks segment.method.k=4
+python segment.py dataset=jsonl dataset.source.path=runs/score/<run>/scored.jsonl segment=kde_valleys
+python train.py segment.manifest=runs/segment/<run>/stage_manifest.json ...
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import phasedsft.config  # noqa: F401  (registers schemas and resolvers)
+from phasedsft.segment_app import run
+
+
+@hydra.main(config_path="conf", config_name="segmentation", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

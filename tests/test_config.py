@@ -113,7 +113,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenize
         if node.eval:
             assert instantiate(node.eval).examples
     elif group == "segment":
-        assert instantiate(node.method).thresholds_for([1.0, 2.0])
+        assert instantiate(node.method).thresholds_for([1.0] * 5 + [3.0] * 5 + [5.0] * 5)
     elif group == "trainer":
         from phasedsft.training import training_arguments
 

@@ -10,10 +10,12 @@ import hydra
 from omegaconf import DictConfig
 
 import phasedsft.config  # noqa: F401  (registers schemas and resolvers)
+from phasedsft.cli import plain_errors
 from phasedsft.segment_app import run
 
 
 @hydra.main(config_path="conf", config_name="segmentation", version_base="1.3")
+@plain_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

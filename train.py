@@ -9,10 +9,12 @@ import hydra
 from omegaconf import DictConfig
 
 import phasedsft.config  # noqa: F401  (registers schemas, generated orderings, resolvers)
+from phasedsft.cli import plain_errors
 from phasedsft.recipe import run
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@plain_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

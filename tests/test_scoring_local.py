@@ -87,3 +87,33 @@ def test_lm_scorers_on_real_smollm2(tmp_path):
             assert r.score is not None and 1 <= r.score <= 5
         else:  # a 135M model often does not answer in the format: kept, with its raw reply
             assert r.score is None and r.error.startswith("unparseable") and json.loads(r.raw)
+
+
+def test_missing_api_key_is_a_plain_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "score.py",
+            "dataset.source.n=3",
+            "dataset.eval=null",
+            f"run.root={tmp_path}",
+            f"run.cache_dir={tmp_path}/c",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert (
+        "error: scorer=openai needs an API key in the environment variable OPENAI_API_KEY"
+        in out.stderr
+    )
+    assert "Traceback" not in out.stderr + out.stdout

@@ -152,17 +152,23 @@ class ScoreRunConfig:
 
 
 @dataclass
-class ScoreConfig:
-    """``score.py``: score a dataset's difficulty."""
+class DataJobConfig:
+    """What every job over a dataset shares (score.py, segment.py)."""
 
     seed: int = 0
+    model: ModelConfig = MISSING  # local-LM scorers; the tokenizer for token counts
+    dataset: DatasetConfig = MISSING
+    scorer: Any = MISSING
+    trainer: Any = None  # unused by these jobs; a model config may choose a trainer preset
+
+
+@dataclass
+class ScoreConfig(DataJobConfig):
+    """``score.py``: score a dataset's difficulty."""
+
     dry_run: bool = False  # print the cost estimate and stop before any request
     thresholds: list[float] = field(default_factory=lambda: [1.5, 3.5])  # drawn on the histogram
     run: ScoreRunConfig = field(default_factory=ScoreRunConfig)
-    model: ModelConfig = MISSING  # for scorers that run a local model (and the length tokenizer)
-    dataset: DatasetConfig = MISSING
-    scorer: Any = MISSING
-    trainer: Any = None  # unused here; a model config may choose a trainer preset
 
 
 @dataclass
@@ -173,18 +179,13 @@ class SegmentRunConfig:
 
 
 @dataclass
-class SegmentationConfig:
+class SegmentationConfig(DataJobConfig):
     """``segment.py``: scores -> stages, with the density view, Table 1 and sensitivity."""
 
-    seed: int = 0
     plot_bandwidth: Any = None
     compare: dict[str, Any] = field(default_factory=dict)
-    run: SegmentRunConfig = field(default_factory=SegmentRunConfig)
-    model: ModelConfig = MISSING
-    dataset: DatasetConfig = MISSING
-    scorer: Any = MISSING
     segment: SegmentConfig = MISSING
-    trainer: Any = None  # unused here; a model config may choose a trainer preset
+    run: SegmentRunConfig = field(default_factory=SegmentRunConfig)
 
 
 # ----------------------------------------------------------------- orderings

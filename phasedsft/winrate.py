@@ -1,0 +1,395 @@
+"""Pairwise judgments -> win / tie / lose -> the paper's win rate, with its uncertainty.
+
+Each item is judged twice, the answers swapped. A review's first line holds the two
+scores in the order the answers were shown ("8 7"). From answer A's side each order gives
+a verdict (win / tie / lose); a *folding rule* turns the two verdicts into one outcome:
+
+    paper     win = win twice or win + tie;  tie = tie twice or win + lose;
+              lose = lose twice or lose + tie                        (Phased IFT, AlpaGasus)
+    fastchat  win = win twice;  lose = lose twice;  anything else is a tie
+              (FastChat's MT-bench pairwise results: inconsistent verdicts count as ties)
+
+Reported figure: ``100 * (W + T/2) / N - 50`` (0 = parity, +50 = A always wins), with a
+paired bootstrap 95 % CI over items, an exact two-sided sign test (wins vs losses) and the
+position-consistency rate (share of items whose two verdicts agree).
+
+Items with a review we cannot parse are left out of N and counted as ``unparsed``. The
+authors' script instead kept them in N (their parser returns -1 -1, i.e. a tie): with
+unparsed reviews the two figures differ.
+
+Replay judgments you already have::
+
+    python -m phasedsft.winrate reviews.jsonl [--rule paper|fastchat] [--json]
+
+one JSON object per line: ``id``, ``instruction``, ``answer_a``, ``answer_b``,
+``review_ab`` (raw judge text, answer_a shown first), ``review_ba`` (answer_b shown first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WIN, TIE, LOSE = "win", "tie", "lose"
+VERDICTS = (WIN, TIE, LOSE)
+VALUE = {WIN: 1.0, TIE: 0.5, LOSE: 0.0}
+
+RULES: dict[str, dict[tuple[str, str], str]] = {
+    "paper": {
+        (WIN, WIN): WIN,
+        (WIN, TIE): WIN,
+        (TIE, WIN): WIN,
+        (TIE, TIE): TIE,
+        (WIN, LOSE): TIE,
+        (LOSE, WIN): TIE,
+        (LOSE, LOSE): LOSE,
+        (LOSE, TIE): LOSE,
+        (TIE, LOSE): LOSE,
+    },
+    "fastchat": {(a, b): (a if a == b and a != TIE else TIE) for a in VERDICTS for b in VERDICTS},
+}
+
+REPLAY_FIELDS = ("id", "instruction", "answer_a", "answer_b", "review_ab", "review_ba")
+
+
+class ParseError(ValueError):
+    """A judge's reply does not contain two scores where we look for them."""
+
+
+# ------------------------------------------------------------------ parsing reviews
+
+_NUMBER = r"[-+]?\d+(?:\.\d+)?"
+_ASSISTANT = re.compile(r"\b(?:assistant|answer|response)\s*[12]\b(?:'s)?", re.I)
+_OUT_OF = re.compile(r"\s*(?:/|out\s+of)\s*10(?:\.0+)?\b", re.I)
+_LABELLED = re.compile(
+    rf"\b(?:assistant|answer|response)\s*([12])\b(?:'s)?\s*(?:score|rating)?\s*[:=\-]\s*\**\s*({_NUMBER})",
+    re.I,
+)
+
+
+def _in_range(values: Sequence[float], where: str) -> tuple[float, float]:
+    a, b = values
+    if not (0 <= a <= 10 and 0 <= b <= 10):
+        raise ParseError(f"{where}: scores {a:g} {b:g} are outside 0-10")
+    return a, b
+
+
+def _from_json(text: str) -> tuple[float, float] | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(obj, list) and len(obj) == 2:
+        values = obj
+    elif isinstance(obj, dict):
+        values = [v for k, v in obj.items() if "explan" not in str(k).lower()]
+    else:
+        return None
+    if len(values) != 2 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        return None
+    return _in_range([float(v) for v in values], "JSON reply")
+
+
+def parse_scores(text: str | None) -> tuple[float, float]:
+    """The two scores, in the order the answers were shown.
+
+    Understood: a first line "8 7", "8, 7", "8.5 9", "8/10 7/10", "Assistant 1: 8
+    Assistant 2: 7" (markdown emphasis ignored), a JSON reply ``{"assistant_1": 8,
+    "assistant_2": 7}`` or ``[8, 7]``, and labelled scores anywhere ("Assistant 1 score: 8").
+    Anything else raises :class:`ParseError` with the reason.
+    """
+    if text is None or not text.strip():
+        raise ParseError("empty reply")
+    text = text.strip()
+    if text.startswith(("{", "[")):
+        parsed = _from_json(text)
+        if parsed is not None:
+            return parsed
+    first = next(line for line in text.splitlines() if line.strip())
+    line = first.replace("*", "").replace("#", "")
+    line = _OUT_OF.sub(" ", _ASSISTANT.sub(" ", line))
+    numbers = re.findall(_NUMBER, line.replace(",", " ").replace(";", " "))
+    if len(numbers) == 2:
+        return _in_range([float(n) for n in numbers], "first line")
+    labelled: dict[str, float] = {}
+    for which, value in _LABELLED.findall(text.replace("*", "")):
+        labelled.setdefault(which, float(value))
+    if len(labelled) == 2:
+        return _in_range([labelled["1"], labelled["2"]], "labelled scores")
+    raise ParseError(f"no pair of scores on the first line: {first[:80]!r}")
+
+
+# ------------------------------------------------------------------ verdicts and folding
+
+
+def verdict(score_a: float, score_b: float) -> str:
+    return WIN if score_a > score_b else LOSE if score_a < score_b else TIE
+
+
+def fold(v_ab: str, v_ba: str, rule: str = "paper") -> str:
+    """One outcome from answer A's verdicts in the two orders."""
+    try:
+        table = RULES[rule]
+    except KeyError:
+        raise ValueError(f"unknown folding rule {rule!r}; known: {sorted(RULES)}") from None
+    return table[(v_ab, v_ba)]
+
+
+@dataclass
+class Judged:
+    """One item after parsing both reviews (A's point of view)."""
+
+    id: str
+    scores_ab: tuple[float, float] | None  # as shown: (A, B)
+    scores_ba: tuple[float, float] | None  # as shown: (B, A)
+    error: str | None = None
+    category: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parsed(self) -> bool:
+        return self.scores_ab is not None and self.scores_ba is not None
+
+    def verdicts(self) -> tuple[str, str]:
+        assert self.scores_ab is not None and self.scores_ba is not None
+        return (
+            verdict(self.scores_ab[0], self.scores_ab[1]),
+            verdict(self.scores_ba[1], self.scores_ba[0]),
+        )
+
+
+def judge_item(
+    item_id: str,
+    review_ab: str | None,
+    review_ba: str | None,
+    category: Mapping[str, Any] | None = None,
+) -> Judged:
+    errors, scores = [], []
+    for name, text in (("review_ab", review_ab), ("review_ba", review_ba)):
+        try:
+            scores.append(parse_scores(text))
+        except ParseError as e:
+            errors.append(f"{name}: {e}")
+            scores.append(None)
+    return Judged(
+        str(item_id), scores[0], scores[1], "; ".join(errors) or None, dict(category or {})
+    )
+
+
+# ------------------------------------------------------------------ the figure and its uncertainty
+
+
+@dataclass
+class WinRate:
+    rule: str
+    wins: int
+    ties: int
+    losses: int
+    n: int
+    unparsed: int
+    win_rate: float | None  # 100 * (W + T/2) / N - 50
+    ci_low: float | None
+    ci_high: float | None
+    sign_test_p: float | None
+    position_consistency: float | None
+    bootstrap: int
+    mean_score_a: float | None = None
+    mean_score_b: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def cell(self) -> str:
+        """Compact table cell: ``+4.2 [-1.3, 9.8]``."""
+        if self.win_rate is None:
+            return "n/a"
+        return f"{self.win_rate:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}]"
+
+    def lines(self) -> list[str]:
+        if self.win_rate is None:
+            return [f"no parsed items (unparsed: {self.unparsed})"]
+        return [
+            f"items: {self.n} judged in both orders ({self.unparsed} left out: unparseable review)",
+            f"win / tie / lose ({self.rule} rule): {self.wins} / {self.ties} / {self.losses}",
+            f"win rate: {self.win_rate:+.2f}  (95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
+            "0 = parity, range -50..+50)",
+            f"sign test (wins vs losses, two-sided): p = {self.sign_test_p:.4g}",
+            f"position consistency: {self.position_consistency:.1%} of items get the same verdict in both orders",
+            f"mean scores: A {self.mean_score_a:.2f}, B {self.mean_score_b:.2f}",
+        ]
+
+
+def figure(outcomes: Sequence[str]) -> float:
+    return 100.0 * sum(VALUE[o] for o in outcomes) / len(outcomes) - 50.0
+
+
+def bootstrap_ci(
+    values: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile CI of ``100 * mean - 50`` over items resampled with replacement.
+
+    Each value is one item's folded outcome (1, 0.5, 0), which already pairs the two
+    models' answers to the same question, so resampling items is the paired bootstrap.
+    """
+    arr = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(arr), size=(resamples, len(arr)))
+    stats = 100.0 * arr[idx].mean(axis=1) - 50.0
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided binomial test of wins vs losses (ties left out); 1.0 with none."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, n, 0.5).pvalue)
+
+
+def summarize(
+    judged: Iterable[Judged], rule: str = "paper", resamples: int = 2000, seed: int = 0
+) -> WinRate:
+    items = list(judged)
+    ok = [j for j in items if j.parsed]
+    outcomes = [fold(*j.verdicts(), rule=rule) for j in ok]
+    if not ok:
+        return WinRate(rule, 0, 0, 0, 0, len(items), None, None, None, None, None, resamples)
+    lo, hi = bootstrap_ci([VALUE[o] for o in outcomes], resamples, seed)
+    wins, ties, losses = (outcomes.count(v) for v in VERDICTS)
+    consistent = sum(a == b for a, b in (j.verdicts() for j in ok))
+    score_a = [(j.scores_ab[0] + j.scores_ba[1]) / 2 for j in ok]  # type: ignore[index]
+    score_b = [(j.scores_ab[1] + j.scores_ba[0]) / 2 for j in ok]  # type: ignore[index]
+    return WinRate(
+        rule=rule,
+        wins=wins,
+        ties=ties,
+        losses=losses,
+        n=len(ok),
+        unparsed=len(items) - len(ok),
+        win_rate=figure(outcomes),
+        ci_low=lo,
+        ci_high=hi,
+        sign_test_p=sign_test(wins, losses),
+        position_consistency=consistent / len(ok),
+        bootstrap=resamples,
+        mean_score_a=float(np.mean(score_a)),
+        mean_score_b=float(np.mean(score_b)),
+    )
+
+
+def by_category(
+    judged: Sequence[Judged], rule: str = "paper", resamples: int = 2000, seed: int = 0
+) -> dict[str, dict[str, WinRate]]:
+    """Win rate per value of every category key the items carry (``{"Skill": {"Math": ...}}``)."""
+    keys = sorted({k for j in judged for k in j.category})
+    out: dict[str, dict[str, WinRate]] = {}
+    for key in keys:
+        groups: dict[str, list[Judged]] = {}
+        for j in judged:
+            if key in j.category:
+                groups.setdefault(str(j.category[key]), []).append(j)
+        out[key] = {v: summarize(g, rule, resamples, seed) for v, g in sorted(groups.items())}
+    return out
+
+
+# ------------------------------------------------------------------ the replay command
+
+
+class ReplayError(ValueError):
+    pass
+
+
+def read_replay(path: str | Path) -> list[Judged]:
+    """Parse a replay file (see the module docstring); errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ReplayError(f"{p}: file not found")
+    items, seen = [], set()
+    with p.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{p}:{number}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ReplayError(f"{where}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ReplayError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in ("id", "review_ab", "review_ba") if k not in row]
+            if missing:
+                raise ReplayError(f"{where}: missing field(s) {', '.join(missing)}")
+            for k in ("review_ab", "review_ba"):
+                if row[k] is not None and not isinstance(row[k], str):
+                    raise ReplayError(f"{where}: field '{k}' must be a string (the raw judge text)")
+            if str(row["id"]) in seen:
+                raise ReplayError(f"{where}: duplicate id {row['id']!r}")
+            seen.add(str(row["id"]))
+            items.append(
+                judge_item(row["id"], row["review_ab"], row["review_ba"], row.get("category"))
+            )
+    if not items:
+        raise ReplayError(f"{p}: no items")
+    return items
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m phasedsft.winrate",
+        description="Win rate of answer A over answer B from pairwise reviews in both orders.",
+    )
+    parser.add_argument(
+        "file", help="JSONL: id, instruction, answer_a, answer_b, review_ab, review_ba"
+    )
+    parser.add_argument("--rule", choices=sorted(RULES), default="paper")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--by", action="append", default=[], help="also break down by this category key"
+    )
+    args = parser.parse_args(argv)
+    try:
+        judged = read_replay(args.file)
+    except ReplayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = summarize(judged, args.rule, args.bootstrap, args.seed)
+    categories = {
+        k: v
+        for k, v in by_category(judged, args.rule, args.bootstrap, args.seed).items()
+        if not args.by or k in args.by
+    }
+    if args.json:
+        obj = result.to_json()
+        obj["unparsed_ids"] = [j.id for j in judged if not j.parsed][:100]
+        if categories:
+            obj["by_category"] = {
+                k: {v: w.to_json() for v, w in g.items()} for k, g in categories.items()
+            }
+        print(json.dumps(obj))
+        return 0
+    print("\n".join(result.lines()))
+    for j in [j for j in judged if not j.parsed][:5]:
+        print(f"  unparsed {j.id}: {j.error}")
+    for key, groups in categories.items():
+        print(f"\nby {key}:")
+        for value, w in groups.items():
+            print(f"  {value:<24} n={w.n:<4} {w.cell()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

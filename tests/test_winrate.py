@@ -1,0 +1,265 @@
+"""Folding rules, review parsing, the win-rate figure and its statistics, the replay command."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, ref_path
+
+from phasedsft.winrate import (
+    LOSE,
+    TIE,
+    VERDICTS,
+    WIN,
+    ParseError,
+    ReplayError,
+    bootstrap_ci,
+    by_category,
+    fold,
+    judge_item,
+    main,
+    parse_scores,
+    read_replay,
+    sign_test,
+    summarize,
+    verdict,
+)
+
+# The paper's rule, written out from its text for all nine pairs of verdicts.
+PAPER = {
+    (WIN, WIN): WIN,
+    (WIN, TIE): WIN,
+    (TIE, WIN): WIN,
+    (TIE, TIE): TIE,
+    (WIN, LOSE): TIE,
+    (LOSE, WIN): TIE,
+    (LOSE, LOSE): LOSE,
+    (LOSE, TIE): LOSE,
+    (TIE, LOSE): LOSE,
+}
+FASTCHAT = {
+    (WIN, WIN): WIN,
+    (WIN, TIE): TIE,
+    (TIE, WIN): TIE,
+    (TIE, TIE): TIE,
+    (WIN, LOSE): TIE,
+    (LOSE, WIN): TIE,
+    (LOSE, LOSE): LOSE,
+    (LOSE, TIE): TIE,
+    (TIE, LOSE): TIE,
+}
+
+
+@pytest.mark.parametrize("pair", list(itertools.product(VERDICTS, VERDICTS)))
+def test_folding_rules_on_all_nine_pairs(pair):
+    assert fold(*pair, rule="paper") == PAPER[pair]
+    assert fold(*pair, rule="fastchat") == FASTCHAT[pair]
+    # Both rules are symmetric in the order, and swapping the models mirrors the outcome.
+    mirror = {WIN: LOSE, LOSE: WIN, TIE: TIE}
+    for rule in ("paper", "fastchat"):
+        assert fold(pair[1], pair[0], rule) == fold(*pair, rule)
+        assert fold(mirror[pair[0]], mirror[pair[1]], rule) == mirror[fold(*pair, rule)]
+
+
+def test_unknown_rule_is_named():
+    with pytest.raises(ValueError, match="unknown folding rule 'strict'"):
+        fold(WIN, WIN, "strict")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8 7\nAssistant 1 was more detailed.", (8, 7)),
+        ("8, 7\nbecause", (8, 7)),
+        ("8.5 9", (8.5, 9)),
+        ("\n\n  9   10  \nexplanation", (9, 10)),
+        ("8/10 7/10\nwhy", (8, 7)),
+        ("Assistant 1: 8, Assistant 2: 7", (8, 7)),
+        ("**8** **6**\n", (8, 6)),
+        ("Score: 7 out of 10; 9 out of 10", (7, 9)),
+        ('{"assistant_1": 6, "assistant_2": 9, "explanation": "x"}', (6, 9)),
+        ("[3, 4]", (3, 4)),
+        ("Here is my evaluation.\nAssistant 1 score: 4\nAssistant 2 score: 8", (4, 8)),
+    ],
+)
+def test_parse_scores_understands_common_layouts(text, expected):
+    assert parse_scores(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", None, "Both answers are good.", "8\nonly one", "8 7 6", "12 3", '{"a": 8}'],
+)
+def test_parse_scores_refuses_what_it_cannot_read(text):
+    with pytest.raises(ParseError):
+        parse_scores(text)
+
+
+def test_verdicts_take_answer_a_side_in_both_orders():
+    # A shown first scores 8 vs 7; shown second (first number is B) scores 9 vs 5.
+    item = judge_item("x", "8 7", "5 9")
+    assert item.verdicts() == (WIN, WIN)
+    assert judge_item("y", "7 7", "9 5").verdicts() == (TIE, LOSE)
+    assert verdict(3, 3) == TIE
+
+
+def test_summary_counts_figure_and_unparsed():
+    items = [
+        judge_item("w1", "8 7", "5 9"),  # win, win -> win
+        judge_item("w2", "8 7", "7 7"),  # win, tie -> win
+        judge_item("t1", "8 7", "9 5"),  # win, lose -> tie (paper)
+        judge_item("l1", "6 7", "9 5"),  # lose, lose -> lose
+        judge_item("u1", "no idea", "9 5"),  # unparsed: out of N
+    ]
+    w = summarize(items, "paper", resamples=500)
+    assert (w.wins, w.ties, w.losses, w.n, w.unparsed) == (2, 1, 1, 4, 1)
+    assert w.win_rate == pytest.approx(100 * (2 + 0.5) / 4 - 50)
+    assert w.ci_low <= w.win_rate <= w.ci_high
+    assert w.position_consistency == pytest.approx(2 / 4)  # w1 and l1 agree across orders
+    fc = summarize(items, "fastchat", resamples=500)
+    assert (fc.wins, fc.ties, fc.losses) == (1, 2, 1)
+
+
+def test_sign_test_matches_the_binomial_distribution():
+    from math import comb
+
+    # 9 wins, 1 loss: two-sided exact p = 2 * P(X >= 9) for X ~ Bin(10, 1/2)
+    expected = 2 * sum(comb(10, k) for k in (9, 10)) / 2**10
+    assert sign_test(9, 1) == pytest.approx(expected)
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 5) == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_is_seeded_and_shrinks_with_n():
+    values = [1.0] * 30 + [0.0] * 20
+    a = bootstrap_ci(values, 1000, seed=1)
+    assert a == bootstrap_ci(values, 1000, seed=1)
+    assert a[0] < 10 < a[1]  # point estimate 100*0.6-50 = 10
+    wide = bootstrap_ci(values, 1000, seed=1)
+    narrow = bootstrap_ci(values * 16, 1000, seed=1)
+    assert (narrow[1] - narrow[0]) < (wide[1] - wide[0]) / 2
+    assert bootstrap_ci([0.5] * 10, 200) == (0.0, 0.0)
+
+
+def test_per_category_breakdown():
+    items = [
+        judge_item("a", "8 7", "5 9", {"Skill": "Math"}),
+        judge_item("b", "3 7", "9 5", {"Skill": "Math"}),
+        judge_item("c", "8 7", "5 9", {"Skill": "Code"}),
+    ]
+    cats = by_category(items, resamples=100)
+    assert cats["Skill"]["Math"].n == 2 and cats["Skill"]["Math"].win_rate == 0.0
+    assert cats["Skill"]["Code"].win_rate == 50.0
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_replay_command_json(tmp_path, capsys):
+    rows = [
+        {
+            "id": i,
+            "instruction": "q",
+            "answer_a": "a",
+            "answer_b": "b",
+            "review_ab": ab,
+            "review_ba": ba,
+        }
+        for i, (ab, ba) in enumerate([("8 7", "5 9"), ("8 7", "9 5"), ("2 7", "9 5"), ("x", "1 1")])
+    ]
+    f = _write(tmp_path / "r.jsonl", rows)
+    assert main([str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["wins"], out["ties"], out["losses"], out["n"], out["unparsed"]) == (1, 1, 1, 3, 1)
+    assert out["win_rate"] == pytest.approx(0.0)
+    assert out["ci_low"] <= 0 <= out["ci_high"]
+    assert out["unparsed_ids"] == ["3"]
+    assert main([str(f), "--rule", "fastchat"]) == 0
+    text = capsys.readouterr().out
+    assert "win / tie / lose (fastchat rule): 1 / 1 / 1" in text
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": 1, "review_ab": "8 7", "review_ba": "7 8"}\nnot json\n', ":2: not valid JSON"),
+        ('{"id": 1, "review_ab": "8 7"}\n', ":1: missing field(s) review_ba"),
+        ('{"id": 1, "review_ab": 8, "review_ba": "7 8"}\n', "must be a string"),
+        ('{"id": 1, "review_ab": "8 7", "review_ba": "7 8"}\n' * 2, ":2: duplicate id 1"),
+    ],
+)
+def test_replay_errors_name_file_and_line(tmp_path, content, message):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(ReplayError, match=re.escape(message)):
+        read_replay(f)
+
+
+def test_replay_module_exits_2_with_a_plain_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "phasedsft.winrate", str(tmp_path / "missing.jsonl")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+SETS = ["koala", "lima", "sinstruct", "vicuna", "wizardlm"]
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_replay_real_gpt4_reviews(tmp_path, name, capsys):
+    """Real GPT-4 reviews (Cherry LLM logs), converted to the replay format."""
+    src = json.loads(ref_path("judge_reviews_gpt4", f"{name}_reviews_gpt4.json").read_text())
+    rows = [
+        {
+            "id": i,
+            "instruction": next(
+                r[k]
+                for k in ("prompt", "instruction", "text", "Instruction", "conversations")
+                if k in r
+            ),
+            "answer_a": r["Answer1"],
+            "answer_b": r["Answer2"],
+            "review_ab": r["review"],
+            "review_ba": r["review_reverse"],
+        }
+        for i, r in enumerate(src["data"])
+    ]
+    f = _write(tmp_path / f"{name}.jsonl", rows)
+    judged = read_replay(f)
+    # Our parser reads exactly the scores the authors' pipeline parsed from the same texts...
+    for j, r in zip(judged, src["data"], strict=True):
+        assert list(j.scores_ab) == json.loads(r["scores"])
+        assert list(j.scores_ba) == json.loads(r["scores_reverse"])
+    # ...and the per-position means match the means the log itself reports.
+    meta = json.loads(src["Meta_Info"]["average_scores"])
+    assert sum(j.scores_ab[0] for j in judged) / len(judged) == pytest.approx(meta[0])
+    assert sum(j.scores_ab[1] for j in judged) / len(judged) == pytest.approx(meta[1])
+
+    # Independent count of the paper's rule straight from the logged score pairs.
+    w = t = lose = 0
+    for r in src["data"]:
+        a1, b1 = json.loads(r["scores"])
+        b2, a2 = json.loads(r["scores_reverse"])
+        first = (a1 > b1) - (a1 < b1)
+        second = (a2 > b2) - (a2 < b2)
+        total = first + second
+        w += total > 0
+        lose += total < 0
+        t += total == 0
+    assert main([str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["wins"], out["ties"], out["losses"], out["unparsed"]) == (w, t, lose, 0)
+    assert out["n"] == len(src["data"])
+    assert out["win_rate"] == pytest.approx(100 * (w + t / 2) / out["n"] - 50)

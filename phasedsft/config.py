@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -188,6 +189,47 @@ class SegmentationConfig(DataJobConfig):
     run: SegmentRunConfig = field(default_factory=SegmentRunConfig)
 
 
+class Checkpoints(str, Enum):
+    final = "final"  # each run's last stage
+    every_stage = "every_stage"  # every stage's weights (Figure 1: win rate after each stage)
+
+
+class FoldRule(str, Enum):
+    paper = "paper"  # win = win twice or win + tie; tie = tie twice or win + lose; ...
+    fastchat = "fastchat"  # win or lose only when both orders agree; else tie
+
+
+@dataclass
+class EvalSetConfig:
+    name: str = MISSING
+    source: Any = None  # node with _target_ (load_eval_set); None: the run's own held-out data
+    categories: list[str] = field(default_factory=list)  # item fields to break results down by
+    max_items: int | None = None  # the first N items (quick looks)
+    expected_items: int | None = None  # the paper's count: a different count is reported
+
+
+@dataclass
+class EvaluateConfig:
+    """``evaluate.py``: answers from trained checkpoints, judged pairwise against a baseline."""
+
+    sweep_dir: str = "runs"  # the training runs' run.root
+    select: list[str] = field(default_factory=lambda: ["*"])  # run-name globs
+    baseline: str = "one_off"  # ordering whose final weights every other run is compared with
+    checkpoints: Checkpoints = Checkpoints.final
+    eval_data_dir: str = "data/eval_sets"
+    eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)
+    generator: Any = MISSING
+    judge: Any = MISSING
+    rule: FoldRule = FoldRule.paper
+    bootstrap: int = 2000
+    seed: int = 0
+    generate_only: bool = False  # stop after the answers (e.g. to judge elsewhere)
+    dry_run: bool = False  # answers + the judge's cost estimate; no judge request
+    export_alpacaeval: bool = True
+    out_dir: str = "${sweep_dir}/evaluation/${judge.name}"
+    cache_dir: str = "${sweep_dir}/.cache"
+
+
 # ----------------------------------------------------------------- orderings
 
 
@@ -256,6 +298,7 @@ def register() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="score_schema", node=ScoreConfig)
     cs.store(name="segmentation_schema", node=SegmentationConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(group="ordering", name="one_off", node=OneOffOrdering)
     cs.store(group="ordering", name="random", node=RandomOrdering)
     cs.store(

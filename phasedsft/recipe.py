@@ -268,7 +268,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # --- evaluate the final weights
     final: dict[str, Any] | None = None
     if cfg.eval.generate and s.eval_examples and previous is not None:
-        final = evaluate_final(cfg, s, previous, run_dir, key=specs[-1].order_hash)
+        judge = instantiate(cfg.judge)
+        if hasattr(judge, "correct"):
+            final = evaluate_final(cfg, s, previous, run_dir, judge, key=specs[-1].order_hash)
+        else:
+            log.info("judge=%s compares two models: run evaluate.py after training", judge.name)
 
     summary = {
         **run_info,
@@ -294,7 +298,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate_final(
-    cfg: DictConfig, s: Setup, last_stage: Path, run_dir: Path, key: str
+    cfg: DictConfig, s: Setup, last_stage: Path, run_dir: Path, judge: Any, key: str
 ) -> dict[str, Any]:
     """Greedy answers from the final weights, marked by the judge; cached by the last stage's order."""
     import json
@@ -316,7 +320,7 @@ def evaluate_final(
     result = {
         "key": key,
         "model": str(last_stage / "model"),
-        **judge_answers(instantiate(cfg.judge), s.eval_examples, answers),
+        **judge_answers(judge, s.eval_examples, answers),
     }
     atomic_write_json(out, result)
     return result

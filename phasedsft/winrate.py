@@ -173,7 +173,8 @@ def judge_item(
     review_ba: str | None,
     category: Mapping[str, Any] | None = None,
 ) -> Judged:
-    errors, scores = [], []
+    errors: list[str] = []
+    scores: list[tuple[float, float] | None] = []
     for name, text in (("review_ab", review_ab), ("review_ba", review_ba)):
         try:
             scores.append(parse_scores(text))

@@ -197,7 +197,9 @@ def _convert_rows(
     source: str,
     report: SkipReport,
     on_error: str,
+    require_output: bool = True,
 ) -> Loaded:
+    """Convert and check rows; ``require_output=False`` for test sets (answers come later)."""
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     convert = _converter(fmt)
@@ -213,7 +215,7 @@ def _convert_rows(
         except RowError as e:
             _fail(report, on_error, where, str(e))
             continue
-        if not ex.output.strip():
+        if require_output and not ex.output.strip():
             _fail(report, on_error, where, "empty output")
             continue
         if not ex.instruction.strip():
@@ -270,6 +272,7 @@ def load_hub(
     name: str | None = None,
     revision: str | None = None,
     on_error: str = "raise",
+    require_output: bool = True,
 ) -> Loaded:
     """A Hugging Face ``datasets`` dataset, by hub id (``tatsu-lab/alpaca``) or local path."""
     import datasets
@@ -284,4 +287,4 @@ def load_hub(
     source = f"{path}[{split}]"
     report = SkipReport(source)
     rows = ((f"{source} row {i}", row) for i, row in enumerate(ds))
-    return _convert_rows(rows, format, source, report, on_error)
+    return _convert_rows(rows, format, source, report, on_error, require_output)

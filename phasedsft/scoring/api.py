@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from phasedsft.records import DataError, Example
 from phasedsft.scoring.cache import Result, cache_key
 from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.cost import Price, count_tokens
-from phasedsft.scoring.engine import EndpointError, Job, RunStats, run_jobs
+from phasedsft.scoring.cost import count_tokens
+from phasedsft.scoring.endpoint import ChatEndpoint, Rejected
+from phasedsft.scoring.engine import Job, RunStats
 from phasedsft.scoring.prompt import (
     PROMPT_VERSION,
     ParseError,
@@ -32,35 +32,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class OpenAIScorer:
+class OpenAIScorer(ChatEndpoint):
     """Ask an LLM for the two difficulty ratings; average ``samples`` draws (and/or use logprobs)."""
 
-    model: str = "gpt-4-0613"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
     samples: int = 1
-    temperature: float = 0.0
-    max_tokens: int = 24
-    seed: int | None = 0
     logprobs: bool = False
     score_from: str = "samples"  # or "logprobs": the probability-weighted expected score
     combine: str = "mean"
-    parse_retries: int = 2
-    structured: bool = False  # send a JSON schema as response_format (servers that support it)
-    concurrency: int = 16
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    max_retries: int = 5  # the openai client's own retries on 429 / 5xx / timeouts, with backoff
-    timeout: float = 120.0
-    price: Price = field(default_factory=Price)
-    budget_usd: float | None = None
-    retry_failed: bool = False  # ask again for items cached as failed (unparseable, rejected)
-    name: str = "openai"
     uses_model: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.price, Price):  # a mapping from the config
-            self.price = Price(**{str(k): float(v) for k, v in dict(self.price).items()})
+        super().__post_init__()
         if self.score_from not in ("samples", "logprobs"):
             raise DataError(
                 f"scorer.score_from must be 'samples' or 'logprobs', got {self.score_from!r}"
@@ -120,35 +102,8 @@ class OpenAIScorer:
             "price": asdict(self.price),
         }
 
-    def _client(self) -> Any:
-        from openai import AsyncOpenAI
-
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            if self.base_url is None:
-                raise DataError(
-                    f"scorer=openai needs an API key in the environment variable {self.api_key_env} "
-                    "(export it; it is never written to any file)"
-                )
-            key = "unused"  # local OpenAI-compatible servers accept any key
-        return AsyncOpenAI(
-            base_url=self.base_url, api_key=key, max_retries=self.max_retries, timeout=self.timeout
-        )
-
     def run(self, examples: list[Example], ctx: ScoreContext) -> RunStats:
-        import openai
-
-        client = self._client()
-        for noisy in ("httpx", "httpx2"):  # one INFO line per request would drown the progress bar
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        fatal = (
-            openai.APIConnectionError,  # includes timeouts, after the client's retries
-            openai.AuthenticationError,
-            openai.PermissionDeniedError,
-            openai.NotFoundError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-        )
+        client = self.client("scorer")
         extra: dict[str, Any] = {}
         if self.logprobs:
             extra.update(logprobs=True, top_logprobs=5)
@@ -163,24 +118,16 @@ class OpenAIScorer:
             reason = ""
             for attempt in range(1 + self.parse_retries):
                 try:
-                    resp = await client.chat.completions.create(
-                        model=self.model,
-                        messages=messages(job.example),
+                    resp = await self.complete(
+                        client,
+                        messages(job.example),
                         n=self.samples,
-                        # a retry at temperature 0 would repeat the same reply
-                        temperature=self.temperature
-                        if attempt == 0 or self.temperature > 0
-                        else 0.7,
-                        max_tokens=self.max_tokens,
-                        seed=None if self.seed is None else self.seed + attempt,
+                        temperature=self.attempt_temperature(attempt),
+                        seed=self.attempt_seed(attempt),
                         **extra,
                     )
-                except fatal as e:
-                    raise EndpointError(f"{type(e).__name__}: {e}") from e
-                except openai.APIStatusError as e:  # e.g. 400: this item cannot be scored
-                    return self._failed(
-                        job, raws, f"request rejected: {e}", requests, tokens_in, tokens_out
-                    )
+                except Rejected as e:
+                    return self._failed(job, raws, str(e), requests, tokens_in, tokens_out)
                 requests += 1
                 if resp.usage:
                     tokens_in += resp.usage.prompt_tokens
@@ -237,35 +184,12 @@ class OpenAIScorer:
                 requests,
             )
 
-        return run_jobs(
-            self.jobs(examples),
-            call,
-            ctx.cache,
-            concurrency=self.concurrency,
-            requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute,
-            budget_usd=self.budget_usd,
-            retry_failed=self.retry_failed,
-            desc=f"score ({self.model})",
-        )
+        return self.run_requests(self.jobs(examples), call, ctx.cache, f"score ({self.model})")
 
     def _failed(
         self, job: Job, raws: list[str | None], reason: str, requests: int, t_in: int, t_out: int
     ) -> Result:
-        return Result(
-            job.key,
-            job.example.id,
-            self.name,
-            "failed",
-            None,
-            {},
-            json.dumps(raws),
-            reason,
-            self.price.cost(t_in, t_out),
-            t_in,
-            t_out,
-            requests,
-        )
+        return self.failed(job, job.example.id, raws, reason, requests, t_in, t_out)
 
     def finalize(self, raw: list[float | None]) -> list[float | None]:
         return raw

@@ -20,7 +20,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from phasedsft.records import Example
 from phasedsft.scoring.cache import Result, ScoreCache
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class ScoringAborted(RuntimeError):
 @dataclass
 class Job:
     key: str
-    example: Example
+    example: Any  # what the call sends: an Example (scorers) or a Pair (judges)
     est_tokens: int = 0
     est_cost: float = 0.0
 

@@ -1,0 +1,1 @@
+"""Evaluation: test sets, generation from training checkpoints, pairwise judging, reports."""

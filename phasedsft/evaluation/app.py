@@ -1,0 +1,314 @@
+"""``python evaluate.py``: the paper's evaluation over a sweep of training runs.
+
+    runs:     the finished training runs under sweep_dir, grouped by (dataset, model, seed);
+              in each group the run with ordering == baseline is the reference
+    generate: answers to every test set from every compared checkpoint (final, or every stage)
+    judge:    each candidate's answers against the baseline's final answers, in both orders
+    report:   win / tie / lose folded per item -> win rate with CI, sign test, position
+              consistency; table.md/.csv, categories.md, figure1_stages.png, AlpacaEval files
+
+Everything expensive is cached: answers files beside the checkpoints (resumable), judge
+replies in the shared SQLite cache; rerunning the same command redoes no work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from phasedsft.evaluation.generation import Answers, Checkpoint, Run, answers_for, discover_runs
+from phasedsft.evaluation.report import (
+    Comparison,
+    plot_stage_curves,
+    write_alpacaeval,
+    write_categories,
+    write_tables,
+)
+from phasedsft.evaluation.sets import EvalSet, build_eval_set
+from phasedsft.io import atomic_write_json, atomic_write_text
+from phasedsft.judges import Pair, Reviews
+from phasedsft.records import DataError
+from phasedsft.scoring.cache import ScoreCache
+from phasedsft.scoring.engine import ScoringAborted
+from phasedsft.winrate import Judged, WinRate, by_category, judge_item, summarize
+
+log = logging.getLogger(__name__)
+Group = tuple[str, str, int]
+
+
+def question(item: dict[str, Any]) -> str:
+    """What the judge sees as the user's question: the instruction, plus its input if any."""
+    return item["instruction"] + (f"\n\n{item['input']}" if item.get("input", "").strip() else "")
+
+
+def load_sets(cfg: DictConfig, run: Run) -> list[EvalSet]:
+    if not cfg.eval_sets:
+        raise DataError(
+            "no test set chosen: pick one with eval_set=held_out (or eval_set=paper, ...)"
+        )
+    sets = []
+    for key, sc in sorted(cfg.eval_sets.items()):
+        if sc.source is None:
+            if not run.config.dataset.get("eval"):
+                raise DataError(
+                    f"eval_set={key}: run {run.name} has no held-out data (dataset.eval) in its config"
+                )
+            loaded = instantiate(run.config.dataset.eval)
+        else:
+            loaded = instantiate(sc.source)
+        es = build_eval_set(sc.name, loaded, list(sc.categories), sc.max_items)
+        if sc.expected_items and not sc.max_items and len(es.items) != sc.expected_items:
+            log.warning(
+                "eval set %s has %d items; the paper's copy has %d",
+                sc.name,
+                len(es.items),
+                sc.expected_items,
+            )
+        sets.append(es)
+    return sets
+
+
+def groups_of(runs: list[Run], baseline: str) -> dict[Group, tuple[Run, list[Run]]]:
+    """Per (dataset, model, seed): the baseline run and the runs compared with it."""
+    by: dict[Group, list[Run]] = defaultdict(list)
+    for r in runs:
+        by[r.group].append(r)
+    out = {}
+    for group, members in sorted(by.items()):
+        bases = [r for r in members if r.ordering == baseline]
+        if not bases:
+            log.warning(
+                "group %s has no run with ordering=%s (orderings: %s): left out",
+                group,
+                baseline,
+                sorted(r.ordering for r in members),
+            )
+            continue
+        if len(bases) > 1:
+            raise DataError(
+                f"group {group} has {len(bases)} runs with ordering={baseline}: "
+                f"{[r.name for r in bases]}; narrow the choice with select=[...]"
+            )
+        out[group] = (bases[0], [r for r in members if r is not bases[0]])
+    if not out:
+        raise DataError(
+            f"no (dataset, model, seed) group has a baseline run with ordering={baseline}; "
+            f"orderings found: {sorted({r.ordering for r in runs})}"
+        )
+    return out
+
+
+def checkpoints_of(run: Run, which: str) -> list[Checkpoint]:
+    return list(run.checkpoints) if which == "every_stage" else [run.final]
+
+
+def pairs_for(cand: Answers, base: Answers, es: EvalSet) -> list[Pair]:
+    a, b = cand.by_id(), base.by_id()
+    return [
+        Pair(
+            ex.id,
+            question(a[ex.id]),
+            a[ex.id]["output"],
+            b[ex.id]["output"],
+            ex.output,
+            es.category(ex),
+        )
+        for ex in es.items
+    ]
+
+
+def category_accuracy(judge: Any, pairs: list[Pair]) -> dict[str, dict[str, dict[str, float]]]:
+    """Exact-match accuracy of both sides per category value (known-answer sets)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for p in pairs:
+        for key, value in p.category.items():
+            cell = out.setdefault(key, {}).setdefault(
+                str(value), {"n": 0, "candidate": 0.0, "baseline": 0.0}
+            )
+            cell["n"] += 1
+            cell["candidate"] += judge.correct(p.answer_a, p.reference)
+            cell["baseline"] += judge.correct(p.answer_b, p.reference)
+    for groups in out.values():
+        for cell in groups.values():
+            cell["candidate"] /= cell["n"]
+            cell["baseline"] /= cell["n"]
+    return out
+
+
+def write_replay(
+    path: Path, pairs: list[Pair], reviews: list[Reviews], judged: list[Judged]
+) -> None:
+    """The comparison in the replay format of ``python -m phasedsft.winrate`` (+ parsed fields)."""
+    lines = []
+    for p, r, j in zip(pairs, reviews, judged, strict=True):
+        row: dict[str, Any] = {
+            "id": p.id,
+            "instruction": p.question,
+            "answer_a": p.answer_a,
+            "answer_b": p.answer_b,
+            "review_ab": r.review_ab,
+            "review_ba": r.review_ba,
+            "category": p.category,
+            "scores_ab": j.scores_ab,
+            "scores_ba": j.scores_ba,
+        }
+        if r.errors or j.error:
+            row["errors"] = [*r.errors, *([j.error] if j.error else [])]
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rule, which = (
+        str(cfg.rule.value if hasattr(cfg.rule, "value") else cfg.rule),
+        str(cfg.checkpoints.value if hasattr(cfg.checkpoints, "value") else cfg.checkpoints),
+    )
+    runs = discover_runs(cfg.sweep_dir, list(cfg.select))
+    groups = groups_of(runs, cfg.baseline)
+    generator = instantiate(cfg.generator)
+    judge = instantiate(cfg.judge)
+    cache = ScoreCache(Path(cfg.cache_dir) / "judgments.sqlite")
+    log.info(
+        "%d groups; comparing %s against %s",
+        len(groups),
+        ", ".join(r.name for _, (_, cands) in groups.items() for r in cands),
+        cfg.baseline,
+    )
+
+    # --- generate: every compared checkpoint, every test set
+    answers: dict[tuple[str, str], Answers] = {}
+    sets_of: dict[Group, list[EvalSet]] = {}
+    for group, (base, cands) in groups.items():
+        sets_of[group] = load_sets(cfg, base)
+        for r in [base, *cands]:
+            for ckpt in checkpoints_of(r, "final" if r is base else which):
+                loaded: dict[str, Any] = {}
+                for es in sets_of[group]:
+                    answers[(ckpt.label, es.name)] = answers_for(
+                        ckpt, es, generator, r.config, loaded
+                    )
+                    if cfg.export_alpacaeval:
+                        write_alpacaeval(
+                            out, ckpt.label, es.name, answers[(ckpt.label, es.name)].items
+                        )
+                loaded.clear()
+    if cfg.generate_only:
+        print(
+            f"answers written beside each checkpoint ({len(answers)} files); stopping (generate_only)"
+        )
+        return {"answers": {f"{k[0]}:{k[1]}": str(v.path) for k, v in answers.items()}}
+
+    # --- judge: candidate checkpoint vs the baseline's final weights, both orders
+    todo = []
+    for group, (base, cands) in groups.items():
+        for r in cands:
+            for ckpt in checkpoints_of(r, which):
+                for es in sets_of[group]:
+                    pairs = pairs_for(
+                        answers[(ckpt.label, es.name)], answers[(base.final.label, es.name)], es
+                    )
+                    todo.append((group, r, ckpt, es, base, pairs))
+    if cfg.dry_run:
+        if not hasattr(judge, "estimate"):
+            print(f"judge={judge.name} sends no request: nothing to estimate")
+            return {"estimate": None}
+        every = [p for *_, pairs in todo for p in pairs]
+        estimate = judge.estimate(every, cache)
+        atomic_write_json(out / "estimate.json", estimate)
+        print("judge cost estimate: " + json.dumps(estimate, indent=2))
+        return {"estimate": estimate}
+
+    comparisons: list[Comparison] = []
+    pooled_items: dict[tuple, list[Judged]] = defaultdict(list)
+    judge_stats: dict[str, Any] = {"requests": 0, "cost_usd": 0.0}
+    aborted: ScoringAborted | None = None
+    for group, r, ckpt, es, base, pairs in todo:
+        try:
+            result = judge.judge_pairs(pairs, cache, desc=f"judge {es.name}")
+        except ScoringAborted as e:
+            aborted = e
+            break
+        for k in ("requests", "cost_usd"):
+            judge_stats[k] += result.stats.get(k, 0)
+        judged = [
+            judge_item(p.id, rv.review_ab, rv.review_ba, p.category)
+            for p, rv in zip(pairs, result.reviews, strict=True)
+        ]
+        label = f"{ckpt.run}__stage_{ckpt.index}_{ckpt.stage}__vs__{base.name}"
+        write_replay(
+            out / "comparisons" / es.name / f"{label}.jsonl", pairs, result.reviews, judged
+        )
+        win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
+        accuracy = None
+        if es.has_references and hasattr(judge, "correct"):
+            accuracy = {
+                "candidate": sum(judge.correct(p.answer_a, p.reference) for p in pairs)
+                / len(pairs),
+                "baseline": sum(judge.correct(p.answer_b, p.reference) for p in pairs) / len(pairs),
+            }
+        cat_acc = category_accuracy(judge, pairs) if accuracy is not None else {}
+        comp = Comparison(
+            group,
+            r.ordering,
+            r.name,
+            ckpt.index,
+            ckpt.n_stages,
+            es.name,
+            base.name,
+            win,
+            by_category(judged, rule, cfg.bootstrap, cfg.seed) if es.categories else {},
+            accuracy,
+            cat_acc,
+        )
+        atomic_write_json(
+            out / "comparisons" / es.name / f"{label}.json",
+            {
+                **win.to_json(),
+                "candidate": ckpt.label,
+                "baseline": base.final.label,
+                "judge": judge.name,
+                "by_category": {
+                    k: {v: w.to_json() for v, w in g.items()} for k, g in comp.categories.items()
+                },
+                "accuracy": accuracy,
+                "judge_run": result.stats,
+            },
+        )
+        comparisons.append(comp)
+        pooled_items[comp.row].extend(judged)
+
+    pooled: dict[tuple, WinRate] = {
+        k: summarize(v, rule, cfg.bootstrap, cfg.seed) for k, v in pooled_items.items()
+    }
+    table = write_tables(out, comparisons, pooled, cfg.baseline) if comparisons else ""
+    write_categories(out, comparisons)
+    figure = plot_stage_curves(out, comparisons, pooled, cfg.baseline) if comparisons else None
+    summary = {
+        "out_dir": str(out),
+        "judge": judge.name,
+        "rule": rule,
+        "checkpoints": which,
+        "baseline": cfg.baseline,
+        "comparisons": len(comparisons),
+        "of": len(todo),
+        "judge_requests": judge_stats,
+        "figure": str(figure) if figure else None,
+        "stopped": str(aborted) if aborted else None,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    print(
+        "\n" + table + f"\nresults: {out}/table.md, categories.md, comparisons/, figure1_stages.png"
+    )
+    if aborted:
+        print(f"error: {aborted}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
+    return summary

@@ -67,10 +67,10 @@ class ParseError(ValueError):
 # ------------------------------------------------------------------ parsing reviews
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
-_ASSISTANT = re.compile(r"\b(?:assistant|answer|response)\s*[12]\b(?:'s)?", re.I)
+_ASSISTANT = re.compile(r"\b(?:assistant|answer|response)[\s_]*[12]\b(?:'s)?", re.I)
 _OUT_OF = re.compile(r"\s*(?:/|out\s+of)\s*10(?:\.0+)?\b", re.I)
 _LABELLED = re.compile(
-    rf"\b(?:assistant|answer|response)\s*([12])\b(?:'s)?\s*(?:score|rating)?\s*[:=\-]\s*\**\s*({_NUMBER})",
+    rf"\b(?:assistant|answer|response)[\s_]*([12])\b[\"']?(?:'s)?\s*(?:score|rating)?\s*[:=\-]\s*\**\s*({_NUMBER})",
     re.I,
 )
 
@@ -105,7 +105,8 @@ def parse_scores(text: str | None) -> tuple[float, float]:
 
     Understood: a first line "8 7", "8, 7", "8.5 9", "8/10 7/10", "Assistant 1: 8
     Assistant 2: 7" (markdown emphasis ignored), a JSON reply ``{"assistant_1": 8,
-    "assistant_2": 7}`` or ``[8, 7]``, and labelled scores anywhere ("Assistant 1 score: 8").
+    "assistant_2": 7}`` or ``[8, 7]``, and labelled scores anywhere ("Assistant 1 score: 8", also in a JSON reply cut off by the
+    token limit).
     Anything else raises :class:`ParseError` with the reason.
     """
     if text is None or not text.strip():

@@ -64,3 +64,15 @@ def tiny_tokenizer(tmp_path_factory):
     examples = generate_suite(400, seed=0).examples
     ctx = BuildContext(tmp_path_factory.mktemp("cache"), 0, lambda: tokenizer_corpus(examples))
     return train_bpe_tokenizer(ctx, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def server():
+    """A real OpenAI-compatible llama.cpp server (SmolLM2-135M-Instruct) on loopback; its /v1 URL."""
+    pytest.importorskip("xllamacpp")
+    from servers import free_port, start_server, stop_server
+
+    port = free_port()
+    proc = start_server(port)
+    yield f"http://127.0.0.1:{port}/v1"
+    stop_server(proc)

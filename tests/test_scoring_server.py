@@ -7,75 +7,23 @@ resume, failures, budget, secrets), not the model's judgement.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("xllamacpp")
 
 FAKE_KEY = "sk-phasedsft-FAKE-KEY-7f3a9c1e5b2d4a6f8e0c"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "phasedsft.scoring.server",
-            "--port",
-            str(port),
-            "--parallel",
-            "2",
-            "--threads",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError("the llama.cpp server did not become healthy")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@pytest.fixture(scope="session")
-def server():
-    port = free_port()
-    proc = start_server(port)
-    yield f"http://127.0.0.1:{port}/v1"
-    stop_server(proc)
 
 
 def score_cmd(root: Path, base_url: str, n: int, *extra: str) -> list[str]:

@@ -84,6 +84,7 @@ def test_unknown_rule_is_named():
         ("Score: 7 out of 10; 9 out of 10", (7, 9)),
         ('{"assistant_1": 6, "assistant_2": 9, "explanation": "x"}', (6, 9)),
         ("[3, 4]", (3, 4)),
+        ('{"assistant_1": 4, "assistant_2": 1, "explanation": "cut off by max_tok', (4, 1)),
         ("Here is my evaluation.\nAssistant 1 score: 4\nAssistant 2 score: 8", (4, 8)),
     ],
 )

@@ -1,0 +1,165 @@
+"""evaluate.py end to end: a tiny real sweep, judged by the exact-match judge and by a real LLM server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, ref_path
+
+from phasedsft.winrate import main as winrate_main
+
+pytestmark = pytest.mark.integration
+
+FAKE_KEY = "sk-phasedsft-FAKE-JUDGE-KEY-2b7e151628aed2a6"
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """`python train.py -m ordering=one_off,1-2-3,random` on the tiny graded setup."""
+    root = tmp_path_factory.mktemp("sweep")
+    run(
+        [
+            "train.py",
+            "-m",
+            "ordering=one_off,1-2-3,random",
+            *TINY,
+            f"run.root={root}",
+            "trainer.max_steps=12",
+            "trainer.learning_rate=1e-2",
+            "eval.generate=false",
+        ]
+    )
+    return root
+
+
+def evaluate(
+    sweep: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return run(["evaluate.py", f"sweep_dir={sweep}", "generator.max_new_tokens=6", *extra], env=env)
+
+
+def test_reports_from_a_tiny_sweep(sweep, capsys):
+    evaluate(sweep, "checkpoints=every_stage")
+    out = sweep / "evaluation" / "reference"
+    table = json.loads((out / "table.json").read_text())
+    # two candidate orderings x three stages, each against the one-off baseline's final weights
+    assert sorted((r["ordering"], r["stage"]) for r in table) == [
+        (o, i) for o in ("1-2-3", "random") for i in (1, 2, 3)
+    ]
+    assert {r["baseline"] for r in table} == {next(sweep.glob("graded-tiny-one_off-*")).name}
+    md = (out / "table.md").read_text()
+    assert md.count("| graded | tiny | 0 |") == 6
+
+    # Every number in the table is what the replay command computes from the written reviews.
+    for row in table:
+        label = f"{row['run']}__stage_{row['stage']}_"
+        [replay] = [p for p in (out / "comparisons" / "held_out").glob(f"{label}*.jsonl")]
+        assert winrate_main([str(replay), "--json"]) == 0
+        again = json.loads(capsys.readouterr().out)
+        for k in ("wins", "ties", "losses", "n", "unparsed", "win_rate", "ci_low", "ci_high"):
+            assert again[k] == pytest.approx(row[k]), (label, k)
+        # the exact-match judge's accuracy agrees with its own win / lose counts
+        acc = row["accuracy"]
+        assert acc["candidate"] - acc["baseline"] == pytest.approx(
+            (row["wins"] - row["losses"]) / row["n"]
+        )
+
+    png = out / "figure1_stages.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cats = (out / "categories.md").read_text()
+    assert "held_out: win rate by level" in cats and "exact-match accuracy by task" in cats
+    exports = sorted((out / "alpacaeval").glob("*.json"))
+    assert len(exports) == 7  # 2 orderings x 3 stages + the baseline
+    record = json.loads(exports[0].read_text())[0]
+    assert set(record) == {"instruction", "output", "generator", "dataset"}
+
+    # Answers are written beside each checkpoint; a rerun reuses all of them.
+    answers = sorted(sweep.glob("*/stage_*/generations/held_out.*.json"))
+    assert len(answers) == 7
+    stamps = [p.stat().st_mtime_ns for p in answers]
+    evaluate(sweep, "checkpoints=every_stage")
+    assert [p.stat().st_mtime_ns for p in answers] == stamps
+    assert json.loads((out / "table.json").read_text()) == table
+
+
+def test_fastchat_rule_and_final_checkpoints(sweep):
+    evaluate(sweep, "rule=fastchat", "out_dir=${sweep_dir}/evaluation/fastchat")
+    table = json.loads((sweep / "evaluation" / "fastchat" / "table.json").read_text())
+    assert [(r["ordering"], r["stage"], r["rule"]) for r in table] == [
+        ("1-2-3", 3, "fastchat"),
+        ("random", 3, "fastchat"),
+    ]
+
+
+def test_missing_baseline_is_a_plain_error(sweep):
+    out = subprocess.run(
+        [sys.executable, "evaluate.py", f"sweep_dir={sweep}", "baseline=3-2-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "no (dataset, model, seed) group has a baseline run with ordering=3-2-1" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_llm_judge_on_a_real_test_set_through_a_real_server(sweep, server):
+    """judge=local: SmolLM2 behind llama.cpp's OpenAI-compatible API judges Koala answers."""
+    sets = ref_path("eval_sets")
+    args = [
+        "eval_set=[koala]",
+        f"eval_data_dir={sets}",
+        "eval_sets.koala.max_items=3",
+        "judge=local",
+        f"judge.base_url={server}",
+        "judge.max_tokens=48",
+        "judge.concurrency=2",
+    ]
+    first = evaluate(sweep, *args, env={"OPENAI_API_KEY": FAKE_KEY})
+    out = sweep / "evaluation" / "local"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comparisons"] == 2
+    rows = [
+        json.loads(line)
+        for p in (out / "comparisons" / "koala").glob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert len(rows) == 6 and all(r["review_ab"] and r["review_ba"] for r in rows)
+    # One request per distinct (question, answers) pair and order, plus retries of unparseable
+    # replies (at most 2 more each): two candidates with identical answers share cached replies.
+    distinct = {(r["instruction"], r["answer_a"], r["answer_b"]) for r in rows}
+    assert 2 * len(distinct) <= summary["judge_requests"]["requests"] <= 3 * 2 * len(distinct)
+    table = json.loads((out / "table.json").read_text())
+    # structured output keeps even a 135M model to the score format
+    assert all(r["n"] + r["unparsed"] == 3 for r in table)
+    assert sum(r["n"] for r in table) >= 5
+
+    # Rerun: every reply comes from the cache.
+    evaluate(sweep, *args, env={"OPENAI_API_KEY": FAKE_KEY})
+    assert json.loads((out / "summary.json").read_text())["judge_requests"]["requests"] == 0
+    assert json.loads((out / "table.json").read_text()) == table
+
+    # The key never reaches a file the tool writes (.hydra dumps, logs, cache, outputs).
+    written = [p for p in sweep.rglob("*") if p.is_file()]
+    assert any(p.name == "judgments.sqlite" for p in written)
+    assert any(".hydra" in p.parts for p in written)
+    leaks = [p for p in written if FAKE_KEY.encode() in p.read_bytes()]
+    assert leaks == []
+    assert FAKE_KEY not in first.stdout + first.stderr

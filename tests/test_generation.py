@@ -1,0 +1,151 @@
+"""Answers from a saved checkpoint: left-padded batches, resume after a crash, context limits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from phasedsft.data.graded import generate_suite
+from phasedsft.evaluation.generation import Checkpoint, HFGenerator, answers_for, discover_runs
+from phasedsft.evaluation.sets import EvalSet
+from phasedsft.records import DataError
+
+RUN_CONFIG = OmegaConf.create({"prompt": {"_target_": "phasedsft.prompts.AlpacaTemplate"}})
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved random-init tiny Llama + its tokenizer, laid out like a finished stage."""
+    from phasedsft.models import BuildContext, scratch_llama
+
+    d = tmp_path_factory.mktemp("run") / "stage_1_all"
+    ctx = BuildContext(d, 0, list)
+    model = scratch_llama(ctx, tiny_tokenizer, 32, 64, 2, 2, 2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    with (
+        torch.no_grad()
+    ):  # larger random weights: varied greedy answers instead of one repeated token
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    model.save_pretrained(d / "model")
+    tiny_tokenizer.save_pretrained(d / "model")
+    return d
+
+
+def checkpoint(stage_dir, order="o1") -> Checkpoint:
+    return Checkpoint("run-a", 1, "all", 1, stage_dir, order)
+
+
+def eval_set(n=10) -> EvalSet:
+    items = generate_suite(n, seed=3, split="eval").examples
+    return EvalSet("held_out", items, ["level"])
+
+
+def fresh(stage_dir):
+    for f in (stage_dir / "generations").glob("*.json"):
+        f.unlink()
+
+
+def test_batched_left_padded_answers_equal_one_at_a_time(stage_dir):
+    fresh(stage_dir)
+    es = eval_set(12)
+    one = answers_for(
+        checkpoint(stage_dir, "a"), es, HFGenerator(max_new_tokens=8, batch_size=1), RUN_CONFIG
+    )
+    many = answers_for(
+        checkpoint(stage_dir, "b"), es, HFGenerator(max_new_tokens=8, batch_size=5), RUN_CONFIG
+    )
+    assert [it["id"] for it in many.items] == [ex.id for ex in es.items]  # the set's order
+    assert len({len(it["instruction"]) for it in many.items}) > 1  # prompts of different lengths
+    assert [it["output"] for it in many.items] == [it["output"] for it in one.items]
+    assert any(it["output"] for it in many.items)
+    saved = json.loads(many.path.read_text())
+    assert saved["complete"] and saved["checkpoint"] == "run-a/stage_1_all"
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingGenerator(HFGenerator):
+    """Dies after ``survive`` chunks, like a preempted job."""
+
+    def __init__(self, survive: int, **kw):
+        super().__init__(**kw)
+        self.survive, self.calls, self.prompts = survive, 0, 0
+
+    def generate(self, model, tokenizer, prompts):
+        if self.calls >= self.survive:
+            raise Crash("killed")
+        self.calls += 1
+        self.prompts += len(prompts)
+        return super().generate(model, tokenizer, prompts)
+
+
+def test_a_crash_loses_at_most_one_chunk_and_resume_repeats_nothing(stage_dir):
+    fresh(stage_dir)
+    es = eval_set(10)
+    opts = dict(max_new_tokens=6, batch_size=2, save_every=2)  # chunks of 4 prompts
+    reference = answers_for(checkpoint(stage_dir, "ref"), es, HFGenerator(**opts), RUN_CONFIG)
+
+    first = CrashingGenerator(survive=2, **opts)
+    with pytest.raises(Crash):
+        answers_for(checkpoint(stage_dir, "c"), es, first, RUN_CONFIG)
+    partial = next(p for p in (stage_dir / "generations").glob("*.json") if p != reference.path)
+    saved = json.loads(partial.read_text())
+    assert not saved["complete"] and len(saved["items"]) == 8
+
+    second = CrashingGenerator(survive=99, **opts)
+    resumed = answers_for(checkpoint(stage_dir, "c"), es, second, RUN_CONFIG)
+    assert second.prompts == 2  # only what was missing
+    assert [it["output"] for it in resumed.items] == [it["output"] for it in reference.items]
+
+    third = CrashingGenerator(survive=0, **opts)  # complete file: nothing generated, nothing loaded
+    again = answers_for(checkpoint(stage_dir, "c"), es, third, RUN_CONFIG)
+    assert again.items == resumed.items
+
+
+def test_key_tracks_generation_settings_and_weights(stage_dir):
+    es = eval_set(4)
+    paths = {
+        answers_for(
+            checkpoint(stage_dir, order), es, HFGenerator(max_new_tokens=n), RUN_CONFIG
+        ).path.name
+        for order, n in [("k1", 4), ("k1", 5), ("k2", 4)]
+    }
+    assert len(paths) == 3
+
+
+def test_long_prompts_keep_their_last_tokens_and_are_flagged(stage_dir, tiny_tokenizer):
+    es = eval_set(6)
+    long = es.items[0]
+    es.items[0] = type(long)(
+        long.id, long.instruction + " apple" * 600, long.input, long.output, meta=long.meta
+    )
+    out = answers_for(checkpoint(stage_dir, "long"), es, HFGenerator(max_new_tokens=8), RUN_CONFIG)
+    first = out.items[0]
+    assert first["prompt_truncated"] and first["prompt_tokens"] == 512 - 8
+    assert not any(it["prompt_truncated"] for it in out.items[1:])
+    assert json.loads(out.path.read_text())["prompts_truncated"] == 1
+    with pytest.raises(DataError, match="leaves no room for a prompt"):
+        answers_for(checkpoint(stage_dir, "x"), es, HFGenerator(max_new_tokens=510), RUN_CONFIG)
+
+
+def test_discover_runs_needs_finished_stages(tmp_path):
+    with pytest.raises(DataError, match="sweep_dir not found"):
+        discover_runs(tmp_path / "nope")
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "run.json").write_text(
+        json.dumps({"stages": [{"index": 1, "name": "all", "order_sha256": "x"}]})
+    )
+    (tmp_path / "r1" / "config.yaml").write_text("ordering: {name: one_off}\n")
+    with pytest.raises(DataError, match=r"no finished training run .* \(1 unfinished\)"):
+        discover_runs(tmp_path)
+    stage = tmp_path / "r1" / "stage_1_all"
+    (stage / "model").mkdir(parents=True)
+    (stage / "stage.json").write_text(json.dumps({"status": "done"}))
+    [run] = discover_runs(tmp_path)
+    assert run.ordering == "one_off" and run.final.label == "r1/stage_1_all"

@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)  ## benchmarks (ratios measured side by side; not part of the tests)
 	$(PY) benchmarks/bench_segmentation.py
 	$(PY) benchmarks/bench_scoring_client.py
+	$(PY) benchmarks/bench_generation.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

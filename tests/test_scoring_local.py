@@ -113,7 +113,7 @@ def test_missing_api_key_is_a_plain_error(tmp_path):
     )
     assert out.returncode == 2
     assert (
-        "error: scorer=openai needs an API key in the environment variable OPENAI_API_KEY"
+        "error: scorer=gpt4 needs an API key in the environment variable OPENAI_API_KEY"
         in out.stderr
     )
     assert "Traceback" not in out.stderr + out.stdout

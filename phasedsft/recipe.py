@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from phasedsft import __version__
 from phasedsft.data.loaders import Loaded
+from phasedsft.distributed import export_slurm_ranks, is_main, rank, world_size
 from phasedsft.evaluate import eval_datasets, generate_answers, judge_answers
 from phasedsft.io import atomic_write_json, atomic_write_text, git_revision, sha256_lines
 from phasedsft.models import BuildContext
@@ -196,6 +197,24 @@ def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", **options)
 
 
+def job_environment() -> dict[str, Any]:
+    """Where this run executes: host, ranks, and the SLURM job when there is one."""
+    import os
+    import socket
+
+    slurm = {
+        k.removeprefix("SLURM_").lower(): os.environ[k]
+        for k in (
+            "SLURM_JOB_ID",
+            "SLURM_ARRAY_JOB_ID",
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_RESTART_COUNT",
+        )
+        if k in os.environ
+    }
+    return {"host": socket.gethostname(), "world_size": world_size(), "slurm": slurm or None}
+
+
 def run_dir_for(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
@@ -208,6 +227,7 @@ def run_dir_for(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Setup -> for each stage of the ordering: train, checkpoint -> evaluate."""
     started = time.time()
+    export_slurm_ranks()  # one SLURM task per GPU -> torch.distributed ranks (no-op otherwise)
     run_dir = run_dir_for(cfg)
     cache_dir = Path(cfg.run.cache_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "phasedsft_version": __version__,
         "git": git_revision(),
         "run_dir": str(run_dir),
+        "job": job_environment(),
         "ordering": cfg.ordering.name,
         "stage_manifest": {
             "path": s.manifest_path,
@@ -267,6 +288,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # --- evaluate the final weights
     final: dict[str, Any] | None = None
+    if not is_main():  # rank 0 evaluates and writes the run-level files
+        return {"rank": rank(), "run_dir": str(run_dir)}
     if cfg.eval.generate and s.eval_examples and previous is not None:
         judge = instantiate(cfg.judge)
         if hasattr(judge, "correct"):

@@ -212,11 +212,12 @@ def train_stage(
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    final = spec.dir / "model"
+    final, tmp = spec.dir / "model", spec.dir / "model.tmp"
     if trainer.args.should_save:
-        tmp = spec.dir / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
+    if trainer.args.should_save:
         tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, final)
 
@@ -257,5 +258,6 @@ def train_stage(
         atomic_write_json(spec.dir / STAGE_FILE, record)  # the completion marker: written last
         if not tcfg.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # the next stage loads what rank 0 just wrote
     del trainer, model
     return record

@@ -108,6 +108,21 @@ def test_fastchat_rule_and_final_checkpoints(sweep):
     ]
 
 
+def test_dry_run_estimates_the_judge_cost_without_a_request(sweep, monkeypatch):
+    # nothing listens on port 9: any request would fail the run
+    evaluate(
+        sweep,
+        "judge=gpt4",
+        "judge.base_url=http://127.0.0.1:9/v1",
+        "eval_sets.held_out.max_items=5",
+        "dry_run=true",
+    )
+    est = json.loads((sweep / "evaluation" / "gpt4" / "estimate.json").read_text())
+    assert est["requests"] == est["to_request"] == 2 * 5 * 2  # 2 candidates x 5 items x 2 orders
+    assert est["est_cost_usd_upper_bound"] > 0
+    assert not (sweep / "evaluation" / "gpt4" / "table.md").exists()
+
+
 def test_missing_baseline_is_a_plain_error(sweep):
     out = subprocess.run(
         [sys.executable, "evaluate.py", f"sweep_dir={sweep}", "baseline=3-2-1"],

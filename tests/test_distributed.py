@@ -1,0 +1,33 @@
+"""SLURM task variables -> torch.distributed ranks (pure functions; the real path is test_slurm)."""
+
+from __future__ import annotations
+
+from phasedsft.distributed import first_host, slurm_ranks
+
+
+def test_single_task_or_torchrun_leave_the_environment_alone():
+    assert slurm_ranks({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == {}
+    assert slurm_ranks({"SLURM_NTASKS": "8", "RANK": "3"}) == {}  # torchrun inside the job wins
+    assert slurm_ranks({}) == {}
+
+
+def test_ranks_from_a_two_node_job():
+    env = {
+        "SLURM_NTASKS": "16",
+        "SLURM_PROCID": "9",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "8(x2)",
+        "SLURM_JOB_NODELIST": "gpu[017-018]",
+        "SLURM_JOB_ID": "123456",
+    }
+    got = slurm_ranks(env)
+    assert got["RANK"] == "9" and got["LOCAL_RANK"] == "1" and got["WORLD_SIZE"] == "16"
+    assert got["LOCAL_WORLD_SIZE"] == "8"
+    assert got["MASTER_ADDR"] == "gpu017"
+    assert got["MASTER_PORT"] == str(20000 + 123456 % 20000)  # same on every task of the job
+
+
+def test_first_host_of_common_node_lists():
+    assert first_host("node7") == "node7"
+    assert first_host("gpu[003-005,010]") == "gpu003"
+    assert first_host("a1,b[2-3]") == "a1"

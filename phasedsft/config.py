@@ -125,7 +125,10 @@ class EvalConfig:
 @dataclass
 class LoggerConfig:
     name: str = "none"
-    report_to: list[str] = field(default_factory=list)
+    report_to: list[str] = field(default_factory=list)  # the Trainer's integrations
+    tracker: Any = (
+        None  # node with _target_ (phasedsft.tracking.WandbTracker); None: JSON files only
+    )
 
 
 @dataclass

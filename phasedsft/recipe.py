@@ -36,6 +36,7 @@ from phasedsft.scorers import apply_scores
 from phasedsft.scoring.cache import ScoreCache
 from phasedsft.scoring.context import ScoreContext
 from phasedsft.stages import StageManifest, load_or_build_manifest
+from phasedsft.tracking import NullTracker
 from phasedsft.training import StageSpec, train_stage
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(run_dir / "run.json", run_info)
     if s.manifest is not None:
         atomic_write_json(run_dir / "stage_manifest.json", s.manifest.to_json())
+    tracker = instantiate(cfg.logger.tracker) if cfg.logger.tracker and is_main() else NullTracker()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    tracker.start({str(k): v for k, v in resolved.items()}, run_dir, run_info)
     log.info("run directory: %s", run_dir)
     log.info(
         "stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs)
@@ -284,6 +289,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         records.append(
             train_stage(spec, load, s.tokenizer, s.encoded, evals, cfg.trainer, cfg.seed, report_to)
         )
+        tracker.stage_done(records[-1])
         previous = spec.dir
 
     # --- evaluate the final weights
@@ -316,6 +322,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": round(time.time() - started, 1),
     }
     atomic_write_json(run_dir / "summary.json", summary)
+    tracker.finish(summary)
     print_summary(summary, run_dir)
     return summary
 

@@ -1,0 +1,90 @@
+"""Experiment tracking beside the run directory's own JSON files (``logger`` config group).
+
+:class:`WandbTracker` opens one W&B run per training run, named and grouped from the config,
+with a stable id derived from the run directory: a requeued or relaunched job continues the
+same W&B run. It logs the resolved config (which never holds secrets: API keys are read from
+the environment only), the stage plan with each stage's data-order hash, and per-stage results;
+the Trainer's own W&B callback (``report_to: [wandb]``) logs loss and learning rate as it trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phasedsft.records import DataError
+
+
+class NullTracker:
+    def start(self, config: dict[str, Any], run_dir: Path, run_info: dict[str, Any]) -> None:
+        pass
+
+    def stage_done(self, record: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def stable_run_id(run_dir: Path) -> str:
+    return hashlib.sha256(run_dir.name.encode()).hexdigest()[:16]
+
+
+@dataclass
+class WandbTracker(NullTracker):
+    project: str = "phasedsft"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # online | offline | disabled; None: WANDB_MODE, else online
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, "online", "offline", "disabled"):
+            raise DataError(
+                f"logger.tracker.mode must be online, offline, disabled or null; got {self.mode!r}"
+            )
+
+    def start(self, config: dict[str, Any], run_dir: Path, run_info: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError as e:
+            raise DataError("logger=wandb needs wandb: pip install wandb (or .[wandb])") from e
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            name=self.name or run_dir.name,
+            tags=list(self.tags),
+            mode=self.mode,  # type: ignore[arg-type]  # checked in __post_init__
+            id=stable_run_id(run_dir),
+            resume="allow",
+            dir=str(run_dir),
+            config={**config, "run_dir": str(run_dir), "stages": run_info["stages"]},
+        )
+        self.run.summary["run_dir"] = str(run_dir)
+        self.run.summary["git"] = run_info.get("git", {}).get("sha")
+
+    def stage_done(self, record: dict[str, Any]) -> None:
+        i = record["index"]
+        values: dict[str, Any] = {"stage": i}
+        for key in ("first_logged_loss", "last_logged_loss", "global_step", "n_examples", "n_fed"):
+            if isinstance(record.get(key), int | float):
+                values[f"stage/{key}"] = record[key]
+        for key, value in record.get("metrics", {}).get("eval", {}).items():
+            if isinstance(value, int | float):
+                values[f"stage/{key}"] = value
+        self.run.log(values)
+        self.run.summary[f"stage_{i}/name"] = record["name"]
+        self.run.summary[f"stage_{i}/order_sha256"] = record["order_sha256"]
+        self.run.summary[f"stage_{i}/fed_matches_plan"] = record.get("fed_matches_plan")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if summary.get("final_accuracy"):
+            for key, value in summary["final_accuracy"].items():
+                self.run.summary[f"final/{key}/accuracy"] = value["accuracy"]
+        self.run.summary["wall_seconds"] = summary.get("wall_seconds")
+        self.run.finish()

@@ -1,0 +1,57 @@
+"""logger=wandb for real, in offline mode: the run file holds config, stage plan and metrics, no secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY
+
+pytest.importorskip("wandb")
+pytestmark = pytest.mark.integration
+
+SECRETS = {"OPENAI_API_KEY": "sk-phasedsft-FAKE-OPENAI-5d41402abc4b2a76", "WANDB_API_KEY": "f" * 40}
+
+
+def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path):
+    cmd = [
+        sys.executable,
+        "train.py",
+        "logger=wandb",
+        *TINY,
+        f"run.root={tmp_path}",
+        "trainer.max_steps=6",
+        "ordering=1-2",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **SECRETS}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [run] = [p for p in tmp_path.iterdir() if (p / "summary.json").is_file()]
+    [offline] = list((run / "wandb").glob("offline-run-*"))
+    [record_file] = list(offline.glob("run-*.wandb"))
+    data = record_file.read_bytes()
+    stage2 = json.loads(next(run.glob("stage_2_*/stage.json")).read_text())
+    for expected in [
+        b"graded-tiny-s0",  # group: the sweep
+        b"tiny-1-2-s0",  # name: model / ordering / seed
+        b"stage/eval_all_loss",  # per-stage metrics
+        b"stage_2/order_sha256",
+        stage2["order_sha256"].encode(),  # the data-order hash itself
+        b"train/loss",  # the Trainer's own callback
+        b"learning_rate",  # the config
+    ]:
+        assert expected in data, expected
+
+    # rerun (as a requeued job would): same W&B run id, resumed
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1 and len(list((run / "wandb").glob("offline-run-*"))) >= 1
+
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        for name, secret in SECRETS.items():
+            assert secret.encode() not in content, f"{name} leaked into {path}"

@@ -68,6 +68,18 @@ class ModelConfig:
     name: str = MISSING
     tokenizer: Any = MISSING  # node with _target_ (phasedsft.models.*_tokenizer)
     loader: Any = MISSING  # node with _target_ (phasedsft.models.scratch_llama / load_pretrained)
+    # LoRA targets for this model family (Llama / Mistral / SmolLM2 names by default)
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
 
 
 @dataclass
@@ -110,6 +122,8 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
     use_cpu: bool = False
+    deepspeed: Any = None  # a DeepSpeed config (trainer/deepspeed=zero2|zero3|zero3_offload); "auto" fields filled by the Trainer
+    peft: Any = None  # adapter settings with _target_ (trainer/peft=lora); None: full fine-tuning
     extra: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments as is
 
 

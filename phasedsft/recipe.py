@@ -27,7 +27,13 @@ from phasedsft import __version__
 from phasedsft.data.loaders import Loaded
 from phasedsft.distributed import export_slurm_ranks, is_main, rank, world_size
 from phasedsft.evaluate import eval_datasets, generate_answers, judge_answers
-from phasedsft.io import atomic_write_json, atomic_write_text, git_revision, sha256_lines
+from phasedsft.io import (
+    atomic_write_json,
+    atomic_write_text,
+    git_revision,
+    replace_dir,
+    sha256_lines,
+)
 from phasedsft.models import BuildContext
 from phasedsft.ordering import Phase
 from phasedsft.prompts import AlpacaTemplate, Encoded, encode
@@ -177,15 +183,48 @@ def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
     )
 
 
-def model_loader(cfg: DictConfig, ctx: BuildContext, tokenizer: Any, previous: Path | None) -> Any:
-    """Stage 1 starts from the configured model; every later stage from the previous stage's weights."""
+def model_loader(
+    cfg: DictConfig, ctx: BuildContext, tokenizer: Any, previous: Path | None, adapter: Any
+) -> Any:
+    """Stage 1 starts from the configured model; every later stage from the previous stage's weights.
+
+    With an adapter (LoRA), every stage loads the base model and stage 1 adds a fresh adapter;
+    later stages continue the previous stage's adapter.
+    """
+
+    def base() -> Any:
+        return instantiate(cfg.model.loader, context=ctx, tokenizer=tokenizer)
 
     def load() -> Any:
+        if adapter is not None:
+            return (
+                adapter.wrap(base())
+                if previous is None
+                else adapter.resume(base(), previous / "adapter")
+            )
         if previous is None:
-            return instantiate(cfg.model.loader, context=ctx, tokenizer=tokenizer)
+            return base()
         return load_stage_model(previous / "model", cfg.model.loader)
 
     return load
+
+
+def adapter_export(adapter: Any, base: Any, tokenizer: Any, deepspeed: bool) -> Any:
+    """How a LoRA stage lays out its saved adapter: adapter/ as saved, model/ = base + adapter merged."""
+
+    def export(saved: Path, stage_dir: Path) -> None:
+        replace_dir(saved, stage_dir / "adapter")
+        if deepspeed:  # rank 0 alone builds the merged copy: no ZeRO-3 partitioning here
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        tmp = stage_dir / "model.merged.tmp"
+        merged = adapter.merged(base(), stage_dir / "adapter")
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, stage_dir / "model")
+
+    return export
 
 
 def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
@@ -284,10 +323,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evals = eval_datasets(s.eval_examples, s.eval_encoded) if cfg.eval.after_each_stage else {}
     report_to = list(cfg.logger.report_to)
     records, previous = [], None
+    adapter = instantiate(cfg.trainer.peft) if cfg.trainer.peft else None
+    export = None
+    if adapter is not None:
+        export = adapter_export(
+            adapter,
+            lambda: instantiate(cfg.model.loader, context=ctx, tokenizer=s.tokenizer),
+            s.tokenizer,
+            bool(cfg.trainer.deepspeed),
+        )
     for spec in specs:
-        load = model_loader(cfg, ctx, s.tokenizer, previous)
+        load = model_loader(cfg, ctx, s.tokenizer, previous, adapter)
         records.append(
-            train_stage(spec, load, s.tokenizer, s.encoded, evals, cfg.trainer, cfg.seed, report_to)
+            train_stage(
+                spec, load, s.tokenizer, s.encoded, evals, cfg.trainer, cfg.seed, report_to, export
+            )
         )
         tracker.stage_done(records[-1])
         previous = spec.dir
@@ -338,6 +388,10 @@ def evaluate_final(
         cached = json.loads(out.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             return dict(cached)
+    if cfg.trainer.deepspeed:  # rank 0 alone: load whole weights, outside ZeRO-3's partitioning
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     model = load_stage_model(last_stage / "model", cfg.model.loader)
     answers = generate_answers(
         model,

@@ -113,6 +113,18 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=lambda d: int(d.name.split("-")[-1]), default=None)
 
 
+def deepspeed_config(node: Any) -> dict[str, Any] | None:
+    """The DeepSpeed config as a plain dict (the Trainer fills its "auto" fields)."""
+    if node is None:
+        return None
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(plain, dict):
+        raise TypeError(f"trainer.deepspeed must be a mapping, got {type(plain).__name__}")
+    return {str(k): v for k, v in plain.items()} or None
+
+
 def training_arguments(
     tcfg: Any, output_dir: Path, seed: int, report_to: list[str]
 ) -> TrainingArguments:
@@ -144,6 +156,7 @@ def training_arguments(
         dataloader_num_workers=tcfg.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available() and not tcfg.use_cpu,
         use_cpu=tcfg.use_cpu,
+        deepspeed=deepspeed_config(tcfg.deepspeed),
         **extra,
     )
 
@@ -177,8 +190,13 @@ def train_stage(
     tcfg: Any,
     seed: int,
     report_to: list[str],
+    export: Callable[[Path, Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one stage (or resume it, or skip it if done); return its record."""
+    """Train one stage (or resume it, or skip it if done); return its record.
+
+    ``export(saved_dir, stage_dir)`` lays out what the Trainer saved (rank 0); by default the
+    saved weights become ``stage_dir/model``.
+    """
     done = read_stage(spec.dir)
     if done is not None and done.get("status") == "done":
         if done.get("order_sha256") != spec.order_hash:
@@ -219,7 +237,10 @@ def train_stage(
     trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
     if trainer.args.should_save:
         tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, final)
+        if export is None:
+            replace_dir(tmp, final)
+        else:
+            export(tmp, spec.dir)
 
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
     if eval_datasets:
@@ -259,5 +280,15 @@ def train_stage(
         if not tcfg.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()  # the next stage loads what rank 0 just wrote
+    # Per-rank completion marker: multi-process runs are judged by these, not by exit codes alone
+    # (a process may still abort while tearing down after a successful stage).
+    atomic_write_json(
+        spec.dir / "ranks" / f"{trainer.args.process_index}.json",
+        {
+            "status": "done",
+            "global_step": trainer.state.global_step,
+            "world_size": trainer.args.world_size,
+        },
+    )
     del trainer, model
     return record

@@ -23,7 +23,7 @@ demo: $(STAMP)  ## the main job on the embedded offline default
 	$(PY) train.py
 
 test: $(STAMP)  ## every test: unit, config and integration (what CI runs)
-	$(PY) -m pytest -m "integration or not integration"
+	$(PY) -m pytest -m "integration or not integration" --durations=15
 
 unit: $(STAMP)  ## the fast unit tests only (plain pytest)
 	$(PY) -m pytest

@@ -23,7 +23,15 @@ GROUPS = [
     "judge",
     "logger",
     "launcher",
+    "trainer/deepspeed",
+    "trainer/peft",
 ]
+LAUNCHERS = {
+    "local": "BasicLauncher",
+    "submitit_local": "LocalLauncher",
+    "slurm": "SlurmLauncher",
+    "slurm_local": "SlurmLauncher",
+}
 
 
 @cache
@@ -92,7 +100,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenize
             overrides.append(f"dataset.source.path={f}")
     cfg = compose(overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    node = cfg[group]
+    node = OmegaConf.select(cfg, group.replace("/", "."))
 
     if group == "model":
         from phasedsft.models import BuildContext
@@ -119,10 +127,31 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenize
 
         args = training_arguments(node, tmp_path, seed=0, report_to=[])
         assert args.learning_rate == node.learning_rate
+    elif group == "trainer/deepspeed":
+        from phasedsft.training import deepspeed_config
+
+        ds = deepspeed_config(node)
+        assert ds["zero_optimization"]["stage"] in (2, 3)
+        assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled by the Trainer
+    elif group == "trainer/peft":
+        from phasedsft.models import BuildContext, scratch_llama
+
+        ctx = BuildContext(tmp_path, 0, list)
+        model = instantiate(node).wrap(scratch_llama(ctx, tiny_tokenizer, 32, 64, 2, 2, 2))
+        trainable, total = model.get_nb_trainable_parameters()
+        assert 0 < trainable < total
     elif group == "logger":
         assert isinstance(list(node.report_to), list)
+        if node.tracker:
+            tracker = instantiate(node.tracker)
+            assert tracker.group == f"{cfg.dataset.name}-{cfg.model.name}-s{cfg.seed}"
     elif group == "launcher":
-        assert cfg.hydra.launcher._target_ if "hydra" in cfg else True
+        from hydra import compose as hydra_compose
+
+        full = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        target = full.hydra.launcher._target_
+        assert target.endswith(LAUNCHERS[option])
+        assert get_method(target)  # the launcher plugin is installed
     else:
         obj = instantiate(node)
         assert obj is not None

@@ -19,8 +19,20 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)  ## the main job on the embedded offline default
-	$(PY) train.py
+DEMO ?= runs/demo
+demo: $(STAMP)  ## the whole pipeline on the embedded offline default (~7 min on 2 CPU cores)
+	@echo "== 1/5 score (IDC): the graded suite's known levels, through score.py"
+	$(PY) score.py scorer=oracle run.root=$(DEMO)/score run.name=graded
+	@echo "== 2/5 segment (IDS): density plot, Table 1, stage manifest"
+	$(PY) segment.py dataset=jsonl dataset.source.path=$(DEMO)/score/graded/scored.jsonl run.root=$(DEMO)/segment run.name=graded
+	@echo "== 3/5 uptrain: one-off, 1-2-3, 3-2-1 and random stages, same data and epochs (a Hydra multirun)"
+	$(PY) train.py -m ordering=one_off,1-2-3,3-2-1,random segment.manifest=$(DEMO)/segment/graded/stage_manifest.json run.root=$(DEMO)
+	@echo "== 4/5 + 5/5 generate, judge against one-off (exact match on held-out items), report"
+	$(PY) evaluate.py sweep_dir=$(DEMO) checkpoints=every_stage
+	@echo ""
+	@echo "density + Table 1:  $(DEMO)/segment/graded/density.png, table1.md"
+	@echo "win rates:          $(DEMO)/evaluation/reference/table.md (Figure 1: figure1_stages.png)"
+	@echo "accuracy per level: $(DEMO)/evaluation/reference/categories.md"
 
 test: $(STAMP)  ## every test: unit, config and integration (what CI runs)
 	$(PY) -m pytest -m "integration or not integration" --durations=15

@@ -76,3 +76,30 @@ def server():
     proc = start_server(port)
     yield f"http://127.0.0.1:{port}/v1"
     stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """A real tiny sweep: `python train.py -m ordering=one_off,1-2-3,random` (integration tests)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("sweep")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "ordering=one_off,1-2-3,random",
+            *TINY,
+            f"run.root={root}",
+            "trainer.max_steps=12",
+            "trainer.learning_rate=1e-2",
+            "eval.generate=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root

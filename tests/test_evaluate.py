@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, ref_path
+from conftest import ROOT, ref_path
 
 from phasedsft.winrate import main as winrate_main
 
@@ -30,23 +30,9 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     return out
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    """`python train.py -m ordering=one_off,1-2-3,random` on the tiny graded setup."""
-    root = tmp_path_factory.mktemp("sweep")
-    run(
-        [
-            "train.py",
-            "-m",
-            "ordering=one_off,1-2-3,random",
-            *TINY,
-            f"run.root={root}",
-            "trainer.max_steps=12",
-            "trainer.learning_rate=1e-2",
-            "eval.generate=false",
-        ]
-    )
-    return root
+@pytest.fixture
+def sweep(tiny_sweep) -> Path:
+    return tiny_sweep
 
 
 def evaluate(

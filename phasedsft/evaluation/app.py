@@ -280,6 +280,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     k: {v: w.to_json() for v, w in g.items()} for k, g in comp.categories.items()
                 },
                 "accuracy": accuracy,
+                "category_accuracy": cat_acc,
                 "judge_run": result.stats,
             },
         )

@@ -49,6 +49,7 @@ bench: $(STAMP)  ## benchmarks (ratios measured side by side; not part of the te
 	$(PY) benchmarks/bench_segmentation.py
 	$(PY) benchmarks/bench_scoring_client.py
 	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_training.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

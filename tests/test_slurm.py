@@ -13,23 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 pytestmark = pytest.mark.integration
 
-SMALL = [
-    "launcher=slurm_local",
-    "dataset.source.n=160",
-    "dataset.eval.n=40",
-    "model.tokenizer.vocab_size=300",
-    "model.loader.hidden_size=32",
-    "model.loader.intermediate_size=64",
-    "model.loader.num_hidden_layers=2",
-    "model.loader.num_attention_heads=2",
-    "model.loader.num_key_value_heads=2",
-    "trainer.per_device_train_batch_size=8",
-    "eval.generate=false",
-]
+SMALL = ["launcher=slurm_local", *TINY, "eval.generate=false"]
 
 
 def cluster_up() -> bool:

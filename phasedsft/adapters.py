@@ -44,8 +44,10 @@ class LoraSettings:
 
     def wrap(self, base: Any) -> Any:
         """A fresh adapter on the base model (stage 1)."""
-        from peft import get_peft_model
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
+        if getattr(base, "is_loaded_in_4bit", False):  # QLoRA: quantized base, trainable adapter
+            base = prepare_model_for_kbit_training(base)
         return get_peft_model(base, self.config())
 
     def resume(self, base: Any, adapter_dir: Path) -> Any:

@@ -148,6 +148,29 @@ def scratch_llama(
     return LlamaForCausalLM(config)
 
 
+def four_bit_config(quantization: str, compute_dtype: Any) -> Any:
+    """BitsAndBytes 4-bit (QLoRA) settings, or a plain error where they cannot run."""
+    import importlib.util
+
+    import torch
+
+    if quantization != "nf4":
+        raise ModelError(f"model.loader.quantization must be nf4 or null, got {quantization!r}")
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            "model.loader.quantization=nf4 (QLoRA) needs a CUDA GPU and bitsandbytes "
+            "(pip install bitsandbytes); without them use full LoRA (trainer/peft=lora)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if compute_dtype == "auto" else compute_dtype,
+    )
+
+
 def load_pretrained(
     context: BuildContext,
     tokenizer: Any,
@@ -157,8 +180,13 @@ def load_pretrained(
     dtype: str = "auto",
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    quantization: str | None = None,
 ) -> Any:
-    """A pretrained causal LM from the hub or a local directory (or GGUF file, dequantised)."""
+    """A pretrained causal LM from the hub or a local directory (or GGUF file, dequantised).
+
+    ``quantization="nf4"`` loads the weights in 4 bits for QLoRA (``trainer/peft=lora``): needs a
+    CUDA GPU and ``bitsandbytes``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -168,6 +196,8 @@ def load_pretrained(
         "revision": revision,
         "trust_remote_code": trust_remote_code,
     }
+    if quantization is not None:
+        kwargs["quantization_config"] = four_bit_config(quantization, torch_dtype)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:

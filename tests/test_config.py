@@ -226,3 +226,14 @@ def test_cfg_job_prints_the_composed_config():
     ).stdout
     cfg = OmegaConf.create(out)
     assert list(cfg.ordering.stages) == [3, 2, 1] and cfg.model.name == "tiny"
+
+
+def test_qlora_without_a_gpu_is_a_plain_error(tmp_path):
+    from phasedsft.models import BuildContext, ModelError, load_pretrained
+
+    cfg = compose(["model=llama2_7b", "trainer/peft=lora", "model.loader.quantization=nf4"])
+    assert cfg.trainer.peft.target_modules[0] == "q_proj"
+    with pytest.raises(ModelError, match="quantization=nf4 \\(QLoRA\\) needs a CUDA GPU"):
+        load_pretrained(BuildContext(tmp_path, 0, list), None, path="unused", quantization="nf4")
+    with pytest.raises(ModelError, match="must be nf4 or null"):
+        load_pretrained(BuildContext(tmp_path, 0, list), None, path="unused", quantization="int3")

@@ -112,6 +112,9 @@ class TrainerConfig:
     lr_scheduler_type: str = "cosine"
     max_seq_length: int = 512
     max_steps: int = -1  # per stage; -1 lets num_train_epochs decide
+    # Batches of similar lengths inside windows of the planned order (less padding, same data
+    # per stage); off in the paper's recipe, which fed plain shuffled batches.
+    group_by_length: bool = False
     save_steps: int = 200
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # keep mid-stage checkpoints after a stage completes

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -47,6 +47,34 @@ class Phase:
             take = len(order) if epoch + 1 <= epochs else round(len(order) * (epochs - epoch))
             out.extend(order[:take])
         return out
+
+
+def group_by_length(
+    sequence: Sequence[str],
+    lengths: Mapping[str, int],
+    batch_size: int,
+    window_batches: int = 64,
+    seed: int = 0,
+) -> list[str]:
+    """Batches of similar lengths, without changing what is fed or moving it far.
+
+    The planned sequence is cut into windows of ``window_batches`` batches; inside a window the
+    ids are sorted by length and cut into batches, and the batches are put back in a seeded
+    random order. Every id keeps its multiplicity and stays inside its window, so a stage (the
+    curriculum's unit) feeds the same examples, the same number of times; only the padding
+    inside each batch shrinks.
+    """
+    if batch_size < 1 or window_batches < 1:
+        raise DataError("group_by_length needs batch_size >= 1 and window_batches >= 1")
+    rng = random.Random(f"group-by-length-{seed}")
+    size = batch_size * window_batches
+    out: list[str] = []
+    for start in range(0, len(sequence), size):
+        window = sorted(sequence[start : start + size], key=lambda i: -lengths[i])
+        batches = [window[b : b + batch_size] for b in range(0, len(window), batch_size)]
+        rng.shuffle(batches)
+        out.extend(i for batch in batches for i in batch)
+    return out
 
 
 def _check_stages(

@@ -35,7 +35,7 @@ from phasedsft.io import (
     sha256_lines,
 )
 from phasedsft.models import BuildContext
-from phasedsft.ordering import Phase
+from phasedsft.ordering import Phase, group_by_length
 from phasedsft.prompts import AlpacaTemplate, Encoded, encode
 from phasedsft.records import DataError, Example
 from phasedsft.scorers import apply_scores
@@ -237,6 +237,16 @@ def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", **options)
 
 
+def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) -> list[str]:
+    """The exact ids a stage feeds: epochs of seeded shuffles, grouped by length if asked."""
+    order = phase.sequence(float(cfg.trainer.num_train_epochs), seed=cfg.seed)
+    if cfg.trainer.group_by_length:
+        batch = cfg.trainer.per_device_train_batch_size * world_size()
+        lengths = {i: len(encoded[i].input_ids) for i in phase.ids}
+        order = group_by_length(order, lengths, batch, seed=cfg.seed)
+    return order
+
+
 def job_environment() -> dict[str, Any]:
     """Where this run executes: host, ranks, and the SLURM job when there is one."""
     import os
@@ -275,10 +285,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # --- setup
     s = setup(cfg, cache_dir)
-    epochs = float(cfg.trainer.num_train_epochs)
     specs = [
         StageSpec(
-            i, p.name, p.ids, p.sequence(epochs, seed=cfg.seed), run_dir / f"stage_{i}_{p.name}"
+            i, p.name, p.ids, planned_order(cfg, p, s.encoded), run_dir / f"stage_{i}_{p.name}"
         )
         for i, p in enumerate(s.phases, start=1)
     ]

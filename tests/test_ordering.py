@@ -79,3 +79,35 @@ def test_epochs_are_seeded_shuffles_of_the_stage():
     assert len(phase.sequence(1.5, seed=0)) == 30
     with pytest.raises(DataError):
         phase.sequence(0, seed=0)
+
+
+def test_group_by_length_keeps_the_data_and_windows_and_shrinks_padding():
+    import random
+
+    from phasedsft.ordering import group_by_length
+
+    rng = random.Random(0)
+    ids = [f"e{i}" for i in range(200)]
+    lengths = {i: rng.randint(10, 500) for i in ids}
+    planned = Phase("s", tuple(ids)).sequence(2.0, seed=1)  # two shuffled epochs
+    grouped = group_by_length(planned, lengths, batch_size=8, window_batches=10, seed=1)
+    assert Counter(grouped) == Counter(planned)  # same examples, same multiplicity
+    size = 8 * 10
+    for start in range(0, len(planned), size):  # nothing leaves its window
+        assert Counter(grouped[start : start + size]) == Counter(planned[start : start + size])
+
+    def padded(order):
+        return sum(8 * max(lengths[i] for i in order[b : b + 8]) for b in range(0, len(order), 8))
+
+    assert padded(grouped) < 0.75 * padded(planned)
+    assert grouped == group_by_length(planned, lengths, 8, 10, seed=1)  # seeded
+    assert grouped != group_by_length(planned, lengths, 8, 10, seed=2)
+
+
+def test_group_by_length_is_off_in_the_paper_recipe_and_changes_the_run():
+    from conftest import compose
+
+    assert compose(["trainer=paper", "model=llama2_7b"]).trainer.group_by_length is False
+    a = compose([]).run.name
+    b = compose(["trainer.group_by_length=true"]).run.name
+    assert a != b  # a different feed order is a different run

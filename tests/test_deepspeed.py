@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,12 @@ def env() -> dict[str, str]:
     }
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def torchrun(root: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -53,7 +60,7 @@ def torchrun(root: Path, *extra: str) -> list[str]:
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(29500 + os.getpid() % 1000),
+        str(free_port()),  # a fresh port per launch: a killed run's rendezvous may linger
         "train.py",
         *SETTINGS,
         f"run.root={root}",
@@ -66,10 +73,10 @@ def run_dir(root: Path) -> Path:
     return run
 
 
-def assert_all_ranks_finished(run: Path, stages: int = 2) -> None:
+def assert_all_ranks_finished(run: Path, stages: int = 2, log: str = "") -> None:
     for st in sorted(run.glob("stage_*_*/"))[:stages]:
         ranks = {p.stem: json.loads(p.read_text()) for p in (st / "ranks").glob("*.json")}
-        assert set(ranks) == {"0", "1"}, (st, ranks)
+        assert set(ranks) == {"0", "1"}, (st, ranks, log[-3000:])
         assert all(r["status"] == "done" and r["world_size"] == 2 for r in ranks.values())
         assert json.loads((st / "stage.json").read_text())["status"] == "done"
 
@@ -87,7 +94,7 @@ def uninterrupted(tmp_path_factory) -> Path:
         torchrun(root), cwd=ROOT, capture_output=True, text=True, env=env(), timeout=1200
     )
     run = run_dir(root)
-    assert_all_ranks_finished(run)  # judged by the markers; then the exit code
+    assert_all_ranks_finished(run, log=out.stderr)  # judged by the markers; then the exit code
     assert out.returncode == 0, out.stderr[-3000:]
     return run
 
@@ -132,7 +139,7 @@ def test_zero3_killed_mid_stage_resumes_to_the_same_weights(uninterrupted, tmp_p
     out = subprocess.run(
         torchrun(tmp_path), cwd=ROOT, capture_output=True, text=True, env=env(), timeout=1200
     )
-    assert_all_ranks_finished(run)
+    assert_all_ranks_finished(run, log=out.stderr)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((run / "stage_2_difficulty-2" / "stage.json").read_text())
     assert record["resumed_from"] is not None and int(record["resumed_from"].split("-")[1]) >= 4
@@ -153,7 +160,7 @@ def test_zero3_with_lora_saves_and_reloads_adapters(tmp_path):
         timeout=1200,
     )
     run = run_dir(tmp_path)
-    assert_all_ranks_finished(run)
+    assert_all_ranks_finished(run, log=out.stderr)
     assert out.returncode == 0, out.stderr[-3000:]
     check_adapters(run)
 

@@ -15,8 +15,8 @@ from phasedsft.recipe import run
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @plain_errors
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from phasedsft.audit import AuditError
 from phasedsft.models import ModelError
+from phasedsft.precision import PrecisionError
 from phasedsft.records import DataError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelError)
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelError, PrecisionError, AuditError)
 
 
 def plain_errors(fn: F) -> F:

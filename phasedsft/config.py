@@ -33,6 +33,7 @@ NON_SEMANTIC_KEYS = (
     "launcher",
     "logger",
     "dry_run",
+    "plan_only",
     "thresholds",
     "plot_bandwidth",
 )
@@ -98,6 +99,11 @@ class SegmentConfig:
     manifest: str | None = None  # use this stage manifest instead of segmenting
 
 
+class Shuffle(str, Enum):
+    every_epoch = "every_epoch"
+    once = "once"
+
+
 @dataclass
 class TrainerConfig:
     """Per-stage hyper-parameters; every stage uses the same ones (paper defaults)."""
@@ -112,6 +118,9 @@ class TrainerConfig:
     lr_scheduler_type: str = "cosine"
     max_seq_length: int = 512
     max_steps: int = -1  # per stage; -1 lets num_train_epochs decide
+    # every_epoch: a fresh seeded shuffle of the stage per epoch; once: one shuffle, fed again
+    # every epoch (the authors' code: one seeded sample at load, DataLoader shuffle=False)
+    shuffle: Shuffle = Shuffle.every_epoch
     # Batches of similar lengths inside windows of the planned order (less padding, same data
     # per stage); off in the paper's recipe, which fed plain shuffled batches.
     group_by_length: bool = False
@@ -120,8 +129,17 @@ class TrainerConfig:
     keep_checkpoints: bool = False  # keep mid-stage checkpoints after a stage completes
     logging_steps: int = 10
     optim: str = "adamw_torch"
-    bf16: bool = False
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    # Mixed precision with fp32 master weights (phasedsft/precision.py). bf16: null = bf16
+    # autocast wherever a CUDA GPU supports it, fp32 elsewhere.
+    bf16: bool | None = None
     fp16: bool = False
+    # Half-precision trainable weights without fp32 masters (no DeepSpeed in 16 bits): upcast
+    # them to fp32 (true) or stop with a plain error (false).
+    upcast_half_weights: bool = True
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
     use_cpu: bool = False
@@ -163,6 +181,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: Any = None
+    # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/plan.py)
+    plan_only: bool = False
 
 
 @dataclass
@@ -226,6 +246,10 @@ class EvalSetConfig:
     categories: list[str] = field(default_factory=list)  # item fields to break results down by
     max_items: int | None = None  # the first N items (quick looks)
     expected_items: int | None = None  # the paper's count: a different count is reported
+    # This set's answer lengths: max_new_tokens (answer tokens) and / or max_length (prompt +
+    # answer tokens, the authors' setting); null = no limit of that kind. A non-null
+    # generator.max_new_tokens / generator.max_length overrides them for every set.
+    generation: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass

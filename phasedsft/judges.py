@@ -7,7 +7,11 @@ elsewhere all go through one parser and one folding rule.
 
 - :class:`OpenAIJudge` - any OpenAI-compatible endpoint (GPT-4 as in the paper, a local
   llama.cpp / vLLM server). It shares the scorer's client, cache, budget, pacing, progress
-  bar and failure handling (:class:`~phasedsft.scoring.endpoint.ChatEndpoint`).
+  bar and failure handling (:class:`~phasedsft.scoring.endpoint.ChatEndpoint`). Its
+  ``style`` picks the prompt (:data:`STYLES`): ``authors`` sends what the Phased IFT
+  authors' ``evaluation/eval.py`` sent GPT-4 (``judge=gpt4``), ``vicuna`` the general
+  Vicuna / FastChat review prompt with an explanation (``judge=gpt4_vicuna``, ``judge=local``).
+  The judge formats the question from the item's instruction and input, as its style does.
 - :class:`ReferenceJudge` - data with known answers (the graded suite): 1 point for an
   answer equal to the reference after normalising case and white space, else 0. It also
   marks single answers for the in-run accuracy (:meth:`ReferenceJudge.correct`).
@@ -16,6 +20,7 @@ elsewhere all go through one parser and one folding rule.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +29,8 @@ from typing import Any
 from phasedsft.io import sha256_json
 from phasedsft.records import DataError
 from phasedsft.scoring.cache import Result, ScoreCache
-from phasedsft.scoring.cost import count_tokens
-from phasedsft.scoring.endpoint import ChatEndpoint, Rejected
+from phasedsft.scoring.cost import prompt_tokens
+from phasedsft.scoring.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
 from phasedsft.scoring.engine import Job, RunStats
 from phasedsft.winrate import ParseError, parse_scores
 
@@ -34,14 +39,19 @@ ORDERS = ("ab", "ba")
 
 @dataclass(frozen=True)
 class Pair:
-    """One test item and the two answers to compare (A = candidate, B = baseline)."""
+    """One test item and the two answers to compare (A = candidate, B = baseline).
+
+    ``instruction`` and ``input`` stay apart: how they are joined into the question the judge
+    sees belongs to the judge's prompt style (:func:`format_question`).
+    """
 
     id: str
-    question: str
+    instruction: str
     answer_a: str
     answer_b: str
     reference: str = ""
     category: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    input: str = ""
 
     def shown(self, order: str) -> tuple[str, str]:
         return (self.answer_a, self.answer_b) if order == "ab" else (self.answer_b, self.answer_a)
@@ -63,11 +73,14 @@ class JudgeRun:
     stats: dict[str, Any]
 
 
-# ------------------------------------------------------------------ the pairwise prompt
+# ------------------------------------------------------------------ the pairwise prompts
 
-JUDGE_PROMPT_VERSION = "pairwise-v1"
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
-# The general pairwise review prompt of Vicuna / FastChat, as used by AlpaGasus and Phased IFT.
+
+# ``vicuna``: the general pairwise review prompt of Vicuna / FastChat (scores, then an
+# explanation), as AlpaGasus published it; the text the authors' eval.py keeps commented out
+# (xubuvd/PhasedSFT evaluation/eval.py:60).
+VICUNA_VERSION = "pairwise-v1"  # the judge cache key's prompt version: replies stay reusable
 TEMPLATE = (
     "[Question]\n{question}\n\n"
     "[The Start of Assistant 1's Answer]\n{answer_1}\n\n[The End of Assistant 1's Answer]\n\n"
@@ -84,9 +97,72 @@ TEMPLATE = (
     "bias and ensuring that the order in which the responses were presented does not affect your "
     "judgment."
 )
+
+# ``authors``: what the Phased IFT authors sent GPT-4, reproduced as data so the request is the
+# identical text: system prompt xubuvd/PhasedSFT evaluation/eval.py:58, user template :59 (it
+# ends in two newlines), the criteria in use :61 (scores only, "Do not explain"), filled in
+# :62-63 and sent as [system, user] :158-162.
+AUTHORS_VERSION = "phasedsft-eval.py-v1"
+AUTHORS_TEMPLATE = (
+    "[Question]\n{question}\n\n[The Start of Assistant 1's Answer]\n{answer_1}\n\n"
+    "[The End of Assistant 1's Answer]\n\n[The Start of Assistant 2's Answer]\n{answer_2}\n\n"
+    "[The End of Assistant 2's Answer]\n\n[System]\n{criteria}\n\n"
+)
+AUTHORS_CRITERIA = (
+    "We would like to request your feedback on the performance of two AI assistants in response "
+    "to the user question displayed above.\nPlease rate the helpfulness, relevance, accuracy, "
+    "level of details of their responses. Each assistant receives an overall score on a scale of "
+    "1 to 10, where a higher score indicates better overall performance.\nPlease only output a "
+    "single line containing only two values indicating the scores for Assistant 1 and 2, "
+    "respectively. The two scores are separated by a space. Do not explain for your scores."
+)
+
+
+@dataclass(frozen=True)
+class Style:
+    """One judge prompt: its cache version, its user message and how it joins the input."""
+
+    version: str
+    template: str
+    input_separator: str
+    explains: bool  # the reply carries an explanation after the scores
+
+
+STYLES = {
+    # eval.py:142-153: "{instruction} Input: {input}" when the item has a (non-empty) input
+    # (Self-Instruct's instances[0].input, OASST's and Anthropic's input), else the instruction.
+    "authors": Style(
+        AUTHORS_VERSION,
+        AUTHORS_TEMPLATE.replace("{criteria}", AUTHORS_CRITERIA),
+        " Input: ",
+        explains=False,
+    ),
+    # ours: the input on its own paragraph after the instruction
+    "vicuna": Style(VICUNA_VERSION, TEMPLATE, "\n\n", explains=True),
+}
+JUDGE_PROMPT_VERSION = VICUNA_VERSION  # the default style's version (kept for old imports)
+
+
+def style_of(name: str) -> Style:
+    if name not in STYLES:
+        raise DataError(f"unknown judge.style '{name}'; known: {sorted(STYLES)}")
+    return STYLES[name]
+
+
+def format_question(pair: Pair, style: str = "vicuna") -> str:
+    """The question the judge reads: the instruction, joined to the input as ``style`` does."""
+    st = style_of(style)
+    # the authors test ``if input:`` (eval.py:142, :148); ours ignores white-space-only inputs
+    has_input = bool(pair.input) if style == "authors" else bool(pair.input.strip())
+    return pair.instruction + (st.input_separator + pair.input if has_input else "")
+
+
 JSON_SUFFIX = (
     '\nReply with a JSON object: {"assistant_1": <score>, "assistant_2": <score>, '
     '"explanation": "..."}.'
+)
+JSON_SUFFIX_SCORES_ONLY = (
+    '\nReply with a JSON object: {"assistant_1": <score>, "assistant_2": <score>}.'
 )
 SCHEMA = {
     "name": "pairwise_scores",
@@ -103,11 +179,30 @@ SCHEMA = {
 }
 
 
-def judge_messages(pair: Pair, order: str, structured: bool = False) -> list[dict[str, str]]:
+def schema_for(style: str) -> dict[str, Any]:
+    """The JSON schema of a structured reply; without the explanation where the style asks none."""
+    if style_of(style).explains:
+        return SCHEMA
+    inner = SCHEMA["schema"]
+    assert isinstance(inner, dict)
+    props = {k: v for k, v in inner["properties"].items() if k != "explanation"}
+    return {
+        "name": SCHEMA["name"],
+        "schema": {**inner, "properties": props, "required": ["assistant_1", "assistant_2"]},
+    }
+
+
+def judge_messages(
+    pair: Pair, order: str, structured: bool = False, style: str = "vicuna"
+) -> list[dict[str, str]]:
+    """The chat messages of one request: the system prompt, then the review prompt."""
+    st = style_of(style)
     first, second = pair.shown(order)
-    user = TEMPLATE.format(question=pair.question, answer_1=first, answer_2=second)
+    user = st.template.format(
+        question=format_question(pair, style), answer_1=first, answer_2=second
+    )
     if structured:
-        user += JSON_SUFFIX
+        user += JSON_SUFFIX if st.explains else JSON_SUFFIX_SCORES_ONLY
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -119,18 +214,49 @@ class OpenAIJudge(ChatEndpoint):
     """Score both answers 1-10, once in each order, through an OpenAI-compatible endpoint."""
 
     max_tokens: int = 512  # the first line holds the scores; the explanation follows
+    style: str = "vicuna"  # the prompt: "authors" (their eval.py) or "vicuna" (see STYLES)
+    top_p: float | None = None  # sent when set (the authors sent 1.0, eval.py:181)
     name: str = "openai"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        style_of(self.style)  # an unknown style fails before any request
+
     def identity(self) -> dict[str, Any]:
-        return {
+        ident = {
             "judge": "pairwise",
             "model": self.model,
-            "prompt": JUDGE_PROMPT_VERSION,
+            "prompt": style_of(self.style).version,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "structured": self.structured,
         }
+        if self.top_p is not None:
+            ident["top_p"] = self.top_p
+        return ident
+
+    def question(self, pair: Pair) -> str:
+        """The question as this judge shows it (also written to the replay files)."""
+        return format_question(pair, self.style)
+
+    def messages(self, pair: Pair, order: str) -> list[dict[str, str]]:
+        return judge_messages(pair, order, self.structured, self.style)
+
+    def request_options(self, attempt: int) -> dict[str, Any]:
+        """What one request sends besides the model, the messages and ``max_tokens``."""
+        options: dict[str, Any] = {"temperature": self.attempt_temperature(attempt)}
+        seed = self.attempt_seed(attempt)
+        if seed is not None:
+            options["seed"] = seed
+        if self.top_p is not None:
+            options["top_p"] = self.top_p
+        if self.structured:
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": schema_for(self.style),
+            }
+        return options
 
     def jobs(self, pairs: Sequence[Pair]) -> list[Job]:
         ident = self.identity()
@@ -138,15 +264,15 @@ class OpenAIJudge(ChatEndpoint):
         for pair in pairs:
             for order in ORDERS:
                 first, second = pair.shown(order)
-                msgs = judge_messages(pair, order, self.structured)
-                tokens_in = sum(count_tokens(m["content"], self.model) for m in msgs) + 8
-                key = sha256_json({"judge": ident, "shown": [pair.question, first, second]})
+                msgs = self.messages(pair, order)
+                worst_in = prompt_tokens(msgs, self.model, bound=True)  # for the budget
+                key = sha256_json({"judge": ident, "shown": [self.question(pair), first, second]})
                 jobs.append(
                     Job(
                         key,
                         (pair, order),
-                        tokens_in + self.max_tokens,
-                        self.price.cost(tokens_in, self.max_tokens),
+                        prompt_tokens(msgs, self.model) + self.max_tokens,
+                        self.price.cost(worst_in, self.max_tokens),
                     )
                 )
         return jobs
@@ -155,21 +281,22 @@ class OpenAIJudge(ChatEndpoint):
         jobs = self.jobs(pairs)
         cached = cache.get_many(j.key for j in jobs)
         todo = [j for j in jobs if j.key not in cached]
+        attempts = 1 + self.parse_retries
         return {
             "model": self.model,
             "requests": len(jobs),
             "cached": len(jobs) - len(todo),
             "to_request": len(todo),
-            "est_cost_usd_upper_bound": round(sum(j.est_cost for j in todo), 4),
+            "max_requests": len(todo) * attempts,
+            "est_cost_usd_upper_bound": math.ceil(sum(j.est_cost for j in todo) * attempts * 1e4)
+            / 1e4,
+            "upper_bound": f"every request asked {attempts} times (1 + parse_retries) at max_tokens",
         }
 
     def judge_pairs(
         self, pairs: Sequence[Pair], cache: ScoreCache, desc: str = "judge"
     ) -> JudgeRun:
         client = self.client("judge")
-        extra: dict[str, Any] = {}
-        if self.structured:
-            extra["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
 
         async def call(job: Job) -> Result:
             pair, order = job.example
@@ -180,19 +307,21 @@ class OpenAIJudge(ChatEndpoint):
             for attempt in range(1 + self.parse_retries):
                 try:
                     resp = await self.complete(
-                        client,
-                        judge_messages(pair, order, self.structured),
-                        temperature=self.attempt_temperature(attempt),
-                        seed=self.attempt_seed(attempt),
-                        **extra,
+                        client, job, self.messages(pair, order), **self.request_options(attempt)
                     )
                 except Rejected as e:
                     return self.failed(job, item_id, raws, str(e), requests, tokens_in, tokens_out)
+                except BadReply as e:  # not a completion at all: a failed attempt
+                    requests += 1
+                    raws.append(e.raw)
+                    reason = str(e)
+                    continue
                 requests += 1
-                if resp.usage:
-                    tokens_in += resp.usage.prompt_tokens
-                    tokens_out += resp.usage.completion_tokens
-                text = resp.choices[0].message.content if resp.choices else None
+                usage = usage_of(resp)
+                if usage is not None:
+                    tokens_in += usage[0]
+                    tokens_out += usage[1]
+                text = resp.choices[0].message.content
                 raws.append(text)
                 try:
                     first, second = parse_scores(text)
@@ -256,6 +385,9 @@ class ReferenceJudge:
 
     name: str = "reference"
     first_line_only: bool = True
+
+    def question(self, pair: Pair) -> str:
+        return format_question(pair, "vicuna")
 
     def correct(self, answer: str, reference: str) -> bool:
         if self.first_line_only:

@@ -31,11 +31,13 @@ class Phase:
     ids: tuple[str, ...]
     shuffle: bool = True
 
-    def sequence(self, epochs: float, seed: int) -> list[str]:
+    def sequence(self, epochs: float, seed: int, reshuffle: bool = True) -> list[str]:
         """The exact order of ids fed to the trainer over ``epochs`` passes.
 
-        Each full pass is a fresh seeded shuffle (or the fixed order); a fractional
-        epoch takes the first part of one more pass.
+        Each full pass is a fresh seeded shuffle (``reshuffle``), or the first pass's shuffle
+        again (``reshuffle=False``: the authors' code shuffles a stage once and feeds that order
+        every epoch), or the fixed order (``shuffle=False``); a fractional epoch takes the first
+        part of one more pass.
         """
         if epochs <= 0:
             raise DataError(f"trainer.num_train_epochs must be positive, got {epochs}")
@@ -43,7 +45,8 @@ class Phase:
         for epoch in range(math.ceil(epochs)):
             order = list(self.ids)
             if self.shuffle:
-                random.Random(f"{seed}-{self.name}-epoch{epoch}").shuffle(order)
+                key = epoch if reshuffle else 0
+                random.Random(f"{seed}-{self.name}-epoch{key}").shuffle(order)
             take = len(order) if epoch + 1 <= epochs else round(len(order) * (epochs - epoch))
             out.extend(order[:take])
         return out

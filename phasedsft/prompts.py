@@ -42,7 +42,11 @@ def _special_id(tokenizer: Any, attr: str) -> int | None:
 
 @dataclass
 class AlpacaTemplate:
-    """The Stanford Alpaca template (with and without input), as used by the paper."""
+    """The Stanford Alpaca template (with and without input).
+
+    Not the Phased IFT authors' template (that is :class:`UserAssistantTemplate`,
+    ``prompt=authors``); kept because most Alpaca fine-tunes and test harnesses use it.
+    """
 
     name: str = "alpaca"
     add_bos: bool = True
@@ -64,6 +68,48 @@ class AlpacaTemplate:
                 raise DataError("the tokenizer has no eos_token; set one or prompt.add_eos=false")
             completion = [*completion, eos]
         return prompt, completion
+
+
+@dataclass
+class UserAssistantTemplate:
+    """The Phased IFT authors' training layout (``prompt=authors``)::
+
+        <bos>User: {instruction}\n{input}<eos>\nAssistant: {output}<eos>
+
+    Read from their code (GitHub xubuvd/PhasedSFT, ``xllm/xllm_dataset.py``,
+    ``PromptIterableDataset.tokenize_example``): the user turn is ``"User: " + prompt`` between
+    the tokenizer's BOS and EOS, the model turn starts with the separator ``"\n"`` and
+    ``"Assistant: "`` (both masked), and the output ends with EOS (in the loss). Their scored
+    files already hold the prompt as instruction and input joined by a newline (see
+    ``Alpaca-scored/*.jsonl``), which is what :meth:`prompt_body` rebuilds from an Alpaca
+    triplet. Each piece is tokenised on its own, as theirs is; BOS / EOS are the tokenizer's ids.
+    """
+
+    name: str = "authors"
+    user: str = "User: "
+    assistant: str = "Assistant: "
+    separator: str = "\n"
+
+    @staticmethod
+    def prompt_body(ex: Example) -> str:
+        return ex.instruction + (f"\n{ex.input}" if ex.input.strip() else "")
+
+    def prompt_text(self, ex: Example, tokenizer: Any = None) -> str:
+        bos = getattr(tokenizer, "bos_token", None) or ""
+        eos = getattr(tokenizer, "eos_token", None) or ""
+        return f"{bos}{self.user}{self.prompt_body(ex)}{eos}{self.separator}{self.assistant}"
+
+    def split_ids(self, ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
+        bos, eos = _special_id(tokenizer, "bos_token_id"), _special_id(tokenizer, "eos_token_id")
+        if eos is None:
+            raise DataError("prompt=authors needs a tokenizer with an eos_token")
+
+        def ids(text: str) -> list[int]:
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        prompt = [*([bos] if bos is not None else []), *ids(self.user + self.prompt_body(ex))]
+        prompt += [eos, *ids(self.separator + self.assistant)]
+        return prompt, [*ids(ex.output), eos]
 
 
 @dataclass

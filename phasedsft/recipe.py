@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from phasedsft import __version__
+from phasedsft.cli import USER_ERRORS
 from phasedsft.data.loaders import Loaded
 from phasedsft.distributed import export_slurm_ranks, is_main, rank, world_size
 from phasedsft.evaluate import eval_datasets, generate_answers, judge_answers
@@ -36,6 +38,7 @@ from phasedsft.io import (
 )
 from phasedsft.models import BuildContext
 from phasedsft.ordering import Phase, group_by_length
+from phasedsft.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
 from phasedsft.prompts import AlpacaTemplate, Encoded, encode
 from phasedsft.records import DataError, Example
 from phasedsft.scorers import apply_scores
@@ -135,7 +138,11 @@ class Setup:
     data_report: dict[str, Any]
 
 
-def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
+class UnscoredPlan(Exception):
+    """A plan cannot size difficulty stages without paying for scores (API or model calls)."""
+
+
+def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
     train: Loaded = instantiate(cfg.dataset.source)
     held_out: Loaded | None = instantiate(cfg.dataset.eval) if cfg.dataset.eval else None
     examples = subsample(train.examples, cfg.dataset.max_examples, cfg.dataset.subsample_seed)
@@ -164,6 +171,11 @@ def setup(cfg: DictConfig, cache_dir: Path) -> Setup:
     manifest, manifest_path = None, None
     if ordering.needs_scores:
         scorer = instantiate(cfg.scorer)
+        if plan and not getattr(scorer, "costs_nothing", False):
+            raise UnscoredPlan(
+                f"stage sizes need scores from scorer={scorer.name}: score first (score.py), "
+                "then plan with dataset=jsonl scorer=oracle"
+            )
         scores = scorer.score(examples, score_context(cfg, cache_dir, tokenizer))
         examples = apply_scores(examples, scores, scorer.name)
     if ordering.needs_stages:
@@ -239,7 +251,8 @@ def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
 
 def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) -> list[str]:
     """The exact ids a stage feeds: epochs of seeded shuffles, grouped by length if asked."""
-    order = phase.sequence(float(cfg.trainer.num_train_epochs), seed=cfg.seed)
+    reshuffle = cfg.trainer.shuffle == "every_epoch"
+    order = phase.sequence(float(cfg.trainer.num_train_epochs), seed=cfg.seed, reshuffle=reshuffle)
     if cfg.trainer.group_by_length:
         batch = cfg.trainer.per_device_train_batch_size * world_size()
         lengths = {i: len(encoded[i].input_ids) for i in phase.ids}
@@ -274,8 +287,29 @@ def run_dir_for(cfg: DictConfig) -> Path:
 # ------------------------------------------------------------------ the recipe
 
 
+def plan(cfg: DictConfig) -> dict[str, Any]:
+    """``plan_only=true``: set the job up as training would, print its stages and steps, train nothing."""
+    run_dir = run_dir_for(cfg)
+    existed = (run_dir / "run.json").exists()
+    try:
+        s = setup(cfg, Path(cfg.run.cache_dir), plan=True)
+        stages = [(p.name, len(p.ids), len(planned_order(cfg, p, s.encoded))) for p in s.phases]
+        record = plan_record(cfg, run_dir, stages, None)
+    except UnscoredPlan as e:
+        record = plan_record(cfg, run_dir, [], str(e))
+    except USER_ERRORS as e:
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise  # a single run ends like any run: error: ..., exit code 2
+        record = invalid_record(cfg, run_dir, e)
+    print("plan: " + format_plan(record), flush=True)
+    discard_fresh_run_dir(run_dir, existed)
+    return record
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Setup -> for each stage of the ordering: train, checkpoint -> evaluate."""
+    if cfg.plan_only:
+        return plan(cfg)
     started = time.time()
     export_slurm_ranks()  # one SLURM task per GPU -> torch.distributed ranks (no-op otherwise)
     run_dir = run_dir_for(cfg)

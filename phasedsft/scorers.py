@@ -53,6 +53,7 @@ class _Computed:
 
     name: str
     uses_model: ClassVar[bool] = False
+    costs_nothing: ClassVar[bool] = True  # no request, no model forward: a plan may score
 
     def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]:
         raise NotImplementedError

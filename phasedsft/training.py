@@ -2,9 +2,14 @@
 
 The recipe hands each stage the exact sequence of example ids to feed (the epochs are
 already unrolled there, each a seeded shuffle of the stage, or a fixed order), so the
-Trainer reads the data sequentially. Every id actually fed is appended to
-``fed_ids.jsonl`` with its optimizer step, which is how a run proves its curriculum
-was respected (and how a resumed stage keeps a consistent record).
+Trainer reads the data sequentially. Every rank appends what it actually fed to a log of
+its own, one line per micro-batch with the optimizer step and the planned positions and
+ids: ``fed_ids.jsonl`` for rank 0 (the only log of a single-process run),
+``fed_ids.rank<r>.jsonl`` for rank r > 0. After training, rank 0 audits the union of the
+logs against the plan (:mod:`phasedsft.audit`, which also describes how the Trainer shares
+the order among ranks); a stage whose fed order differs from the plan fails with
+:class:`AuditError` on every rank and is not marked done. A resumed stage truncates every
+log at the step it resumes from, so the logs stay a consistent record.
 
 A stage is complete when its ``stage.json`` says so; that file is written last,
 after the model directory is in place. Until then a rerun resumes the stage from its
@@ -24,7 +29,17 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from phasedsft.audit import (
+    AuditError,
+    FedLog,
+    FeedShape,
+    audit_fed,
+    fed_log_path,
+    fed_log_ranks,
+)
+from phasedsft.distributed import rank, world_size
 from phasedsft.io import atomic_write_json, atomic_write_text, replace_dir, sha256_lines
+from phasedsft.precision import guard_master_weights, resolve_half
 from phasedsft.prompts import Encoded, pad_batch
 
 log = logging.getLogger(__name__)
@@ -58,37 +73,9 @@ class Collator:
         return out
 
 
-class FedLog:
-    """Append-only record of the ids fed per optimizer step (one JSON line per micro-batch)."""
-
-    def __init__(self, path: Path, sequence: Sequence[str]):
-        self.path = path
-        self.sequence = sequence
-
-    def truncate(self, step: int) -> None:
-        """Forget micro-batches from optimizer step ``step`` on (they are about to be redone)."""
-        if not self.path.exists():
-            return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] < step
-        ]
-        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
-
-    def record(self, step: int, positions: Sequence[int]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "ids": [self.sequence[p] for p in positions]}) + "\n")
-
-    def ids(self) -> list[str]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        return [i for line in lines if line.strip() for i in json.loads(line)["ids"]]
-
-
 class CurriculumTrainer(Trainer):
-    """``Trainer`` that logs the ids of every training micro-batch it computes a loss on."""
+    """``Trainer`` that logs, on every rank, the planned positions of every training micro-batch
+    it computes a loss on."""
 
     def __init__(self, *args: Any, fed_log: FedLog | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -96,7 +83,7 @@ class CurriculumTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         positions = inputs.pop("positions")
-        if model.training and self.fed_log is not None and self.args.process_index == 0:
+        if model.training and self.fed_log is not None:
             self.fed_log.record(self.state.global_step, positions.tolist())
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -129,6 +116,7 @@ def training_arguments(
     tcfg: Any, output_dir: Path, seed: int, report_to: list[str]
 ) -> TrainingArguments:
     extra = dict(tcfg.extra or {})
+    bf16, fp16 = resolve_half(tcfg.bf16, tcfg.fp16, tcfg.use_cpu)
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=tcfg.learning_rate,
@@ -141,6 +129,10 @@ def training_arguments(
         warmup_steps=tcfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=tcfg.lr_scheduler_type,
         optim=tcfg.optim,
+        adam_beta1=tcfg.adam_beta1,
+        adam_beta2=tcfg.adam_beta2,
+        adam_epsilon=tcfg.adam_epsilon,
+        max_grad_norm=tcfg.max_grad_norm,
         logging_steps=tcfg.logging_steps,
         save_strategy="steps",
         save_steps=tcfg.save_steps,
@@ -150,8 +142,8 @@ def training_arguments(
         data_seed=seed,
         train_sampling_strategy="sequential",
         remove_unused_columns=False,
-        bf16=tcfg.bf16,
-        fp16=tcfg.fp16,
+        bf16=bf16,
+        fp16=fp16,
         activation_checkpointing=tcfg.gradient_checkpointing,
         dataloader_num_workers=tcfg.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available() and not tcfg.use_cpu,
@@ -179,6 +171,58 @@ def read_stage(stage_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def feed_shape(trainer: Trainer, n_planned: int) -> FeedShape:
+    """How this trainer feeds a plan of ``n_planned`` items (its ranks, batches, sampler)."""
+    acc = trainer.accelerator
+    return FeedShape(
+        n_planned=n_planned,
+        ranks=acc.num_processes,
+        batch_size=trainer.args.per_device_train_batch_size,
+        grad_accum=trainer.args.gradient_accumulation_steps,
+        even_batches=bool(getattr(acc, "even_batches", True)),
+        split_batches=bool(getattr(acc, "split_batches", False)),
+        drop_last=trainer.args.dataloader_drop_last,
+    )
+
+
+def audit_stage(trainer: Trainer, spec: StageSpec) -> dict[str, Any]:
+    """After training, on every rank: rank 0 checks every rank's fed log against the plan.
+
+    All ranks first wait for each other (every log is complete), then rank 0 audits and sends
+    its verdict to the others, so either every rank returns the audit's record for
+    ``stage.json`` or every rank raises :class:`AuditError`: no rank is left waiting.
+    """
+    n_ranks = trainer.accelerator.num_processes
+    shape = feed_shape(trainer, len(spec.sequence))
+    max_steps = trainer.args.max_steps
+    n_steps = max_steps if max_steps > 0 else len(shape.steps())
+    logs = {r: FedLog(fed_log_path(spec.dir, r), spec.sequence, r) for r in range(n_ranks)}
+    verdict: dict[str, Any] | str | None = None
+    if n_ranks > 1:
+        trainer.accelerator.wait_for_everyone()
+    if trainer.args.process_index == 0:
+        try:
+            result = audit_fed(logs, shape, n_steps)
+            if result.ok:
+                verdict = result.record()
+            else:
+                verdict = f"the data fed differs from the plan at {result.problem}"
+        except Exception as e:  # an unreadable log: the stage cannot be vouched for either
+            verdict = f"could not read the fed logs: {type(e).__name__}: {e}"
+    if n_ranks > 1:
+        from accelerate.utils import broadcast_object_list
+
+        verdict = broadcast_object_list([verdict], from_process=0)[0]
+    if isinstance(verdict, dict):
+        return verdict
+    fed = logs[0].path.name + (" (rank 0), fed_ids.rank<r>.jsonl (rank r)" if n_ranks > 1 else "")
+    raise AuditError(
+        f"stage {spec.index} ({spec.name}): {verdict}. In {spec.dir}: the plan data_order.txt, "
+        f"what was fed {fed}. The stage is not marked done: find the cause, then delete that "
+        "directory to train the stage again from its start."
+    )
 
 
 def train_stage(
@@ -211,15 +255,26 @@ def train_stage(
     atomic_write_text(spec.dir / "data_order.txt", "".join(f"{i}\n" for i in spec.sequence))
     checkpoints = spec.dir / "checkpoints"
     resume = last_complete_checkpoint(checkpoints)
-    fed_log = FedLog(spec.dir / "fed_ids.jsonl", spec.sequence)
-    if resume is None:
-        fed_log.truncate(0)
-    else:
+    my_rank, n_ranks = rank(), world_size()
+    fed_log = FedLog(fed_log_path(spec.dir, my_rank), spec.sequence, my_rank)
+    step = 0
+    if resume is not None:
         step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-        fed_log.truncate(step)
         log.info("stage %d (%s): resuming from %s", spec.index, spec.name, resume)
+    fed_log.truncate(step)  # every rank its own log: what follows ``step`` is about to be redone
+    if my_rank == 0:  # logs of ranks this run does not have (another world size) are not its record
+        for r in fed_log_ranks(spec.dir):
+            if r >= n_ranks:
+                fed_log_path(spec.dir, r).unlink(missing_ok=True)
 
-    model = load_model()
+    bf16, fp16 = resolve_half(tcfg.bf16, tcfg.fp16, tcfg.use_cpu)
+    model = guard_master_weights(
+        load_model(),
+        deepspeed=deepspeed_config(tcfg.deepspeed),
+        bf16=bf16,
+        fp16=fp16,
+        upcast=tcfg.upcast_half_weights,
+    )
     trainer = CurriculumTrainer(
         model=model,
         args=training_arguments(tcfg, checkpoints, seed, report_to),
@@ -229,6 +284,7 @@ def train_stage(
         fed_log=fed_log,
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    audit = audit_stage(trainer, spec)  # every rank; raises AuditError on every rank on a mismatch
 
     final, tmp = spec.dir / "model", spec.dir / "model.tmp"
     if trainer.args.should_save:
@@ -245,28 +301,15 @@ def train_stage(
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
     if eval_datasets:
         metrics["eval"] = trainer.evaluate(eval_dataset=dict(eval_datasets))
-    fed = fed_log.ids()
-    planned = list(spec.sequence)
-    audit_ok: bool | None
-    if trainer.args.world_size > 1:
-        audit_ok = None  # rank 0 logs its own shard only: the global order is not compared
-    elif tcfg.max_steps < 0:
-        audit_ok = fed == planned
-    else:  # max_steps may stop early or wrap around: compare what was fed with the plan, cyclically
-        audit_ok = all(fed[i] == planned[i % len(planned)] for i in range(len(fed)))
-    if audit_ok is False:
-        log.error("stage %d (%s): fed order differs from the planned order!", spec.index, spec.name)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     record = {
         "status": "done",
         "index": spec.index,
         "name": spec.name,
         "n_examples": len(spec.ids),
-        "n_fed": len(fed),
         "n_target_tokens": sum(encoded[i].n_target for i in spec.sequence),
         "order_sha256": spec.order_hash,
-        "fed_sha256": sha256_lines(fed),
-        "fed_matches_plan": audit_ok,
+        **audit,
         "global_step": trainer.state.global_step,
         "resumed_from": resume.name if resume else None,
         "first_logged_loss": losses[0] if losses else None,

@@ -140,3 +140,34 @@ def test_evaluate_typos_fail_at_compose(override):
 
     with pytest.raises((HydraException, OmegaConfBaseException)):
         compose([override], config_name="evaluate")
+
+
+PAPER_SETS = ["self_instruct", "wizardlm", "koala", "vicuna", "oasst", "anthropic"]
+
+
+def test_the_reproduce_command_generates_with_the_authors_length():
+    """`python evaluate.py eval_set=paper judge=gpt4` answers as the authors did: greedy,
+    prompt + answer <= 1024 tokens (xubuvd/PhasedSFT generation/generation_v2.py:148-151),
+    no answer-only cap; the graded suite stays short."""
+    from hydra.utils import instantiate
+
+    from phasedsft.evaluation.generation import Lengths
+
+    cfg = compose(["eval_set=paper", "judge=gpt4"], config_name="evaluate")
+    generator = instantiate(cfg.generator)
+    assert generator.temperature == 0.0 and generator.repetition_penalty == 1.0  # greedy
+    assert sorted(cfg.eval_sets) == sorted(PAPER_SETS)
+    for name in PAPER_SETS:
+        assert cfg.eval_sets[name].generation == {"max_length": 1024, "max_new_tokens": None}
+        assert generator.lengths(cfg.eval_sets[name].generation) == Lengths(None, 1024)
+    cfg = compose(["eval_set=[held_out,koala,lima]"], config_name="evaluate")
+    generator = instantiate(cfg.generator)
+    assert generator.lengths(cfg.eval_sets.held_out.generation) == Lengths(32, None)
+    assert generator.lengths(cfg.eval_sets.lima.generation) == Lengths(None, 1024)
+    # a command-line length on the generator applies to every set (both limits hold)
+    cfg = compose(["eval_set=paper", "generator.max_new_tokens=64"], config_name="evaluate")
+    generator = instantiate(cfg.generator)
+    assert generator.lengths(cfg.eval_sets.koala.generation) == Lengths(64, 1024)
+    # or one set's own
+    cfg = compose(["eval_set=paper", "eval_sets.koala.generation.max_length=2048"], "evaluate")
+    assert instantiate(cfg.generator).lengths(cfg.eval_sets.koala.generation).max_length == 2048

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, ref_path
 
 from phasedsft.winrate import main as winrate_main
@@ -117,7 +118,7 @@ def test_missing_baseline_is_a_plain_error(sweep):
         text=True,
     )
     assert out.returncode == 2
-    assert "no (dataset, model, seed) group has a baseline run with ordering=3-2-1" in out.stderr
+    assert "no group of runs has a baseline run with ordering=3-2-1" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -164,3 +165,36 @@ def test_llm_judge_on_a_real_test_set_through_a_real_server(sweep, server):
     leaks = [p for p in written if FAKE_KEY.encode() in p.read_bytes()]
     assert leaks == []
     assert FAKE_KEY not in first.stdout + first.stderr
+
+
+def test_a_subsample_size_sweep_is_judged_per_size(tmp_path):
+    """`train.py -m dataset.max_examples=100,120 ordering=one_off,1-2-3`: each size its own
+    baseline, and the table tells the rows apart (before: 'several one_off runs')."""
+    from conftest import TINY
+
+    root = tmp_path / "sizes"
+    run(
+        [
+            "train.py",
+            "-m",
+            "ordering=one_off,1-2-3",
+            "dataset.max_examples=100,120",
+            *TINY,
+            f"run.root={root}",
+            "trainer.max_steps=2",
+            "eval.generate=false",
+            "eval.after_each_stage=false",
+        ]
+    )
+    evaluate(root, "eval_sets.held_out.max_items=8")
+    table = json.loads((root / "evaluation" / "reference" / "table.json").read_text())
+    assert sorted((r["dataset"], r["ordering"]) for r in table) == [
+        ("graded [max_examples=100]", "1-2-3"),
+        ("graded [max_examples=120]", "1-2-3"),
+    ]
+    for r in table:  # the baseline of each row was trained on that row's subsample size
+        size = int(r["dataset"].split("=")[1].rstrip("]"))
+        for name in (r["baseline"], r["run"]):
+            saved = yaml.safe_load((root / name / "config.yaml").read_text())
+            assert saved["dataset"]["max_examples"] == size
+    assert len({r["baseline"] for r in table}) == 2

@@ -9,7 +9,13 @@ import torch
 from omegaconf import OmegaConf
 
 from phasedsft.data.graded import generate_suite
-from phasedsft.evaluation.generation import Checkpoint, HFGenerator, answers_for, discover_runs
+from phasedsft.evaluation.generation import (
+    Checkpoint,
+    HFGenerator,
+    Lengths,
+    answers_for,
+    discover_runs,
+)
 from phasedsft.evaluation.sets import EvalSet
 from phasedsft.records import DataError
 
@@ -77,12 +83,12 @@ class CrashingGenerator(HFGenerator):
         super().__init__(**kw)
         self.survive, self.calls, self.prompts = survive, 0, 0
 
-    def generate(self, model, tokenizer, prompts):
+    def generate(self, model, tokenizer, prompts, budgets=None):
         if self.calls >= self.survive:
             raise Crash("killed")
         self.calls += 1
         self.prompts += len(prompts)
-        return super().generate(model, tokenizer, prompts)
+        return super().generate(model, tokenizer, prompts, budgets)
 
 
 def test_a_crash_loses_at_most_one_chunk_and_resume_repeats_nothing(stage_dir):
@@ -149,3 +155,71 @@ def test_discover_runs_needs_finished_stages(tmp_path):
     (stage / "stage.json").write_text(json.dumps({"status": "done"}))
     [run] = discover_runs(tmp_path)
     assert run.ordering == "one_off" and run.final.label == "r1/stage_1_all"
+
+
+# ------------------------------------------------------------------ answer length per test set
+
+
+def test_total_length_stops_where_transformers_max_length_does(stage_dir):
+    """max_length = prompt + answer tokens, as the authors' model.generate(input_ids,
+    max_length=1024) (xubuvd/PhasedSFT generation/generation_v2.py:148-151): batched and
+    left-padded, each prompt stops where a lone transformers call with max_length stops."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phasedsft.evaluation.generation import _prompt_ids
+    from phasedsft.prompts import AlpacaTemplate
+
+    fresh(stage_dir)
+    es = eval_set(8)
+    model = AutoModelForCausalLM.from_pretrained(stage_dir / "model").eval()
+    tok = AutoTokenizer.from_pretrained(stage_dir / "model")
+    prompts = [_prompt_ids(ex, AlpacaTemplate(), tok) for ex in es.items]
+    total = max(len(p) for p in prompts) + 3  # budgets from 3 to (longest - shortest + 3)
+    assert len({total - len(p) for p in prompts}) > 1
+    out = answers_for(
+        checkpoint(stage_dir, "len"),
+        es,
+        HFGenerator(max_length=total, batch_size=3, device="cpu"),
+        RUN_CONFIG,
+    )
+    reached = 0
+    for ex, p, item in zip(es.items, prompts, out.items, strict=True):
+        with torch.no_grad():
+            ref = model.generate(
+                torch.tensor([p]), max_length=total, do_sample=False, pad_token_id=tok.pad_token_id
+            )[0, len(p) :]
+        assert len(ref) <= total - len(p)
+        reached += len(ref) == total - len(p)
+        assert item["output"] == tok.decode(ref, skip_special_tokens=True).strip(), ex.id
+        assert item["max_answer_tokens"] == total - len(p)
+    assert reached >= 2  # the limit, not an end-of-sequence token, stopped most answers
+
+
+def test_a_sets_lengths_apply_unless_the_generator_gives_one():
+    open_ended = {"max_length": 1024, "max_new_tokens": None}
+    g = HFGenerator().lengths(open_ended)
+    assert (g.max_length, g.max_new_tokens) == (1024, None)
+    assert [g.budget(n, 4096) for n in (24, 1000, 1024, 2000)] == [1000, 24, 1, 1]
+    assert g.budget(24, 512) == 488  # the context still applies
+    assert HFGenerator().lengths({"max_new_tokens": 32}) == Lengths(32, None)
+    # a value on the generator (generator.max_new_tokens=6) applies to every set; both limits hold
+    both = HFGenerator(max_new_tokens=6).lengths(open_ended)
+    assert both == Lengths(6, 1024) and both.budget(1020, None) == 4
+    assert HFGenerator().lengths({}) == Lengths(512, None)  # nobody says: the default
+    with pytest.raises(DataError, match="unknown generation setting 'max_tokens'"):
+        HFGenerator().lengths({"max_tokens": 5})
+    with pytest.raises(DataError, match="positive integer"):
+        HFGenerator().lengths({"max_length": 0})
+
+
+def test_answers_file_key_follows_the_sets_lengths(stage_dir):
+    es = eval_set(3)
+    keys = set()
+    for generation in ({"max_new_tokens": 4}, {"max_length": 200}, {"max_length": 201}):
+        es.generation = generation
+        keys.add(answers_for(checkpoint(stage_dir, "k3"), es, HFGenerator(), RUN_CONFIG).path.name)
+    assert len(keys) == 3
+    # the same effective settings, from the set or from the generator: the same file
+    es.generation = {}
+    same = answers_for(checkpoint(stage_dir, "k3"), es, HFGenerator(max_new_tokens=4), RUN_CONFIG)
+    assert same.path.name in keys

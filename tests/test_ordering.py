@@ -111,3 +111,25 @@ def test_group_by_length_is_off_in_the_paper_recipe_and_changes_the_run():
     a = compose([]).run.name
     b = compose(["trainer.group_by_length=true"]).run.name
     assert a != b  # a different feed order is a different run
+
+
+def test_shuffle_once_feeds_the_first_shuffle_every_epoch():
+    """trainer.shuffle=once (the authors' code: one seeded sample, DataLoader shuffle=False)."""
+    phase = Phase("difficulty-1", tuple(f"e{i}" for i in range(20)))
+    seq = phase.sequence(2.5, seed=0, reshuffle=False)
+    assert seq[:20] == seq[20:40] == phase.sequence(1, seed=0)
+    assert seq[40:] == seq[:10] and list(phase.ids) != seq[:20]
+
+
+def test_paper_trainer_shuffles_once_and_planned_order_follows_it():
+    from conftest import compose
+
+    from phasedsft.recipe import planned_order
+
+    cfg = compose(["model=llama2_7b"])
+    assert cfg.trainer.shuffle == "once"
+    phase = Phase("difficulty-2", tuple(f"e{i}" for i in range(10)))
+    order = planned_order(cfg, phase, {})
+    assert order[:10] == order[10:] and sorted(order[:10]) == sorted(phase.ids)
+    every = compose(["model=llama2_7b", "trainer.shuffle=every_epoch"])
+    assert planned_order(every, phase, {})[:10] != planned_order(every, phase, {})[10:]

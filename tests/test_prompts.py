@@ -83,3 +83,22 @@ def test_chat_template_masks_the_generation_prompt(tiny_tokenizer):
         assert tok.decode(completion) == "7</s>"
     finally:
         tok.chat_template = None
+
+
+@pytest.mark.parametrize("ex", [WITH_INPUT, NO_INPUT])
+def test_authors_template_layout_and_mask(tiny_tokenizer, ex):
+    """prompt=authors: <bos>User: {instruction}\\n{input}<eos>\\nAssistant: {output}<eos>."""
+    from phasedsft.prompts import UserAssistantTemplate
+
+    tok, t = tiny_tokenizer, UserAssistantTemplate()
+    body = ex.instruction + (f"\n{ex.input}" if ex.input else "")
+    assert t.prompt_text(ex, tok) == f"<s>User: {body}</s>\nAssistant: "
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    prompt = [tok.bos_token_id, *ids(f"User: {body}"), tok.eos_token_id, *ids("\nAssistant: ")]
+    enc = encode(ex, t, tok, max_length=512)
+    assert enc is not None
+    assert enc.input_ids == [*prompt, *ids(ex.output), tok.eos_token_id]
+    assert enc.labels == [IGNORE_INDEX] * len(prompt) + [*ids(ex.output), tok.eos_token_id]

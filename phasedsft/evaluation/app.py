@@ -1,7 +1,9 @@
 """``python evaluate.py``: the paper's evaluation over a sweep of training runs.
 
-    runs:     the finished training runs under sweep_dir, grouped by (dataset, model, seed);
-              in each group the run with ordering == baseline is the reference
+    runs:     the finished training runs under sweep_dir, grouped by their whole identity
+              (the saved config but the ordering: data source, subsample size and seed, model,
+              seed, prompt, trainer, scorer, segmentation); in each group the run with
+              ordering == baseline is the reference (:func:`groups_of`)
     generate: answers to every test set from every compared checkpoint (final, or every stage)
     judge:    each candidate's answers against the baseline's final answers, in both orders
     report:   win / tie / lose folded per item -> win rate with CI, sign test, position
@@ -17,6 +19,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from phasedsft.evaluation.report import (
     write_tables,
 )
 from phasedsft.evaluation.sets import EvalSet, build_eval_set
-from phasedsft.io import atomic_write_json, atomic_write_text
+from phasedsft.io import atomic_write_json, atomic_write_text, sha256_json
 from phasedsft.judges import Pair, Reviews
 from phasedsft.records import DataError
 from phasedsft.scoring.cache import ScoreCache
@@ -40,12 +43,10 @@ from phasedsft.scoring.engine import ScoringAborted
 from phasedsft.winrate import Judged, WinRate, by_category, judge_item, summarize
 
 log = logging.getLogger(__name__)
+# (data label, model, seed): the label is the dataset's name, plus what tells its group apart
+# from other groups of the same name, model and seed ("alpaca [max_examples=100]")
 Group = tuple[str, str, int]
-
-
-def question(item: dict[str, Any]) -> str:
-    """What the judge sees as the user's question: the instruction, plus its input if any."""
-    return item["instruction"] + (f"\n\n{item['input']}" if item.get("input", "").strip() else "")
+LABEL_MAX = 80  # longer descriptions of what differs become a hash: "alpaca #1a2b3c4d"
 
 
 def load_sets(cfg: DictConfig, run: Run) -> list[EvalSet]:
@@ -63,7 +64,9 @@ def load_sets(cfg: DictConfig, run: Run) -> list[EvalSet]:
             loaded = instantiate(run.config.dataset.eval)
         else:
             loaded = instantiate(sc.source)
-        es = build_eval_set(sc.name, loaded, list(sc.categories), sc.max_items)
+        es = build_eval_set(
+            sc.name, loaded, list(sc.categories), sc.max_items, sc.get("generation") or {}
+        )
         if sc.expected_items and not sc.max_items and len(es.items) != sc.expected_items:
             log.warning(
                 "eval set %s has %d items; the paper's copy has %d",
@@ -75,33 +78,138 @@ def load_sets(cfg: DictConfig, run: Run) -> list[EvalSet]:
     return sets
 
 
-def groups_of(runs: list[Run], baseline: str) -> dict[Group, tuple[Run, list[Run]]]:
-    """Per (dataset, model, seed): the baseline run and the runs compared with it."""
-    by: dict[Group, list[Run]] = defaultdict(list)
-    for r in runs:
-        by[r.group].append(r)
-    out = {}
-    for group, members in sorted(by.items()):
-        bases = [r for r in members if r.ordering == baseline]
-        if not bases:
-            log.warning(
-                "group %s has no run with ordering=%s (orderings: %s): left out",
-                group,
-                baseline,
-                sorted(r.ordering for r in members),
-            )
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, Mapping) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
+
+
+def _shown(value: str | None) -> str:
+    """A flattened value as a label shows it: strings bare, anything else as JSON, absent '-'."""
+    if value is None:
+        return "-"
+    v = json.loads(value)
+    return v if isinstance(v, str) else value
+
+
+def _without(identity: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in identity.items() if k not in keys}
+
+
+def group_labels(identities: dict[str, dict[str, Any]]) -> dict[str, Group]:
+    """Readable group keys: (dataset name, model name, seed), the dataset name extended with
+    what differs between identities that share those three ("alpaca [max_examples=100]")."""
+    first = {
+        key: (
+            str((i.get("dataset") or {}).get("name", "?")),
+            str((i.get("model") or {}).get("name", "?")),
+            int(i.get("seed") or 0),
+        )
+        for key, i in identities.items()
+    }
+    out: dict[str, Group] = {}
+    for key, (name, model, seed) in first.items():
+        same = [k for k, v in first.items() if v == (name, model, seed)]
+        if len(same) == 1:
+            out[key] = (name, model, seed)
             continue
-        if len(bases) > 1:
-            raise DataError(
-                f"group {group} has {len(bases)} runs with ordering={baseline}: "
-                f"{[r.name for r in bases]}; narrow the choice with select=[...]"
-            )
-        out[group] = (bases[0], [r for r in members if r is not bases[0]])
-    if not out:
+        flats = {k: _flat(identities[k]) for k in same}
+        paths = sorted({p for f in flats.values() for p in f})
+        differ = [p for p in paths if len({f.get(p) for f in flats.values()}) > 1]
+        mine = flats[key]
+        # a node whose name differs is shown by its name alone: "scorer=length"
+        named = {p.removesuffix(".name") for p in differ if p.endswith(".name")}
+        parts = []
+        for p in differ:
+            node = next((n for n in named if p.startswith(n + ".")), None)
+            if node is None:
+                parts.append(f"{p.removeprefix('dataset.')}={_shown(mine.get(p))}")
+            elif p == node + ".name":
+                parts.append(f"{node.removeprefix('dataset.')}={_shown(mine.get(p))}")
+        text = f"{name} [{', '.join(parts)}]"
+        out[key] = (text if len(text) <= LABEL_MAX else f"{name} #{key[:8]}", model, seed)
+    seen = defaultdict(list)
+    for key, group in out.items():
+        seen[group].append(key)
+    for group, keys in seen.items():  # never two groups under one label
+        if len(keys) > 1:
+            for key in keys:
+                out[key] = (f"{first[key][0]} #{key[:8]}", group[1], group[2])
+    return out
+
+
+def groups_of(runs: list[Run], baseline: str) -> dict[Group, tuple[Run, list[Run]]]:
+    """The baseline run and the runs compared with it, per group of comparable runs.
+
+    Runs compared with each other share their whole :attr:`~Run.identity` (the saved config
+    but the ordering): same data source, subsample size and seed, model, seed, prompt,
+    trainer, scorer and segmentation. So Alpaca and Alpaca-cleaned in one sweep, or a
+    ``dataset.max_examples`` sweep, give one group each, each with its own baseline.
+
+    The baseline is the run with ordering == ``baseline`` and the same identity; where there
+    is none, the one whose identity agrees on everything its ordering reads (a one-off run
+    reads no scores and no stages: its scorer and segment settings may differ, e.g. when it
+    was trained on its own without naming the phased runs' scorer). Several such runs: an
+    error naming them.
+    """
+    bases = [r for r in runs if r.ordering == baseline]
+    if not bases:
         raise DataError(
-            f"no (dataset, model, seed) group has a baseline run with ordering={baseline}; "
+            f"no group of runs has a baseline run with ordering={baseline}; "
             f"orderings found: {sorted({r.ordering for r in runs})}"
         )
+    ident_of = {id(r): r.identity for r in runs}
+    key_of = {id(r): sha256_json(ident_of[id(r)]) for r in runs}
+    by: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        if r.ordering != baseline:
+            by[key_of[id(r)]].append(r)
+
+    matched: dict[str, tuple[Run, list[Run]]] = {}
+    for key, members in by.items():
+        ident = ident_of[id(members[0])]
+        exact = [b for b in bases if key_of[id(b)] == key]
+        found = exact or [
+            b for b in bases if _without(ident_of[id(b)], b.unused) == _without(ident, b.unused)
+        ]
+        if not found:
+            log.warning(
+                "runs %s have no run with ordering=%s and the same data, model, seed and "
+                "settings: left out",
+                sorted(r.name for r in members),
+                baseline,
+            )
+            continue
+        if len(found) > 1:
+            raise DataError(
+                f"runs {sorted(r.name for r in members)} match {len(found)} runs with "
+                f"ordering={baseline}: {sorted(r.name for r in found)}; narrow the choice with "
+                "select=[...]"
+            )
+        matched[key] = (found[0], members)
+    used = {id(b) for b, _ in matched.values()}
+    for b in bases:  # a baseline nothing is compared with still gets its answers
+        if id(b) not in used:
+            key = key_of[id(b)]
+            if key in matched:
+                raise DataError(
+                    f"{len([x for x in bases if key_of[id(x)] == key])} runs with "
+                    f"ordering={baseline} and the same settings: "
+                    f"{sorted(x.name for x in bases if key_of[id(x)] == key)}; narrow the choice "
+                    "with select=[...]"
+                )
+            matched[key] = (b, [])
+    labels = group_labels(
+        {key: ident_of[id(members[0] if members else b)] for key, (b, members) in matched.items()}
+    )
+    out = {labels[key]: matched[key] for key in sorted(matched, key=lambda k: labels[k])}
+    if not any(cands for _, cands in out.values()):
+        log.warning("no run to compare with a run of ordering=%s", baseline)
+    for group, (b, cands) in out.items():
+        log.info("group %s: %s against %s", group, [r.name for r in cands], b.name)
     return out
 
 
@@ -110,15 +218,17 @@ def checkpoints_of(run: Run, which: str) -> list[Checkpoint]:
 
 
 def pairs_for(cand: Answers, base: Answers, es: EvalSet) -> list[Pair]:
+    """Instruction and input kept apart: the judge joins them as its prompt style does."""
     a, b = cand.by_id(), base.by_id()
     return [
         Pair(
             ex.id,
-            question(a[ex.id]),
+            ex.instruction,
             a[ex.id]["output"],
             b[ex.id]["output"],
-            ex.output,
-            es.category(ex),
+            reference=ex.output,
+            category=es.category(ex),
+            input=ex.input,
         )
         for ex in es.items
     ]
@@ -143,14 +253,15 @@ def category_accuracy(judge: Any, pairs: list[Pair]) -> dict[str, dict[str, dict
 
 
 def write_replay(
-    path: Path, pairs: list[Pair], reviews: list[Reviews], judged: list[Judged]
+    path: Path, pairs: list[Pair], reviews: list[Reviews], judged: list[Judged], judge: Any
 ) -> None:
-    """The comparison in the replay format of ``python -m phasedsft.winrate`` (+ parsed fields)."""
+    """The comparison in the replay format of ``python -m phasedsft.winrate`` (+ parsed fields);
+    ``instruction`` is the question as the judge was shown it."""
     lines = []
     for p, r, j in zip(pairs, reviews, judged, strict=True):
         row: dict[str, Any] = {
             "id": p.id,
-            "instruction": p.question,
+            "instruction": judge.question(p),
             "answer_a": p.answer_a,
             "answer_b": p.answer_b,
             "review_ab": r.review_ab,
@@ -245,7 +356,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ]
         label = f"{ckpt.run}__stage_{ckpt.index}_{ckpt.stage}__vs__{base.name}"
         write_replay(
-            out / "comparisons" / es.name / f"{label}.jsonl", pairs, result.reviews, judged
+            out / "comparisons" / es.name / f"{label}.jsonl", pairs, result.reviews, judged, judge
         )
         win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
         accuracy = None

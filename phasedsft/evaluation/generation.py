@@ -10,6 +10,17 @@ changing any of them writes a new file instead of mixing answers.
 
 Backends (``generator`` config group): :class:`HFGenerator` (transformers, batched with
 left padding, greedy by default) and :class:`VLLMGenerator` (vLLM, when installed).
+
+**Answer length belongs to the test set.** Each set's ``generation`` node
+(``eval_sets.<name>.generation``) sets ``max_new_tokens`` (answer tokens) and / or
+``max_length`` (prompt + answer tokens, the authors' semantics: their answers come from
+``model.generate(input_ids, max_length=1024)`` one prompt at a time, greedy, with nothing
+else set - xubuvd/PhasedSFT generation/generation_v2.py:148-151). Where both are set, the
+answer stops at whichever comes first; ``null`` means no limit of that kind (the model's
+context still applies). Precedence, per key: a non-null ``generator.max_new_tokens`` /
+``generator.max_length`` (a command-line override for every set) > the set's ``generation``
+> :data:`DEFAULT_MAX_NEW_TOKENS` when neither says anything. The effective values are part
+of the answers file's key, so changing them generates anew.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from phasedsft.config import NON_SEMANTIC_KEYS, NON_SEMANTIC_SCORER_KEYS
 from phasedsft.evaluation.sets import EvalSet
 from phasedsft.io import atomic_write_json, sha256_json
 from phasedsft.prompts import pad_batch
@@ -34,6 +46,20 @@ from phasedsft.records import DataError, Example
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
+# Parts of a training run's saved config left out of its identity (what makes runs comparable):
+# the ordering (what a sweep compares), in-run evaluation (eval, judge) and what does not change
+# the weights (NON_SEMANTIC_KEYS; the scorer's spending settings; trainer bookkeeping).
+IDENTITY_SKIP = (*NON_SEMANTIC_KEYS, "ordering", "eval", "judge")
+TRAINER_BOOKKEEPING_KEYS = (
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "keep_checkpoints",
+    "dataloader_num_workers",
+    "per_device_eval_batch_size",
+)
+LENGTH_KEYS = ("max_new_tokens", "max_length")  # what a test set's ``generation`` node may set
+DEFAULT_MAX_NEW_TOKENS = 512  # neither the generator nor the set gives a length
 
 
 # ------------------------------------------------------------------ runs and their checkpoints
@@ -77,8 +103,47 @@ class Run:
 
     @property
     def group(self) -> tuple[str, str, int]:
-        """Runs comparable with each other: same data, same base model, same seed."""
+        """(dataset name, model name, seed): the readable part of :attr:`identity`."""
         return (str(self.config.dataset.name), str(self.config.model.name), int(self.config.seed))
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes runs comparable: the whole saved config but the ordering (IDENTITY_SKIP).
+
+        The data (the whole ``dataset`` node: source, ``max_examples``, ``subsample_seed``),
+        the model, the seed, the prompt template, the trainer's hyper-parameters, and the
+        scorer and segmentation as configured.
+        """
+        ident = OmegaConf.to_container(self.config, resolve=True)
+        assert isinstance(ident, dict)
+        for key in IDENTITY_SKIP:
+            ident.pop(key, None)
+        if isinstance(ident.get("scorer"), dict):
+            for key in NON_SEMANTIC_SCORER_KEYS:
+                ident["scorer"].pop(key, None)
+        if isinstance(ident.get("trainer"), dict):
+            for key in TRAINER_BOOKKEEPING_KEYS:
+                ident["trainer"].pop(key, None)
+        return {str(k): v for k, v in ident.items()}
+
+    @property
+    def unused(self) -> tuple[str, ...]:
+        """Parts of the identity this run's ordering does not read: a one-off run trains on the
+        data as it is, so its scorer and segmentation settings do not change its weights."""
+        target = self.config.ordering.get("_target_")
+        if not target:
+            return ()  # unknown ordering class: assume it reads everything
+        from hydra.utils import get_class
+
+        cls = get_class(str(target))
+        return tuple(
+            key
+            for key, needed in (
+                ("scorer", getattr(cls, "needs_scores", True)),
+                ("segment", getattr(cls, "needs_stages", True)),
+            )
+            if not needed
+        )
 
     @property
     def final(self) -> Checkpoint:
@@ -142,11 +207,65 @@ def _prompt_ids(ex: Example, template: Any, tokenizer: Any) -> list[int]:
     return list(template.split_ids(ex, tokenizer)[0])
 
 
+def length_settings(settings: Any) -> dict[str, int | None]:
+    """A test set's ``generation`` node, checked: only :data:`LENGTH_KEYS`, positive ints or null."""
+    if settings is None:
+        return {}
+    out: dict[str, int | None] = {}
+    for key, value in dict(settings).items():
+        if key not in LENGTH_KEYS:
+            raise DataError(
+                f"unknown generation setting '{key}' for a test set; known: {list(LENGTH_KEYS)} "
+                "(decoding settings belong to the generator: generator.temperature, ...)"
+            )
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise DataError(f"generation.{key} must be a positive integer or null, not {value!r}")
+        out[str(key)] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """The effective answer lengths for one test set (see the module docstring)."""
+
+    max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS
+    max_length: int | None = None  # prompt + answer tokens (transformers' max_length)
+
+    def budget(self, prompt_tokens: int, context: int | None) -> int:
+        """How many answer tokens a prompt of this length may get (at least 1, as transformers)."""
+        caps = []
+        if self.max_new_tokens is not None:
+            caps.append(self.max_new_tokens)
+        if self.max_length is not None:
+            caps.append(max(1, self.max_length - prompt_tokens))
+        if context is not None:
+            caps.append(max(1, context - prompt_tokens))
+        if not caps:
+            raise DataError(
+                "no answer length: set the test set's generation.max_new_tokens or max_length "
+                "(the model does not say its context length)"
+            )
+        return min(caps)
+
+    def identity(self) -> dict[str, Any]:
+        ident: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        if self.max_length is not None:  # absent when unset: older answers files keep their key
+            ident["max_length"] = self.max_length
+        return ident
+
+
 @dataclass
 class HFGenerator:
-    """transformers ``generate``: batched, left-padded, greedy unless ``temperature > 0``."""
+    """transformers ``generate``: batched, left-padded, greedy unless ``temperature > 0``.
 
-    max_new_tokens: int = 512
+    ``max_new_tokens`` / ``max_length``: ``None`` leaves the length to each test set
+    (:meth:`lengths`); a value applies to every set.
+    """
+
+    max_new_tokens: int | None = None
+    max_length: int | None = None  # prompt + answer tokens (transformers' max_length)
     batch_size: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
@@ -157,9 +276,20 @@ class HFGenerator:
     save_every: int = 4  # batches between saves of the answers file
     name: str = "hf"
 
-    def identity(self) -> dict[str, Any]:
-        keep = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")
-        return {"backend": "hf", **{k: getattr(self, k) for k in keep}}
+    def identity(self, lengths: Lengths | None = None) -> dict[str, Any]:
+        """What changes the answers; ``lengths``: a test set's (default: :meth:`lengths` of none)."""
+        keep = ("temperature", "top_p", "repetition_penalty", "seed")
+        ident = {"backend": "hf", **{k: getattr(self, k) for k in keep}}
+        return {**ident, **(lengths or self.lengths(None)).identity()}
+
+    def lengths(self, settings: Any) -> Lengths:
+        """A test set's lengths, where this generator leaves them open (module docstring)."""
+        given = length_settings(settings)
+        ours = {k: getattr(self, k) for k in LENGTH_KEYS if getattr(self, k) is not None}
+        merged = {**given, **ours}
+        if not given and not ours:
+            return Lengths()  # nobody says: DEFAULT_MAX_NEW_TOKENS
+        return Lengths(merged.get("max_new_tokens"), merged.get("max_length"))
 
     @property
     def chunk(self) -> int:
@@ -182,9 +312,23 @@ class HFGenerator:
     def context_length(self, model: Any) -> int | None:
         return getattr(model.config, "max_position_embeddings", None)
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[list[int]]) -> list[str]:
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[list[int]],
+        budgets: Sequence[int] | None = None,
+    ) -> list[str]:
+        """Greedy (or sampled) answers; prompt i gets at most ``budgets[i]`` new tokens.
+
+        A batch generates up to its largest budget and each row is cut at its own: greedy
+        decoding of one row does not depend on the others (left padding, tested), so the cut
+        row equals what a lone ``generate(max_length=...)`` of that prompt gives.
+        """
         import torch
 
+        if budgets is None:
+            budgets = [self.lengths(None).budget(len(p), None) for p in prompts]
         device = next(model.parameters()).device
         sample = self.temperature > 0
         options: dict[str, Any] = {"do_sample": sample}
@@ -198,20 +342,21 @@ class HFGenerator:
                 tokenizer.pad_token_id,
                 side="left",
             )
+            limits = list(budgets[start : start + self.batch_size])
             input_ids = torch.tensor(batch["input_ids"], device=device)
             with torch.no_grad():
                 out = model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.tensor(batch["attention_mask"], device=device),
-                    max_new_tokens=self.max_new_tokens,
+                    max_new_tokens=max(limits),
                     repetition_penalty=self.repetition_penalty,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                     **options,
                 )
             out_texts += [
-                tokenizer.decode(row, skip_special_tokens=True).strip()
-                for row in out[:, input_ids.shape[1] :]
+                tokenizer.decode(row[:limit], skip_special_tokens=True).strip()
+                for row, limit in zip(out[:, input_ids.shape[1] :], limits, strict=True)
             ]
         return out_texts
 
@@ -225,8 +370,8 @@ class VLLMGenerator(HFGenerator):
     save_every: int = 64
     name: str = "vllm"
 
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "backend": "vllm"}
+    def identity(self, lengths: Lengths | None = None) -> dict[str, Any]:
+        return {**super().identity(lengths), "backend": "vllm"}
 
     def load(self, model_dir: Path) -> tuple[Any, Any]:
         try:
@@ -250,16 +395,27 @@ class VLLMGenerator(HFGenerator):
     def context_length(self, model: Any) -> int | None:
         return int(model.llm_engine.model_config.max_model_len)
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[list[int]]) -> list[str]:
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[list[int]],
+        budgets: Sequence[int] | None = None,
+    ) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p if self.temperature > 0 else 1.0,
-            max_tokens=self.max_new_tokens,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-        )
+        if budgets is None:
+            budgets = [self.lengths(None).budget(len(p), None) for p in prompts]
+        params = [
+            SamplingParams(
+                temperature=self.temperature,
+                top_p=self.top_p if self.temperature > 0 else 1.0,
+                max_tokens=limit,
+                repetition_penalty=self.repetition_penalty,
+                seed=self.seed,
+            )
+            for limit in budgets
+        ]
         outs = model.generate([{"prompt_token_ids": list(p)} for p in prompts], params)
         return [o.outputs[0].text.strip() for o in outs]
 
@@ -289,13 +445,17 @@ def answers_for(
     run_config: DictConfig,
     loaded: dict[str, Any] | None = None,
 ) -> Answers:
-    """The checkpoint's answers to the set: read if complete, else generated (resuming)."""
+    """The checkpoint's answers to the set: read if complete, else generated (resuming).
+
+    ``generator`` is applied with the set's own lengths (:meth:`HFGenerator.lengths`).
+    """
+    lengths = generator.lengths(eval_set.generation)
     template = instantiate(run_config.prompt)
     template_cfg = OmegaConf.to_container(run_config.prompt, resolve=True)
     key = sha256_json(
         {
             "v": FORMAT_VERSION,
-            "generator": generator.identity(),
+            "generator": generator.identity(lengths),
             "set": set_hash(eval_set.items),
             "template": template_cfg,
             "weights": ckpt.order_sha256,
@@ -317,7 +477,7 @@ def answers_for(
         "model_dir": str(ckpt.model_dir),
         "eval_set": eval_set.name,
         "eval_set_sha256": set_hash(eval_set.items),
-        "generator": {**asdict(generator), **generator.identity()},
+        "generator": {**asdict(generator), **generator.identity(lengths)},
         "prompt": template_cfg,
     }
     todo = [ex for ex in eval_set.items if ex.id not in done]
@@ -330,10 +490,11 @@ def answers_for(
         else:
             model, tokenizer = loaded["model"], loaded["tokenizer"]
         limit = generator.context_length(model)
-        room = None if limit is None else limit - generator.max_new_tokens
+        # the prompt keeps its last tokens where it and the promised answer exceed the context
+        room = None if limit is None else limit - (lengths.max_new_tokens or 1)
         if room is not None and room < 8:
             raise DataError(
-                f"generator.max_new_tokens={generator.max_new_tokens} leaves no room for a prompt in "
+                f"max_new_tokens={lengths.max_new_tokens} leaves no room for a prompt in "
                 f"{ckpt.label}'s context of {limit} tokens"
             )
         prompts = {ex.id: _prompt_ids(ex, template, tokenizer) for ex in todo}
@@ -352,8 +513,9 @@ def answers_for(
             for ex in chunk:
                 p = prompts[ex.id]
                 ids.append(p[-room:] if room is not None and len(p) > room else p)
-            texts = generator.generate(model, tokenizer, ids)
-            for ex, p, text in zip(chunk, ids, texts, strict=True):
+            budgets = [lengths.budget(len(p), limit) for p in ids]
+            texts = generator.generate(model, tokenizer, ids, budgets)
+            for ex, p, text, budget in zip(chunk, ids, texts, budgets, strict=True):
                 done[ex.id] = {
                     "id": ex.id,
                     "instruction": ex.instruction,
@@ -361,6 +523,7 @@ def answers_for(
                     "output": text,
                     "prompt_tokens": len(p),
                     "prompt_truncated": len(p) < len(prompts[ex.id]),
+                    "max_answer_tokens": budget,
                 }
             atomic_write_json(path, {**header, "complete": False, "items": list(done.values())})
             bar.update(len(chunk))

@@ -140,6 +140,8 @@ class EvalSet:
     name: str
     items: list[Example]
     categories: list[str] = field(default_factory=list)
+    # answer lengths for this set (max_new_tokens / max_length; see evaluation.generation)
+    generation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_references(self) -> bool:
@@ -150,7 +152,11 @@ class EvalSet:
 
 
 def build_eval_set(
-    name: str, loaded: Loaded, categories: list[str], max_items: int | None = None
+    name: str,
+    loaded: Loaded,
+    categories: list[str],
+    max_items: int | None = None,
+    generation: Mapping[str, Any] | None = None,
 ) -> EvalSet:
     items = loaded.examples[:max_items] if max_items else loaded.examples
     unknown = [c for c in categories if not any(c in ex.meta for ex in items)]
@@ -159,4 +165,4 @@ def build_eval_set(
             f"eval_sets.{name}.categories: no item carries {unknown}; "
             f"fields seen: {sorted({k for ex in items for k in ex.meta})}"
         )
-    return EvalSet(name, items, list(categories))
+    return EvalSet(name, items, list(categories), dict(generation or {}))

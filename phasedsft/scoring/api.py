@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -15,8 +16,8 @@ from typing import Any, ClassVar
 from phasedsft.records import DataError, Example
 from phasedsft.scoring.cache import Result, cache_key
 from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.cost import count_tokens
-from phasedsft.scoring.endpoint import ChatEndpoint, Rejected
+from phasedsft.scoring.cost import count_tokens, prompt_tokens
+from phasedsft.scoring.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
 from phasedsft.scoring.engine import Job, RunStats
 from phasedsft.scoring.prompt import (
     PROMPT_VERSION,
@@ -70,34 +71,51 @@ class OpenAIScorer(ChatEndpoint):
         }
 
     def jobs(self, examples: list[Example]) -> list[Job]:
+        """One job per example: its tokens (for pacing) and one request's worst-case cost."""
         ident = self.identity()
+        tokens_out = self.max_tokens * self.samples
         out = []
         for ex in examples:
-            tokens_in = sum(count_tokens(m["content"], self.model) for m in messages(ex)) + 8
-            tokens_out = self.max_tokens * self.samples
+            msgs = messages(ex)
+            worst_in = prompt_tokens(msgs, self.model, bound=True)
             out.append(
                 Job(
                     cache_key(ident, ex),
                     ex,
-                    tokens_in + tokens_out,
-                    self.price.cost(tokens_in, tokens_out),
+                    prompt_tokens(msgs, self.model) + tokens_out,
+                    self.price.cost(worst_in, tokens_out),
                 )
             )
         return out
 
     def estimate(self, examples: list[Example], ctx: ScoreContext) -> dict[str, Any]:
+        """What the run will send and cost; the upper bound counts every parse retry."""
         jobs = self.jobs(examples)
         cached = ctx.cache.get_many(j.key for j in jobs)
         todo = [j for j in jobs if j.key not in cached]
-        tokens_in = sum(j.est_tokens - self.max_tokens * self.samples for j in todo)
+        tokens_out = self.max_tokens * self.samples
+        tokens_in = sum(prompt_tokens(messages(j.example), self.model) for j in todo)
+        attempts = 1 + self.parse_retries
+        counted = (
+            "tiktoken counts" if count_tokens.method(self.model) == "tiktoken" else "UTF-8 bytes"
+        )  # type: ignore[attr-defined]
         return {
             "model": self.model,
             "examples": len(jobs),
             "cached": len(jobs) - len(todo),
             "to_request": len(todo),
             "est_input_tokens": tokens_in,
-            "max_output_tokens": len(todo) * self.max_tokens * self.samples,
-            "est_cost_usd_upper_bound": round(sum(j.est_cost for j in todo), 4),
+            "max_output_tokens": len(todo) * tokens_out,
+            "est_cost_usd": round(self.price.cost(tokens_in, len(todo) * tokens_out), 4),
+            "max_requests": len(todo) * attempts,
+            "est_cost_usd_upper_bound": math.ceil(sum(j.est_cost for j in todo) * attempts * 1e4)
+            / 1e4,
+            "upper_bound": (
+                f"every item asked {attempts} times (1 + parse_retries) at max_tokens, input "
+                f"tokens as {counted}; a request that gets no reply and is sent again is charged "
+                "too, beyond this bound. budget_usd reserves each request's worst case before "
+                "it is sent, retries included"
+            ),
             "token_counts": count_tokens.method(self.model),  # type: ignore[attr-defined]
             "price": asdict(self.price),
         }
@@ -120,6 +138,7 @@ class OpenAIScorer(ChatEndpoint):
                 try:
                     resp = await self.complete(
                         client,
+                        job,
                         messages(job.example),
                         n=self.samples,
                         temperature=self.attempt_temperature(attempt),
@@ -128,18 +147,25 @@ class OpenAIScorer(ChatEndpoint):
                     )
                 except Rejected as e:
                     return self._failed(job, raws, str(e), requests, tokens_in, tokens_out)
+                except BadReply as e:  # not a completion at all: a failed attempt
+                    requests += 1
+                    raws.append(e.raw)
+                    reason = str(e)
+                    continue
                 requests += 1
-                if resp.usage:
-                    tokens_in += resp.usage.prompt_tokens
-                    tokens_out += resp.usage.completion_tokens
+                usage = usage_of(resp)
+                if usage is not None:
+                    tokens_in += usage[0]
+                    tokens_out += usage[1]
                 for choice in resp.choices:
                     raws.append(choice.message.content)
                     try:
                         parsed.append(parse_reply(choice.message.content))
                     except ParseError as e:
                         reason = str(e)
-                if self.logprobs and resp.choices and resp.choices[0].logprobs:
-                    expected = expected_scores(resp.choices[0].logprobs.content or [])
+                logprobs = getattr(resp.choices[0], "logprobs", None)
+                if self.logprobs and logprobs is not None:
+                    expected = expected_scores(getattr(logprobs, "content", None) or [])
                 if parsed and (self.score_from == "samples" or expected is not None):
                     break
             if not parsed:

@@ -3,7 +3,7 @@
 setup: load data -> scorer (+ tokenizer / model if it runs one) -> cost estimate
 score: every example not in the cache (dry_run=true stops after the estimate)
 write: scored.jsonl (train on it with dataset=jsonl scorer=oracle), failures.jsonl,
-       summary.json, histogram.png
+       summary.json (it adds up: ok + failed + not_scored == examples), histogram.png
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ from phasedsft.recipe import run_dir_for, subsample, tokenizer_corpus
 from phasedsft.records import Example
 from phasedsft.scoring.cache import ScoreCache
 from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.engine import ScoringAborted
-from phasedsft.scoring.report import plot_histogram, score_counts, summary_lines, text_histogram
+from phasedsft.scoring.engine import ScoringAborted, redact
+from phasedsft.scoring.report import (
+    check_summary,
+    plot_histogram,
+    score_counts,
+    summary_lines,
+    text_histogram,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             stats.ordered = [None] * len(examples)
     scores = scorer.finalize(stats.raw_scores())
     results = stats.ordered
+    # rows cached by an older version may hold an echoed key: redact on the way out too
+    secrets = scorer.secrets() if hasattr(scorer, "secrets") else ()
 
     scored, failures = [], []
     for ex, score, r in zip(examples, scores, results, strict=True):
@@ -85,7 +93,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 row["score_detail"] = r.detail
             scored.append(row)
         elif r is not None:
-            failures.append({"id": ex.id, "reason": r.error, "raw": r.raw})
+            failures.append(
+                {"id": ex.id, "reason": redact(r.error, secrets), "raw": redact(r.raw, secrets)}
+            )
     atomic_write_text(
         run_dir / "scored.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in scored)
     )
@@ -94,18 +104,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in failures),
     )
     counts = score_counts([s for s, r in zip(scores, results, strict=True) if r is not None])
+    this_run = stats.summary()  # what this run did (requests, cost, ...), not the dataset's state
     summary = {
         "scorer": scorer.name,
+        # every example, cached or answered now: ok + failed + not_scored == examples
         "examples": len(examples),
         "ok": len(scored),
         "failed": len(failures),
         "not_scored": len(examples) - len(scored) - len(failures),
         "counts": counts,
-        "stopped": str(aborted) if aborted else None,
+        "stopped": redact(str(aborted), secrets) if aborted else None,
         "run_dir": str(run_dir),
         "scored_file": str(run_dir / "scored.jsonl"),
-        **stats.summary(),
+        # this run: cached + answered_this_run + not_scored == examples
+        "cached": this_run["cached"],
+        "answered_this_run": this_run["done"],
+        "failed_this_run": this_run["failed"],
+        "requests": this_run["requests"],  # every HTTP request sent, retries and rejections too
+        "cost_usd": this_run["cost_usd"],
+        "tokens_in": this_run["tokens_in"],
+        "tokens_out": this_run["tokens_out"],
+        "seconds": this_run["seconds"],
     }
+    check_summary(summary)
     atomic_write_json(run_dir / "summary.json", summary)
     plot_histogram(
         scores,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,34 @@ def count_tokens(text: str, model: str) -> int:
     return len(enc.encode(text, disallowed_special=()))
 
 
+def tokens_upper_bound(text: str, model: str) -> int:
+    """At most this many tokens: tiktoken's count where the model is known, else UTF-8 bytes.
+
+    No byte-level BPE or byte-fallback tokenizer makes more tokens than the text has bytes,
+    so the bound holds for models tiktoken does not know (4 characters per token does not:
+    code and most non-English text take more).
+    """
+    enc = _encoding(model)
+    return (
+        len(text.encode("utf-8")) if enc is None else len(enc.encode(text, disallowed_special=()))
+    )
+
+
+CHAT_OVERHEAD_TOKENS = 8  # per message (role, separators) and for the reply's start: generous
+
+
+def prompt_tokens(messages: Sequence[dict[str, str]], model: str, bound: bool = False) -> int:
+    """A chat prompt's tokens: the estimate, or (``bound``) an upper bound for the budget."""
+    count = tokens_upper_bound if bound else count_tokens
+    return sum(count(m["content"], model) + CHAT_OVERHEAD_TOKENS for m in messages) + (
+        CHAT_OVERHEAD_TOKENS
+    )
+
+
 def _method(model: str) -> str:
-    return "tiktoken" if _encoding(model) is not None else "approximate (4 characters per token)"
+    if _encoding(model) is not None:
+        return "tiktoken"
+    return "approximate (4 characters per token; the budget reserves 1 token per UTF-8 byte)"
 
 
 count_tokens.method = _method  # type: ignore[attr-defined]

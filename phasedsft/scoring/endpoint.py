@@ -4,16 +4,21 @@ The difficulty scorer (:class:`~phasedsft.scoring.api.OpenAIScorer`) and the pai
 judge (:class:`~phasedsft.evaluation.judging.OpenAIJudge`) both subclass
 :class:`ChatEndpoint`, so they make the client the same way (the key from the environment
 only), classify failures the same way (the endpoint is down -> stop the run cleanly and
-resumably; this one request was rejected -> record it as failed) and run their requests
-through the same engine (worker pool, rate limits, budget reservation, a cache write per
-result, progress bar).
+resumably; this one request was rejected -> record it as failed; a 200 reply that is not a
+chat completion -> one failed attempt, retried like an unparseable one) and run their
+requests through the same engine (worker pool, rate limits, a budget reservation per
+request, a cache write per result, progress bar). Every error text is redacted
+(:func:`~phasedsft.scoring.engine.redact`) before it is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import os
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +26,78 @@ from typing import Any
 from phasedsft.records import DataError
 from phasedsft.scoring.cache import Result, ScoreCache
 from phasedsft.scoring.cost import Price
-from phasedsft.scoring.engine import EndpointError, Job, RunStats, run_jobs
+from phasedsft.scoring.engine import EndpointError, Job, RunStats, redact, run_jobs
+
+RETRY_STATUS = (408, 409, 429)  # and 5xx: retried with backoff, as the openai client does
+MAX_RETRY_AFTER_S = 60.0
 
 
 class Rejected(RuntimeError):
     """The endpoint answered but refused this one request (e.g. HTTP 400): record it, go on."""
+
+
+class BadReply(RuntimeError):
+    """A 200 reply that is not a chat completion (not JSON, an HTML page, no choices).
+
+    One failed attempt of the item, like an unparseable reply: retried (``parse_retries``),
+    then recorded with ``raw`` (the body, cut to :data:`RAW_CHARS`) and the reason.
+    """
+
+    def __init__(self, reason: str, raw: str):
+        super().__init__(reason)
+        self.raw = raw
+
+
+RAW_CHARS = 2000
+
+
+class _Retry(RuntimeError):
+    """This request may succeed if sent again (429, 5xx, no reply)."""
+
+    def __init__(self, text: str, headers: Any = None):
+        super().__init__(text)
+        self.headers = headers
+
+
+def _never_sent(e: BaseException) -> bool:
+    """The connection was refused: the server never saw the request (so never billed it)."""
+    return type(e.__cause__).__name__ in ("ConnectError", "ConnectTimeout")
+
+
+def usage_of(resp: Any) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` of a reply, or None when it reports none."""
+    usage = getattr(resp, "usage", None)
+    t_in = getattr(usage, "prompt_tokens", None)
+    t_out = getattr(usage, "completion_tokens", None)
+    if isinstance(t_in, int) and isinstance(t_out, int) and t_in >= 0 and t_out >= 0:
+        return t_in, t_out
+    return None
+
+
+def completion_problem(resp: Any) -> str | None:
+    """Why a parsed 200 reply is not a usable chat completion, or None when it is one."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return "the reply is not a chat completion (no choices)"
+    for choice in choices:
+        message = getattr(choice, "message", None)
+        if message is None:
+            return "the reply is not a chat completion (a choice without a message)"
+        content = getattr(message, "content", None)
+        if content is not None and not isinstance(content, str):
+            return "the reply is not a chat completion (a message without text)"
+    return None
+
+
+def retry_delay(retry: int, headers: Any = None) -> float:
+    """The server's Retry-After (up to a minute), else exponential backoff with jitter."""
+    try:
+        after = float((headers or {}).get("retry-after", ""))
+    except (TypeError, ValueError):
+        after = math.nan
+    if math.isfinite(after) and 0 < after <= MAX_RETRY_AFTER_S:
+        return after
+    return min(0.5 * 2.0**retry, 8.0) * (1 - 0.25 * random.random())
 
 
 @dataclass
@@ -41,7 +113,7 @@ class ChatEndpoint:
     concurrency: int = 16
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
-    max_retries: int = 5  # the openai client's own retries on 429 / 5xx / timeouts, with backoff
+    max_retries: int = 5  # retries of a request on 429 / 5xx / timeouts / no reply, with backoff
     timeout: float = 120.0
     price: Price = field(default_factory=Price)
     budget_usd: float | None = None
@@ -51,6 +123,14 @@ class ChatEndpoint:
     def __post_init__(self) -> None:
         if not isinstance(self.price, Price):  # a mapping from the config
             self.price = Price(**{str(k): float(v) for k, v in dict(self.price).items()})
+
+    def secrets(self) -> tuple[str, ...]:
+        """What :func:`~phasedsft.scoring.engine.redact` removes besides key-shaped text."""
+        key = os.environ.get(self.api_key_env)
+        return (key,) if key else ()
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets()) or ""
 
     def client(self, role: str) -> Any:
         from openai import AsyncOpenAI
@@ -65,9 +145,8 @@ class ChatEndpoint:
             key = "unused"  # local OpenAI-compatible servers accept any key
         for noisy in ("httpx", "httpx2"):  # one INFO line per request would drown the progress bar
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        return AsyncOpenAI(
-            base_url=self.base_url, api_key=key, max_retries=self.max_retries, timeout=self.timeout
-        )
+        # retries are ours (:meth:`complete`): each one is paced, reserved and counted
+        return AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.timeout)
 
     def attempt_temperature(self, attempt: int) -> float:
         # a retry at temperature 0 would repeat the same reply
@@ -76,26 +155,78 @@ class ChatEndpoint:
     def attempt_seed(self, attempt: int) -> int | None:
         return None if self.seed is None else self.seed + attempt
 
-    async def complete(self, client: Any, messages: list[dict[str, str]], **kwargs: Any) -> Any:
-        """One chat completion; :class:`EndpointError` stops the run, :class:`Rejected` skips the item."""
+    async def complete(
+        self, client: Any, job: Job, messages: list[dict[str, str]], **kwargs: Any
+    ) -> Any:
+        """One chat completion for ``job``; every HTTP request goes through the job's account.
+
+        Retries up to ``max_retries`` times on 408 / 409 / 429 / 5xx and when no reply came
+        (timeout, refused or dropped connection), then :class:`EndpointError` stops the run;
+        401 / 403 / 404 stop it at once. Any other error status raises :class:`Rejected`
+        (record this item as failed, go on); a 200 reply that is not a chat completion,
+        :class:`BadReply` (a failed attempt). Error texts come back redacted.
+        """
+        for retry in range(self.max_retries + 1):
+            try:
+                return await self._request(client, job, messages, kwargs)
+            except _Retry as e:
+                if retry == self.max_retries:
+                    raise EndpointError(str(e)) from None
+                await asyncio.sleep(retry_delay(retry, e.headers))
+        raise AssertionError("unreachable")
+
+    async def _request(
+        self, client: Any, job: Job, messages: list[dict[str, str]], kwargs: dict[str, Any]
+    ) -> Any:
+        """One HTTP request: reserve its worst case, send it, settle what it cost."""
         import openai
 
-        fatal = (
-            openai.APIConnectionError,  # includes timeouts, after the client's retries
-            openai.AuthenticationError,
-            openai.PermissionDeniedError,
-            openai.NotFoundError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-        )
+        account = job.account
+        if account is not None:
+            await account.begin()  # OutOfBudget: the engine stops the run cleanly
+        cost = job.est_cost  # unless the reply says what it cost, assume the worst
         try:
-            return await client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=self.max_tokens, **kwargs
-            )
-        except fatal as e:
-            raise EndpointError(f"{type(e).__name__}: {e}") from e
-        except openai.APIStatusError as e:  # e.g. 400: this item cannot be scored
-            raise Rejected(f"request rejected: {e}") from e
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, max_tokens=self.max_tokens, **kwargs
+                )
+            except openai.APIStatusError as e:
+                cost = 0.0  # an error status is not billed
+                text = self.redact(f"{type(e).__name__}: {e}")
+                if e.status_code in RETRY_STATUS or e.status_code >= 500:
+                    raise _Retry(text, e.response.headers) from None
+                if isinstance(
+                    e,
+                    (
+                        openai.AuthenticationError,
+                        openai.PermissionDeniedError,
+                        openai.NotFoundError,
+                    ),
+                ):
+                    raise EndpointError(text) from None
+                raise Rejected(f"request rejected: {text}") from None
+            except openai.APIConnectionError as e:  # timeouts included
+                if _never_sent(e):
+                    cost = 0.0  # else the server may have answered, and billed, it
+                raise _Retry(self.redact(f"{type(e).__name__}: {e}")) from None
+            body = self.redact(raw.http_response.text)[:RAW_CHARS]
+            ctype = raw.http_response.headers.get("content-type", "?")
+            try:
+                resp = raw.parse()
+            except Exception as e:  # a 200 whose body is not JSON
+                raise BadReply(
+                    f"the reply is not JSON ({type(e).__name__}; {ctype})", body
+                ) from None
+            problem = completion_problem(resp)
+            if problem:
+                raise BadReply(f"{problem}; {ctype}", body)
+            usage = usage_of(resp)
+            if usage is not None:
+                cost = self.price.cost(*usage)
+            return resp
+        finally:
+            if account is not None:
+                account.end(cost)
 
     def failed(
         self,
@@ -139,4 +270,5 @@ class ChatEndpoint:
             budget_usd=self.budget_usd,
             retry_failed=self.retry_failed,
             desc=desc,
+            secrets=self.secrets(),
         )

@@ -1,10 +1,16 @@
 """Run many keyed requests through a bounded pool, with rate limits, a budget and a cache.
 
 ``run_jobs`` keeps up to ``concurrency`` calls in flight (a worker pool, so one slow call
-never stalls the others), waits on requests- and tokens-per-minute limits, reserves each
-call's estimated cost against the budget before sending it, and writes every result to
-the cache the moment it arrives. It stops cleanly, and resumably, when the budget is
-reached or the endpoint stops answering (:class:`ScoringAborted` names what happened).
+never stalls the others) and writes every result to the cache the moment it arrives. Each
+job gets an :class:`Account`: every HTTP request the call sends (parse retries and retries
+of failed requests included) first waits on the requests- and tokens-per-minute limits and
+reserves its worst-case cost against the budget, then settles what it cost. The run stops
+cleanly, and resumably, when the next request would pass the budget, the endpoint stops
+answering or a call fails unexpectedly (:class:`ScoringAborted` names what happened).
+
+Every text the endpoint sent back (error messages, raw replies) goes through :func:`redact`
+before it is cached, logged or shown: the configured API key and anything shaped like a
+bearer token or an ``sk-...`` key never reach a file.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +32,35 @@ from phasedsft.scoring.cache import Result, ScoreCache
 log = logging.getLogger(__name__)
 
 
+REDACTED = "[REDACTED]"
+_TOKEN_SHAPES = (
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"),  # an Authorization header's value
+    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{6,}"),  # OpenAI-style secret keys (sk-, sk-proj-)
+)
+
+
+def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None:
+    """``text`` without the ``secrets`` (the configured API keys) and anything key-shaped.
+
+    The one function every error text and raw reply goes through before it is cached,
+    written, logged or shown: a server that echoes the key it was sent (in a 401 or 400
+    body, or a 200 error page) must not put the key on disk.
+    """
+    if not text:
+        return text
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    text = _TOKEN_SHAPES[0].sub("Bearer " + REDACTED, text)
+    return _TOKEN_SHAPES[1].sub(REDACTED, text)
+
+
 class EndpointError(RuntimeError):
     """The endpoint itself failed (unreachable, auth, retries exhausted): stop the run."""
+
+
+class OutOfBudget(RuntimeError):
+    """The next request's worst-case cost would take this run's spend past ``budget_usd``."""
 
 
 class ScoringAborted(RuntimeError):
@@ -41,8 +75,9 @@ class ScoringAborted(RuntimeError):
 class Job:
     key: str
     example: Any  # what the call sends: an Example (scorers) or a Pair (judges)
-    est_tokens: int = 0
-    est_cost: float = 0.0
+    est_tokens: int = 0  # one request's tokens, at most (prompt + max_tokens per sample)
+    est_cost: float = 0.0  # one request's worst-case cost (a call may send several)
+    account: Account | None = field(default=None, repr=False, compare=False)  # set by run_jobs
 
 
 @dataclass
@@ -51,8 +86,8 @@ class RunStats:
     cached: int = 0
     done: int = 0
     failed: int = 0
-    requests: int = 0
-    cost_usd: float = 0.0
+    requests: int = 0  # every HTTP request sent: retries and rejected ones included
+    cost_usd: float = 0.0  # this run's spend, also on items left unanswered
     tokens_in: int = 0
     tokens_out: int = 0
     stopped: str | None = None
@@ -116,6 +151,68 @@ class Budget:
         self.spent_usd += actual
 
 
+@dataclass
+class Account:
+    """One job's requests in this run: each reserves its worst case before it is sent.
+
+    A call sends every HTTP request between :meth:`begin` (waits on the rate limits;
+    :class:`OutOfBudget` when the budget cannot hold one more worst case) and :meth:`end`
+    (what the request cost: its usage, or the worst case when that is unknown). The
+    engine reserves the first request before the call starts (``prepaid``), so a job that
+    cannot afford even one request is never started.
+    """
+
+    budget: Budget
+    limiter: RateLimiter
+    est_cost: float
+    est_tokens: int
+    requests: int = 0  # begun
+    ended: int = 0
+    spent: float = 0.0
+    prepaid: bool = False
+
+    def prepay(self) -> bool:
+        self.prepaid = self.budget.try_reserve(self.est_cost)
+        return self.prepaid
+
+    async def begin(self) -> None:
+        if self.prepaid:
+            self.prepaid = False
+        else:
+            if not self.budget.try_reserve(self.est_cost):
+                raise OutOfBudget(budget_message(self.budget, self.est_cost))
+            await self.limiter.acquire(self.est_tokens)
+        self.requests += 1
+
+    def end(self, cost: float) -> None:
+        self.ended += 1
+        self.spent += cost
+        self.budget.settle(self.est_cost, cost)
+
+    def close(self, fallback_cost: float = 0.0) -> None:
+        """Release what is still reserved once the call is over.
+
+        A request begun and never ended is charged its worst case (it may have been
+        billed). A call that sent nothing through the account (a custom call) is charged
+        ``fallback_cost``, what its result says it cost, against the prepaid reservation.
+        """
+        while self.ended < self.requests:
+            self.end(self.est_cost)
+        if self.prepaid:
+            self.prepaid = False
+            cost = fallback_cost if self.requests == 0 else 0.0
+            self.spent += cost
+            self.budget.settle(self.est_cost, cost)
+
+
+def budget_message(budget: Budget, est: float) -> str:
+    return (
+        f"budget of ${budget.limit_usd:.2f} reached (${budget.spent_usd:.4f} spent, "
+        f"${budget.reserved_usd:.4f} reserved for requests in flight; the next request "
+        f"may cost up to ${est:.4f})"
+    )
+
+
 async def _run(
     jobs: Sequence[Job],
     call: Callable[[Job], Awaitable[Result]],
@@ -125,6 +222,7 @@ async def _run(
     budget: Budget,
     stats: RunStats,
     desc: str,
+    secrets: Sequence[str | None],
 ) -> None:
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in jobs:
@@ -132,24 +230,42 @@ async def _run(
     bar = tqdm(total=stats.total, initial=stats.cached, desc=desc, unit="ex", dynamic_ncols=True)
     stop: list[str] = []
 
+    def halt(reason: str) -> None:
+        if not stop:
+            stop.append(reason)
+
     async def worker() -> None:
         while not stop:
             try:
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if not budget.try_reserve(job.est_cost):
-                stop.append(f"budget of ${budget.limit_usd:.2f} reached")
+            account = Account(budget, limiter, job.est_cost, job.est_tokens)
+            if not account.prepay():
+                halt(budget_message(budget, job.est_cost))
                 return
             await limiter.acquire(job.est_tokens)
+            job.account = account
             try:
                 result = await call(job)
-            except EndpointError as e:
-                budget.settle(job.est_cost, 0.0)
-                if not stop:
-                    stop.append(f"the endpoint failed: {e}")
+            except Exception as e:  # the item stays unanswered (not cached): a rerun asks again
+                account.close()
+                stats.requests += account.requests
+                stats.cost_usd += account.spent
+                if isinstance(e, OutOfBudget):
+                    halt(str(e))
+                elif isinstance(e, EndpointError):
+                    halt(f"the endpoint failed: {redact(str(e), secrets)}")
+                else:  # a bug or an unforeseen reply: stop cleanly, keep the answers in flight
+                    halt(f"unexpected {type(e).__name__}: {redact(str(e), secrets)}")
                 return
-            budget.settle(job.est_cost, result.cost_usd)
+            finally:
+                job.account = None
+            account.close(result.cost_usd)
+            if account.requests:  # the account is the record of what was sent and spent
+                result.requests, result.cost_usd = account.requests, account.spent
+            result.error = redact(result.error, secrets)
+            result.raw = redact(result.raw, secrets)
             cache.put(result)
             stats.results[job.key] = result
             stats.done += 1
@@ -202,8 +318,13 @@ def run_jobs(
     budget_usd: float | None = None,
     retry_failed: bool = False,
     desc: str = "score",
+    secrets: Sequence[str | None] = (),
 ) -> RunStats:
-    """Answer every job not already in the cache (or cached as failed, with ``retry_failed``)."""
+    """Answer every job not already in the cache (or cached as failed, with ``retry_failed``).
+
+    ``secrets`` (the API key in use) are redacted, with anything key-shaped, from every
+    error text and raw reply before it is cached or shown (:func:`redact`).
+    """
     started = time.time()
     cached = cache.get_many(j.key for j in jobs)
     if retry_failed:
@@ -213,7 +334,7 @@ def run_jobs(
     limiter = RateLimiter(requests_per_minute, tokens_per_minute)
     budget = Budget(budget_usd)
     if todo:
-        _run_coroutine(_run(todo, call, cache, concurrency, limiter, budget, stats, desc))
+        _run_coroutine(_run(todo, call, cache, concurrency, limiter, budget, stats, desc, secrets))
     stats.seconds = round(time.time() - started, 2)
     stats.ordered = [stats.results.get(j.key) for j in jobs]
     if stats.stopped:

@@ -48,9 +48,36 @@ def plot_histogram(
     plt.close(fig)
 
 
+class SummaryMismatch(RuntimeError):
+    """A scoring summary whose counts do not add up (a bug: the summary must never lie)."""
+
+
+def check_summary(s: dict[str, Any]) -> None:
+    """Every example is ok, failed or not scored, once; cached + answered now + not scored too."""
+    problems = []
+    if s["ok"] + s["failed"] + s["not_scored"] != s["examples"]:
+        problems.append(
+            f"ok {s['ok']} + failed {s['failed']} + not_scored {s['not_scored']} "
+            f"!= examples {s['examples']}"
+        )
+    if s["cached"] + s["answered_this_run"] + s["not_scored"] != s["examples"]:
+        problems.append(
+            f"cached {s['cached']} + answered_this_run {s['answered_this_run']} + not_scored "
+            f"{s['not_scored']} != examples {s['examples']}"
+        )
+    if sum(s["counts"].values()) != s["ok"] + s["failed"]:
+        problems.append(f"counts {s['counts']} do not sum to ok + failed")
+    if not 0 <= s["failed_this_run"] <= s["failed"]:
+        problems.append(f"failed_this_run {s['failed_this_run']} > failed {s['failed']}")
+    if problems:
+        raise SummaryMismatch("the scoring summary does not add up: " + "; ".join(problems))
+
+
 def summary_lines(summary: dict[str, Any]) -> str:
     s = summary
     return (
-        f"scored {s['ok']} of {s['examples']} examples ({s['failed']} failed, {s['cached']} from cache); "
-        f"{s['requests']} requests, {s['tokens_in']} + {s['tokens_out']} tokens, ${s['cost_usd']:.4f} in this run"
+        f"scored {s['ok']} of {s['examples']} examples ({s['failed']} failed, "
+        f"{s['failed_this_run']} of them in this run; {s['cached']} from cache, "
+        f"{s['not_scored']} not scored); this run: {s['requests']} requests, "
+        f"{s['tokens_in']} + {s['tokens_out']} tokens, ${s['cost_usd']:.4f}"
     )

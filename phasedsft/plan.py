@@ -1,0 +1,124 @@
+"""Preview a sweep before paying for it: ``python train.py -m <overrides> plan_only=true``.
+
+Every job of the sweep is composed and set up exactly as training would set it up (data
+loaded, encoded, scored where scoring costs nothing, segmented, ordered) and then stops: it
+prints its ordering, stage sizes and optimizer steps, and trains nothing. At the end of a
+multirun :class:`PlanReport` prints one table of all jobs and exits with code 1 if any job
+is invalid (a single run ends with ``error: ...`` and exit code 2, as any run would).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+PLAN_KEY = "plan"
+
+
+def world_size_for(cfg: DictConfig) -> int:
+    """Processes the job will train on: the SLURM launcher's tasks, else this environment's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from phasedsft.distributed import world_size
+
+    if HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        tasks, nodes = launcher.get("tasks_per_node"), launcher.get("nodes")
+        if isinstance(tasks, int) and isinstance(nodes, int):
+            return tasks * nodes
+    return world_size()
+
+
+def stage_steps(n_fed: int, tcfg: Any, world: int) -> int:
+    """Optimizer steps the Trainer will take over ``n_fed`` planned items (its own arithmetic)."""
+    if tcfg.max_steps > 0:
+        return int(tcfg.max_steps)
+    batches = math.ceil(n_fed / (tcfg.per_device_train_batch_size * world))
+    return max(math.ceil(batches / tcfg.gradient_accumulation_steps), 1)
+
+
+def plan_record(
+    cfg: DictConfig, run_dir: Path, stages: Sequence[tuple[str, int, int]], note: str | None
+) -> dict[str, Any]:
+    """``stages``: (name, examples, items fed over all epochs) per stage, in training order."""
+    world = world_size_for(cfg)
+    rows = [
+        {"name": name, "examples": n, "fed": fed, "steps": stage_steps(fed, cfg.trainer, world)}
+        for name, n, fed in stages
+    ]
+    return {
+        PLAN_KEY: True,
+        "run_dir": str(run_dir),
+        "ordering": cfg.ordering.name,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "world_size": world,
+        "stages": rows,
+        "total_steps": sum(r["steps"] for r in rows),
+        "note": note,
+        "error": None,
+    }
+
+
+def invalid_record(cfg: DictConfig, run_dir: Path, error: BaseException) -> dict[str, Any]:
+    return {
+        PLAN_KEY: True,
+        "run_dir": str(run_dir),
+        "ordering": cfg.ordering.name,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "stages": [],
+        "total_steps": 0,
+        "note": None,
+        "error": str(error),
+    }
+
+
+def format_plan(rec: dict[str, Any]) -> str:
+    head = f"{rec['ordering']:<14} {rec['dataset']}/{rec['model']}"
+    if rec["error"]:
+        return f"{head}: INVALID: {rec['error']}"
+    stages = ", ".join(
+        f"{s['name']} {s['examples']} ex / {s['steps']} steps" for s in rec["stages"]
+    )
+    text = f"{head}: {stages} | {rec['total_steps']} steps on {rec['world_size']} process(es)"
+    return text + (f" ({rec['note']})" if rec["note"] else "")
+
+
+def discard_fresh_run_dir(run_dir: Path, existed: bool) -> None:
+    """A plan writes nothing: remove the directory Hydra created for it (never a real run's)."""
+    if not existed and run_dir.is_dir() and not (run_dir / "run.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class PlanReport(Callback):
+    """Collects the plans of a multirun's jobs; prints them and fails the sweep on any invalid one."""
+
+    def __init__(self) -> None:
+        self.plans: list[dict[str, Any]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        try:
+            value = job_return.return_value
+        except Exception:  # a failed job: Hydra reports it itself
+            return
+        if isinstance(value, dict) and value.get(PLAN_KEY):
+            self.plans.append(value)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.plans:
+            return
+        bad = [p for p in self.plans if p["error"]]
+        print(f"\nplan: {len(self.plans)} jobs, {len(bad)} invalid, nothing trained", flush=True)
+        for i, p in enumerate(self.plans):
+            print(f"  #{i} {format_plan(p)}", flush=True)
+        if bad:
+            print(f"error: {len(bad)} of {len(self.plans)} jobs are invalid", file=sys.stderr)
+            raise SystemExit(1)

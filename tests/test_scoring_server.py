@@ -169,7 +169,8 @@ def test_server_killed_mid_run_stops_cleanly_and_resumes(tmp_path):
 
 
 def test_budget_stops_then_a_rerun_continues(server, tmp_path):
-    # ~$0.2 estimated per item at this (made-up) price: a $0.5 budget stops after two
+    # at this (made-up) price a request may cost up to ~$0.38 (1 token per prompt byte, the
+    # reservation for a model tiktoken does not know) and costs ~$0.14: $0.5 stops early
     priced = [
         "scorer.price.input_per_1k=0.5",
         "scorer.price.output_per_1k=1.0",

@@ -18,6 +18,7 @@ from phasedsft.scoring.engine import (
     Job,
     RateLimiter,
     ScoringAborted,
+    redact,
     run_jobs,
 )
 from phasedsft.scoring.prompt import (
@@ -240,3 +241,77 @@ def test_engine_runs_inside_a_running_event_loop(tmp_path):
         return run_jobs(jobs(2), call, ScoreCache(tmp_path / "s.sqlite"))
 
     assert asyncio.run(notebook_cell()).done == 2
+
+
+def test_redact_removes_the_configured_key_and_anything_key_shaped():
+    text = (
+        "401: Incorrect API key provided: my-own-key-123. Authorization: Bearer abc.DEF-123456 "
+        "also sk-proj-AbC_123-xyz; the words sk-tiny, the bearer of news"
+    )
+    out = redact(text, ["my-own-key-123", None])
+    assert out == (
+        "401: Incorrect API key provided: [REDACTED]. Authorization: Bearer [REDACTED] "
+        "also [REDACTED]; the words sk-tiny, the bearer of news"
+    )
+    assert redact(None) is None and redact("no secret here") == "no secret here"
+
+
+def test_every_request_reserves_its_worst_case_retries_included(tmp_path):
+    cache = ScoreCache(tmp_path / "s.sqlite")
+    sent = []
+
+    async def call(job):  # three attempts per item, each through the job's account
+        for _ in range(3):
+            await job.account.begin()
+            sent.append(job.key)
+            job.account.end(0.1)  # each costs its worst case
+        return Result(job.key, job.example.id, "t", "failed", None)
+
+    with pytest.raises(ScoringAborted, match=r"budget of \$0.25 reached") as err:
+        run_jobs(jobs(3, cost=0.1), call, cache, concurrency=2, budget_usd=0.25)
+    stats = err.value.stats
+    assert len(sent) == 2 and stats.requests == 2 and stats.cost_usd == pytest.approx(0.2)
+    assert cache.count() == 0  # no item got all its attempts: none is recorded
+
+
+def test_an_unexpected_error_stops_the_run_cleanly_and_keeps_the_rest(tmp_path):
+    cache = ScoreCache(tmp_path / "s.sqlite")
+
+    async def call(job):
+        if job.example.id == "2":
+            raise AttributeError("'str' object has no attribute 'usage' (sk-abcdefgh1234)")
+        return Result(job.key, job.example.id, "t", "ok", 1.0, requests=1)
+
+    with pytest.raises(ScoringAborted, match="unexpected AttributeError") as err:
+        run_jobs(jobs(5), call, cache, concurrency=1)
+    assert cache.count() == 2 and "sk-abcdefgh1234" not in str(err.value)
+
+
+def test_the_engine_redacts_what_it_caches(tmp_path):
+    cache = ScoreCache(tmp_path / "s.sqlite")
+
+    async def call(job):
+        return Result(job.key, "0", "t", "failed", None, {}, '["key=k-12345"]', "400: k-12345")
+
+    run_jobs(jobs(1), call, cache, secrets=["k-12345"])
+    (r,) = cache.get_many(["k0"]).values()
+    assert (r.raw, r.error) == ('["key=[REDACTED]"]', "400: [REDACTED]")
+
+
+def test_a_summary_that_does_not_add_up_is_refused():
+    from phasedsft.scoring.report import SummaryMismatch, check_summary
+
+    good = {
+        "examples": 5,
+        "ok": 2,
+        "failed": 2,
+        "not_scored": 1,
+        "counts": {"3.0": 2, "failed": 2},
+        "cached": 3,
+        "answered_this_run": 1,
+        "failed_this_run": 0,
+    }
+    check_summary(good)
+    for bad in ({"failed": 0}, {"cached": 4}, {"failed_this_run": 3}, {"counts": {"3.0": 2}}):
+        with pytest.raises(SummaryMismatch, match="does not add up"):
+            check_summary({**good, **bad})

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from phasedsft.records import DataError, Example
 from phasedsft.scoring.cache import Result, cache_key
 from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.cost import count_tokens, prompt_tokens
+from phasedsft.scoring.cost import count_tokens, prompt_tokens, tiktoken_knows
 from phasedsft.scoring.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
 from phasedsft.scoring.engine import Job, RunStats
 from phasedsft.scoring.prompt import (
@@ -96,9 +96,7 @@ class OpenAIScorer(ChatEndpoint):
         tokens_out = self.max_tokens * self.samples
         tokens_in = sum(prompt_tokens(messages(j.example), self.model) for j in todo)
         attempts = 1 + self.parse_retries
-        counted = (
-            "tiktoken counts" if count_tokens.method(self.model) == "tiktoken" else "UTF-8 bytes"
-        )  # type: ignore[attr-defined]
+        counted = "tiktoken counts" if tiktoken_knows(self.model) else "UTF-8 bytes"
         return {
             "model": self.model,
             "examples": len(jobs),

@@ -69,8 +69,12 @@ def prompt_tokens(messages: Sequence[dict[str, str]], model: str, bound: bool = 
     )
 
 
+def tiktoken_knows(model: str) -> bool:
+    return _encoding(model) is not None
+
+
 def _method(model: str) -> str:
-    if _encoding(model) is not None:
+    if tiktoken_knows(model):
         return "tiktoken"
     return "approximate (4 characters per token; the budget reserves 1 token per UTF-8 byte)"
 

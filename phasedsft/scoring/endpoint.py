@@ -1,7 +1,7 @@
 """What every OpenAI-compatible caller shares: the client, errors, pacing, budget and cache.
 
 The difficulty scorer (:class:`~phasedsft.scoring.api.OpenAIScorer`) and the pairwise
-judge (:class:`~phasedsft.evaluation.judging.OpenAIJudge`) both subclass
+judge (:class:`~phasedsft.judges.OpenAIJudge`) both subclass
 :class:`ChatEndpoint`, so they make the client the same way (the key from the environment
 only), classify failures the same way (the endpoint is down -> stop the run cleanly and
 resumably; this one request was rejected -> record it as failed; a 200 reply that is not a
@@ -187,7 +187,7 @@ class ChatEndpoint:
         cost = job.est_cost  # unless the reply says what it cost, assume the worst
         try:
             try:
-                raw = await client.chat.completions.with_raw_response.create(
+                resp = await client.chat.completions.create(
                     model=self.model, messages=messages, max_tokens=self.max_tokens, **kwargs
                 )
             except openai.APIStatusError as e:
@@ -209,17 +209,22 @@ class ChatEndpoint:
                 if _never_sent(e):
                     cost = 0.0  # else the server may have answered, and billed, it
                 raise _Retry(self.redact(f"{type(e).__name__}: {e}")) from None
-            body = self.redact(raw.http_response.text)[:RAW_CHARS]
-            ctype = raw.http_response.headers.get("content-type", "?")
-            try:
-                resp = raw.parse()
-            except Exception as e:  # a 200 whose body is not JSON
+            except ValueError as e:  # a 200 with a JSON content type whose body is not JSON
+                body = getattr(e, "doc", None) or ""
                 raise BadReply(
-                    f"the reply is not JSON ({type(e).__name__}; {ctype})", body
+                    f"the reply is not JSON ({type(e).__name__}: {e})",
+                    self.redact(str(body))[:RAW_CHARS],
                 ) from None
+            if isinstance(resp, str):  # the client hands back any non-JSON body (an HTML page)
+                raise BadReply(
+                    "the reply is not a chat completion (a non-JSON content type)",
+                    self.redact(resp)[:RAW_CHARS],
+                )
             problem = completion_problem(resp)
             if problem:
-                raise BadReply(f"{problem}; {ctype}", body)
+                dump = getattr(resp, "model_dump_json", None)
+                body = dump() if callable(dump) else repr(resp)
+                raise BadReply(problem, self.redact(body)[:RAW_CHARS])
             usage = usage_of(resp)
             if usage is not None:
                 cost = self.price.cost(*usage)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 REDACTED = "[REDACTED]"
 _TOKEN_SHAPES = (
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"),  # an Authorization header's value
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}"),  # an Authorization header's value
     re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{6,}"),  # OpenAI-style secret keys (sk-, sk-proj-)
 )
 
@@ -75,7 +75,7 @@ class ScoringAborted(RuntimeError):
 class Job:
     key: str
     example: Any  # what the call sends: an Example (scorers) or a Pair (judges)
-    est_tokens: int = 0  # one request's tokens, at most (prompt + max_tokens per sample)
+    est_tokens: int = 0  # one request's estimated tokens (prompt + max_tokens), for pacing
     est_cost: float = 0.0  # one request's worst-case cost (a call may send several)
     account: Account | None = field(default=None, repr=False, compare=False)  # set by run_jobs
 

@@ -237,6 +237,7 @@ class Checkpoints(str, Enum):
 class FoldRule(str, Enum):
     paper = "paper"  # win = win twice or win + tie; tie = tie twice or win + lose; ...
     fastchat = "fastchat"  # win or lose only when both orders agree; else tie
+    authors = "authors"  # the authors' released win_tie_loss_stat.py (parser and N), exactly
 
 
 @dataclass

@@ -13,13 +13,21 @@ Reported figure: ``100 * (W + T/2) / N - 50`` (0 = parity, +50 = A always wins),
 paired bootstrap 95 % CI over items, an exact two-sided sign test (wins vs losses) and the
 position-consistency rate (share of items whose two verdicts agree).
 
+    authors   the released ``evaluation/win_tie_loss_stat.py`` of Phased IFT, exactly: the
+              same folding as ``paper``, but its own parser and accounting (see below)
+
 Items with a review we cannot parse are left out of N and counted as ``unparsed``. The
-authors' script instead kept them in N (their parser returns -1 -1, i.e. a tie): with
-unparsed reviews the two figures differ.
+authors' script (GitHub xubuvd/PhasedSFT, commit a8546508) does otherwise, and ``--rule
+authors`` reproduces it: its parser takes the review's first line, turns commas into spaces
+and splits on single spaces, and accepts exactly two numbers, else ``[-1, -1]``
+(``win_tie_loss_stat.py:14-29``; so "8, 7" or a trailing space is unparseable there); an item
+whose pair in either order is unparseable or holds a score <= 0 is skipped (``:112``) but
+stays in N, which is every item (``:97``, ``:144``). Such an item adds nothing to W, T or L,
+so it counts like a loss in ``100 * (W + T/2) / N - 50`` (bootstrap: value 0).
 
 Replay judgments you already have::
 
-    python -m phasedsft.winrate reviews.jsonl [--rule paper|fastchat] [--json]
+    python -m phasedsft.winrate reviews.jsonl [--rule paper|fastchat|authors] [--json]
 
 one JSON object per line: ``id``, ``instruction``, ``answer_a``, ``answer_b``,
 ``review_ab`` (raw judge text, answer_a shown first), ``review_ba`` (answer_b shown first).
@@ -56,6 +64,10 @@ RULES: dict[str, dict[tuple[str, str], str]] = {
     },
     "fastchat": {(a, b): (a if a == b and a != TIE else TIE) for a in VERDICTS for b in VERDICTS},
 }
+# The authors' script folds the two orders exactly as the paper's text says
+# (win_tie_loss_stat.py:114-128); what differs is parsing and what N counts (summarize).
+RULES["authors"] = RULES["paper"]
+AUTHORS = "authors"
 
 REPLAY_FIELDS = ("id", "instruction", "answer_a", "answer_b", "review_ab", "review_ba")
 
@@ -130,6 +142,20 @@ def parse_scores(text: str | None) -> tuple[float, float]:
     raise ParseError(f"no pair of scores on the first line: {first[:80]!r}")
 
 
+def parse_scores_authors(text: str | None) -> tuple[float, float] | None:
+    """The authors' parser (``win_tie_loss_stat.py:14-29``): first line, commas to spaces, split
+    on single spaces, exactly two numbers; ``None`` where theirs returns ``[-1, -1]``."""
+    if text is None:
+        return None
+    parts = text.split("\n")[0].replace(",", " ").split(" ")
+    if len(parts) != 2:
+        return None
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+
+
 # ------------------------------------------------------------------ verdicts and folding
 
 
@@ -155,6 +181,8 @@ class Judged:
     scores_ba: tuple[float, float] | None  # as shown: (B, A)
     error: str | None = None
     category: dict[str, Any] = field(default_factory=dict)
+    review_ab: str | None = None  # the raw texts, for parsers other than ours (rule=authors)
+    review_ba: str | None = None
 
     @property
     def parsed(self) -> bool:
@@ -183,7 +211,28 @@ def judge_item(
             errors.append(f"{name}: {e}")
             scores.append(None)
     return Judged(
-        str(item_id), scores[0], scores[1], "; ".join(errors) or None, dict(category or {})
+        str(item_id),
+        scores[0],
+        scores[1],
+        "; ".join(errors) or None,
+        dict(category or {}),
+        review_ab,
+        review_ba,
+    )
+
+
+def as_authors(j: Judged) -> Judged:
+    """The item as the authors' script sees it: their parser; a pair with a score <= 0 is void."""
+    ab, ba = parse_scores_authors(j.review_ab), parse_scores_authors(j.review_ba)
+    void = ab is None or ba is None or min(*ab, *ba) <= 0
+    return Judged(
+        j.id,
+        None if void else ab,
+        None if void else ba,
+        "void under the authors' parser (unparseable or a score <= 0)" if void else None,
+        j.category,
+        j.review_ab,
+        j.review_ba,
     )
 
 
@@ -220,7 +269,12 @@ class WinRate:
         if self.win_rate is None:
             return [f"no parsed items (unparsed: {self.unparsed})"]
         return [
-            f"items: {self.n} judged in both orders ({self.unparsed} left out: unparseable review)",
+            f"items: {self.n} judged in both orders ({self.unparsed} "
+            + (
+                "void: kept in N, adding nothing, as the authors' script)"
+                if self.rule == AUTHORS
+                else "left out: unparseable review)"
+            ),
             f"win / tie / lose ({self.rule} rule): {self.wins} / {self.ties} / {self.losses}",
             f"win rate: {self.win_rate:+.2f}  (95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
             "0 = parity, range -50..+50)",
@@ -264,11 +318,18 @@ def summarize(
     judged: Iterable[Judged], rule: str = "paper", resamples: int = 2000, seed: int = 0
 ) -> WinRate:
     items = list(judged)
+    if rule == AUTHORS:
+        items = [as_authors(j) for j in items]
     ok = [j for j in items if j.parsed]
     outcomes = [fold(*j.verdicts(), rule=rule) for j in ok]
     if not ok:
         return WinRate(rule, 0, 0, 0, 0, len(items), None, None, None, None, None, resamples)
-    lo, hi = bootstrap_ci([VALUE[o] for o in outcomes], resamples, seed)
+    values = [VALUE[o] for o in outcomes]
+    n = len(ok)
+    if rule == AUTHORS:  # void items stay in N and add nothing (value 0)
+        values += [0.0] * (len(items) - len(ok))
+        n = len(items)
+    lo, hi = bootstrap_ci(values, resamples, seed)
     wins, ties, losses = (outcomes.count(v) for v in VERDICTS)
     consistent = sum(a == b for a, b in (j.verdicts() for j in ok))
     score_a = [(j.scores_ab[0] + j.scores_ba[1]) / 2 for j in ok]  # type: ignore[index]
@@ -278,9 +339,9 @@ def summarize(
         wins=wins,
         ties=ties,
         losses=losses,
-        n=len(ok),
+        n=n,
         unparsed=len(items) - len(ok),
-        win_rate=figure(outcomes),
+        win_rate=100.0 * sum(values) / n - 50.0,
         ci_low=lo,
         ci_high=hi,
         sign_test_p=sign_test(wins, losses),

@@ -264,3 +264,111 @@ def test_replay_real_gpt4_reviews(tmp_path, name, capsys):
     assert (out["wins"], out["ties"], out["losses"], out["unparsed"]) == (w, t, lose, 0)
     assert out["n"] == len(src["data"])
     assert out["win_rate"] == pytest.approx(100 * (w + t / 2) / out["n"] - 50)
+
+
+# ------------------------------------------------------------------ rule=authors
+
+
+def test_authors_parser_takes_exactly_two_space_separated_numbers():
+    from phasedsft.winrate import parse_scores_authors
+
+    assert parse_scores_authors("8 7\nexplanation") == (8.0, 7.0)
+    assert parse_scores_authors("8.5 9") == (8.5, 9.0)
+    assert parse_scores_authors("8,7") == (8.0, 7.0)  # the comma becomes the one space
+    for text in ("8, 7", "8 7 ", "8  7", "Assistant 1: 8", "8/10 7/10", "", None, "eight 7"):
+        assert parse_scores_authors(text) is None, text
+
+
+def test_authors_rule_keeps_void_items_in_n_adding_nothing():
+    from phasedsft.winrate import summarize
+
+    judged = [
+        judge_item("win", "8 6", "6 8"),  # A wins both orders
+        judge_item("tie", "7 7", "7 7"),
+        judge_item("comma", "8, 6", "6 8"),  # ours parses it; theirs does not
+        judge_item("zero", "0 6", "6 8"),  # a score <= 0 voids the item for them
+    ]
+    ours = summarize(judged, "paper", resamples=200)
+    assert (ours.wins, ours.ties, ours.losses, ours.n, ours.unparsed) == (2, 2, 0, 4, 0)
+    theirs = summarize(judged, "authors", resamples=200)
+    assert (theirs.wins, theirs.ties, theirs.losses, theirs.n, theirs.unparsed) == (1, 1, 0, 4, 2)
+    assert theirs.win_rate == pytest.approx(100 * (1 + 0.5) / 4 - 50)
+    assert ours.win_rate == pytest.approx(100 * (2 + 1) / 4 - 50)
+
+
+def test_cli_offers_the_authors_rule(tmp_path, capsys):
+    f = _write(
+        tmp_path / "r.jsonl",
+        [
+            {"id": 1, "review_ab": "8 6", "review_ba": "6 8"},
+            {"id": 2, "review_ab": "8, 6", "review_ba": "6 8"},
+        ],
+    )
+    assert main([str(f), "--rule", "authors", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["rule"], out["wins"], out["n"], out["unparsed"]) == ("authors", 1, 2, 1)
+    assert out["win_rate"] == pytest.approx(0.0)
+
+
+def authors_recount(rows):
+    """The released win_tie_loss_stat.py's algorithm, written out plainly (test oracle)."""
+
+    def parse(review):
+        parts = review.split("\n")[0].replace(",", " ").split(" ")
+        try:
+            return [float(parts[0]), float(parts[1])] if len(parts) == 2 else [-1, -1]
+        except ValueError:
+            return [-1, -1]
+
+    w = t = lose = 0
+    for r in rows:
+        pos, neg = parse(r["review"]), parse(r["review_reverse"])
+        if not all(x > 0 for x in pos + neg):
+            continue
+        a = (pos[0] > pos[1]) - (pos[0] < pos[1]) + (neg[1] > neg[0]) - (neg[1] < neg[0])
+        w, t, lose = w + (a > 0), t + (a == 0), lose + (a < 0)
+    return w, t, lose, len(rows)
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_authors_rule_on_real_gpt4_reviews(tmp_path, name, capsys):
+    src = json.loads(ref_path("judge_reviews_gpt4", f"{name}_reviews_gpt4.json").read_text())
+    rows = [
+        {"id": i, "review_ab": r["review"], "review_ba": r["review_reverse"]}
+        for i, r in enumerate(src["data"])
+    ]
+    f = _write(tmp_path / f"{name}.jsonl", rows)
+    w, t, lose, n = authors_recount(src["data"])
+    assert main([str(f), "--rule", "authors", "--json"]) == 0
+    theirs = json.loads(capsys.readouterr().out)
+    assert (theirs["wins"], theirs["ties"], theirs["losses"], theirs["n"]) == (w, t, lose, n)
+    assert theirs["win_rate"] == pytest.approx(100 * (w + t / 2) / n - 50)
+    assert main([str(f), "--rule", "paper", "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    print(f"{name}: paper {ours['win_rate']:+.2f} authors {theirs['win_rate']:+.2f}")
+    # where every first line is "a b", the two rules agree exactly; void items (kept in N,
+    # adding nothing) can only pull the authors' figure down
+    if theirs["unparsed"] == 0:
+        assert theirs["win_rate"] == pytest.approx(ours["win_rate"])
+    assert theirs["win_rate"] <= ours["win_rate"] + 1e-9
+
+
+def test_reports_show_the_authors_figure_where_it_differs(tmp_path):
+    from phasedsft.evaluation.report import Comparison, write_tables
+    from phasedsft.winrate import summarize
+
+    def comparison(run, judged):
+        return Comparison(
+            ("alpaca", "llama2_7b", 0), "1-2-3", run, 3, 3, "koala", "one_off",
+            summarize(judged, "paper", 200), authors=summarize(judged, "authors", 200),
+        )  # fmt: skip
+
+    same = comparison("clean", [judge_item("1", "8 6", "6 8"), judge_item("2", "7 7", "7 7")])
+    void = comparison("void", [judge_item("1", "8 6", "6 8"), judge_item("2", "8, 6", "6 8")])
+    text = write_tables(tmp_path, [same, void], {}, "one_off")
+    assert "authors' script" in text
+    rows = [line for line in text.splitlines() if line.startswith("| void stage")]
+    assert len(rows) == 1 and "1 void, kept in N" in rows[0]
+    assert not any(line.startswith("| clean stage") for line in text.splitlines())
+    numbers = json.loads((tmp_path / "table.json").read_text())
+    assert numbers[1]["authors_rule"]["unparsed"] == 1

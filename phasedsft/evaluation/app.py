@@ -359,6 +359,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             out / "comparisons" / es.name / f"{label}.jsonl", pairs, result.reviews, judged, judge
         )
         win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
+        authors = summarize(judged, "authors", cfg.bootstrap, cfg.seed)
         accuracy = None
         if es.has_references and hasattr(judge, "correct"):
             accuracy = {
@@ -379,6 +380,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             by_category(judged, rule, cfg.bootstrap, cfg.seed) if es.categories else {},
             accuracy,
             cat_acc,
+            authors,
         )
         atomic_write_json(
             out / "comparisons" / es.name / f"{label}.json",
@@ -393,6 +395,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "accuracy": accuracy,
                 "category_accuracy": cat_acc,
                 "judge_run": result.stats,
+                "authors_rule": authors.to_json(),
             },
         )
         comparisons.append(comp)

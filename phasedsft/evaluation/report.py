@@ -30,6 +30,7 @@ class Comparison:
     accuracy: dict[str, float] | None = None  # known-answer sets: candidate, baseline
     # known-answer sets: {"level": {"3": {"candidate": 0.4, "baseline": 0.2, "n": 12}}}
     category_accuracy: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    authors: WinRate | None = None  # the same items under rule=authors (their script's figure)
 
     @property
     def row(self) -> tuple[str, str, int, str, int]:
@@ -77,6 +78,30 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
+def authors_differences(comparisons: Sequence[Comparison]) -> str:
+    """Cells whose figure under the authors' script (``rule=authors``) differs from the table's."""
+    lines = []
+    for c in comparisons:
+        other = c.authors
+        if other is None or other.win_rate is None or c.result.win_rate is None:
+            continue
+        if abs(other.win_rate - c.result.win_rate) > 1e-9:
+            lines.append(
+                f"| {c.run} stage {c.stage_index}/{c.n_stages} | {c.eval_set} | "
+                f"{c.result.cell()} ({c.result.unparsed} left out) | "
+                f"{other.cell()} ({other.unparsed} void, kept in N) |"
+            )
+    if not lines:
+        return ""
+    return (
+        f"\n\nWhere the authors' script (`rule=authors`: its parser; unparseable or zero-score "
+        f"items stay in N and add nothing) gives another figure:\n\n"
+        f"| run | set | {comparisons[0].result.rule} rule | authors' script |\n| --- | --- | --- | --- |\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def write_tables(
     out: Path, comparisons: Sequence[Comparison], pooled: dict[tuple, WinRate], baseline: str
 ) -> str:
@@ -85,7 +110,7 @@ def write_tables(
         f"Win rate against `{baseline}` (100 x (W + T/2) / N - 50; 0 = parity) with the paired "
         "bootstrap 95 % CI. Stage i/k: the run's weights after its i-th of k stages.\n\n"
     )
-    text = intro + markdown(header, rows)
+    text = intro + markdown(header, rows) + authors_differences(comparisons)
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "table.csv", csv_text(header, rows))
     # the same numbers, unrounded, for other tools
@@ -101,6 +126,7 @@ def write_tables(
             "eval_set": c.eval_set,
             "baseline": c.baseline,
             **c.result.to_json(),
+            **({"authors_rule": c.authors.to_json()} if c.authors else {}),
             **({"accuracy": c.accuracy} if c.accuracy else {}),
         }
         for c in comparisons

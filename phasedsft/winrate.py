@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from phasedsft.records import DataError
+
 WIN, TIE, LOSE = "win", "tie", "lose"
 VERDICTS = (WIN, TIE, LOSE)
 VALUE = {WIN: 1.0, TIE: 0.5, LOSE: 0.0}
@@ -296,6 +298,8 @@ def bootstrap_ci(
     Each value is one item's folded outcome (1, 0.5, 0), which already pairs the two
     models' answers to the same question, so resampling items is the paired bootstrap.
     """
+    if resamples < 1:
+        raise DataError(f"bootstrap resamples must be at least 1, got {resamples}")
     arr = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(arr), size=(resamples, len(arr)))
@@ -380,11 +384,17 @@ def read_replay(path: str | Path) -> list[Judged]:
     if not p.is_file():
         raise ReplayError(f"{p}: file not found")
     items, seen = [], set()
-    with p.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with p.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{p}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ReplayError(
+                    f"{where}: not UTF-8 text (byte {e.start + 1} of the line)"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{p}:{number}"
             try:
                 row = json.loads(line)
             except ValueError as e:
@@ -397,6 +407,15 @@ def read_replay(path: str | Path) -> list[Judged]:
             for k in ("review_ab", "review_ba"):
                 if row[k] is not None and not isinstance(row[k], str):
                     raise ReplayError(f"{where}: field '{k}' must be a string (the raw judge text)")
+            category = row.get("category")
+            if category is not None and not (
+                isinstance(category, dict)
+                and all(isinstance(v, str | int | float | bool) for v in category.values())
+            ):
+                raise ReplayError(
+                    f"{where}: field 'category' must be an object of plain values, "
+                    f'e.g. {{"Skill": "Math"}}; got {json.dumps(category)[:60]}'
+                )
             if str(row["id"]) in seen:
                 raise ReplayError(f"{where}: duplicate id {row['id']!r}")
             seen.add(str(row["id"]))
@@ -406,6 +425,16 @@ def read_replay(path: str | Path) -> list[Judged]:
     if not items:
         raise ReplayError(f"{p}: no items")
     return items
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -418,7 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rule", choices=sorted(RULES), default="paper")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument(
+        "--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (>= 1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--by", action="append", default=[], help="also break down by this category key"

@@ -372,3 +372,53 @@ def test_reports_show_the_authors_figure_where_it_differs(tmp_path):
     assert not any(line.startswith("| clean stage") for line in text.splitlines())
     numbers = json.loads((tmp_path / "table.json").read_text())
     assert numbers[1]["authors_rule"]["unparsed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (b'{"id": 1, "review_ab": "8 6", "review_ba": "\xff 8"}\n', [], "r.jsonl:1: not UTF-8"),
+        (
+            b'{"id": 1, "review_ab": "8 6", "review_ba": "6 8", "category": ["a"]}\n',
+            [],
+            "r.jsonl:1: field 'category' must be an object",
+        ),
+        (
+            b'{"id": 1, "review_ab": "8 6", "review_ba": "6 8", "category": {"k": [1]}}\n',
+            [],
+            "field 'category'",
+        ),
+        (
+            b'{"id": 1, "review_ab": "8 6", "review_ba": "6 8"}\n',
+            ["--bootstrap", "0"],
+            "at least 1",
+        ),
+        (
+            b'{"id": 1, "review_ab": "8 6", "review_ba": "6 8"}\n',
+            ["--bootstrap", "-5"],
+            "at least 1",
+        ),
+    ],
+)
+def test_replay_bad_input_is_a_plain_error(tmp_path, content, args, message):
+    (tmp_path / "r.jsonl").write_bytes(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "phasedsft.winrate", str(tmp_path / "r.jsonl"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_numeric_category_values_are_broken_down(tmp_path, capsys):
+    f = _write(
+        tmp_path / "r.jsonl",
+        [
+            {"id": i, "review_ab": "8 6", "review_ba": "6 8", "category": {"level": i % 2}}
+            for i in range(4)
+        ],
+    )
+    assert main([str(f), "--json", "--by", "level"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["by_category"]["level"]) == {"0", "1"}

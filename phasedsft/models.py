@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phasedsft.io import sha256_lines
+from phasedsft.io import current_umask, sha256_lines
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def train_bpe_tokenizer(
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: a shared cache must be readable
     fast.save_pretrained(tmp)
     try:
         os.replace(tmp, target)

@@ -8,22 +8,36 @@ a verdict (win / tie / lose); a *folding rule* turns the two verdicts into one o
               lose = lose twice or lose + tie                        (Phased IFT, AlpaGasus)
     fastchat  win = win twice;  lose = lose twice;  anything else is a tie
               (FastChat's MT-bench pairwise results: inconsistent verdicts count as ties)
+    authors   the released ``evaluation/win_tie_loss_stat.py`` of Phased IFT, exactly: the
+              same folding as ``paper``, but its own parser and accounting (see below)
 
 Reported figure: ``100 * (W + T/2) / N - 50`` (0 = parity, +50 = A always wins), with a
 paired bootstrap 95 % CI over items, an exact two-sided sign test (wins vs losses) and the
 position-consistency rate (share of items whose two verdicts agree).
 
-    authors   the released ``evaluation/win_tie_loss_stat.py`` of Phased IFT, exactly: the
-              same folding as ``paper``, but its own parser and accounting (see below)
-
 Items with a review we cannot parse are left out of N and counted as ``unparsed``. The
-authors' script (GitHub xubuvd/PhasedSFT, commit a8546508) does otherwise, and ``--rule
-authors`` reproduces it: its parser takes the review's first line, turns commas into spaces
-and splits on single spaces, and accepts exactly two numbers, else ``[-1, -1]``
-(``win_tie_loss_stat.py:14-29``; so "8, 7" or a trailing space is unparseable there); an item
-whose pair in either order is unparseable or holds a score <= 0 is skipped (``:112``) but
-stays in N, which is every item (``:97``, ``:144``). Such an item adds nothing to W, T or L,
-so it counts like a loss in ``100 * (W + T/2) / N - 50`` (bootstrap: value 0).
+authors' released code (GitHub xubuvd/PhasedSFT, commit a8546508, ``evaluation/``) does
+otherwise, and ``--rule authors`` reproduces it (our own code, checked against theirs):
+
+- parsing: ``eval.py`` NFKC-normalizes the judge's reply (``eval.py:221``) and parses it
+  (``:223``, parser ``:41-54``) into the ``score`` it stores (``:226``), which
+  ``win_tie_loss_stat.py`` uses as it is (``:16``; its own copy of the parser, ``:14-29``, only
+  runs on a text). The parser takes the first line (split on "\\n"), turns commas into spaces,
+  splits on single spaces and needs exactly two parts, each read by ``float``; else
+  ``[-1, -1]``. So "8 7" and "8,7" parse; "8, 7", "8  7", "8 7 ", " 8 7", "8/10 7/10" and
+  "Assistant 1: 8" do not.
+- void items: unless all four scores of the two orders are > 0 the item is skipped
+  (``win_tie_loss_stat.py:112``): an unparseable review (-1), a score of 0 (GPT-4's "0 0"
+  reply) or "nan".
+- folding (``:114-128``): the paper's table, from the first order's (A, B) and the second
+  order's (B, A) scores.
+- N is every item (``:97``, written as ``num`` ``:142``), void ones included, and the figure
+  is ``100 * (W + T/2) / N - 50`` (``:144``). A void item adds nothing to W, T or L, so it
+  weighs like a loss in the figure.
+
+Under ``authors``: ``unparsed`` counts the void items; the bootstrap resamples all N items, a
+void one with value 0 (so the CI is around the same figure); the sign test compares W and L;
+position consistency and mean scores are over the non-void items.
 
 Replay judgments you already have::
 
@@ -39,6 +53,7 @@ import argparse
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,10 +160,16 @@ def parse_scores(text: str | None) -> tuple[float, float]:
 
 
 def parse_scores_authors(text: str | None) -> tuple[float, float] | None:
-    """The authors' parser (``win_tie_loss_stat.py:14-29``): first line, commas to spaces, split
-    on single spaces, exactly two numbers; ``None`` where theirs returns ``[-1, -1]``."""
-    if text is None:
+    """The authors' parser (``eval.py:41-54``, the same as ``win_tie_loss_stat.py:14-29``).
+
+    Their ``eval.py`` NFKC-normalizes the reply (``:221``), parses it (``:223``) and stores the
+    pair in ``score`` (``:226``), which ``win_tie_loss_stat.py`` takes as it is (``:16``). So:
+    NFKC, first line (split on "\\n"), commas to spaces, split on single spaces, exactly two
+    parts, each read by ``float``; ``None`` where theirs returns ``[-1, -1]``.
+    """
+    if not isinstance(text, str):
         return None
+    text = unicodedata.normalize("NFKC", text)
     parts = text.split("\n")[0].replace(",", " ").split(" ")
     if len(parts) != 2:
         return None
@@ -224,14 +245,25 @@ def judge_item(
 
 
 def as_authors(j: Judged) -> Judged:
-    """The item as the authors' script sees it: their parser; a pair with a score <= 0 is void."""
+    """The item as the authors' script sees it: their parser; unless all four scores are > 0
+    (``win_tie_loss_stat.py:112``; so also a "nan" score) the item is void."""
     ab, ba = parse_scores_authors(j.review_ab), parse_scores_authors(j.review_ba)
-    void = ab is None or ba is None or min(*ab, *ba) <= 0
+    reasons = [
+        f"{name}: "
+        + (
+            "not two numbers on the first line"
+            if pair is None
+            else f"scores {pair[0]:g} {pair[1]:g}"
+        )
+        for name, pair in (("review_ab", ab), ("review_ba", ba))
+        if pair is None or not all(s > 0 for s in pair)
+    ]
+    void = bool(reasons)
     return Judged(
         j.id,
         None if void else ab,
         None if void else ba,
-        "void under the authors' parser (unparseable or a score <= 0)" if void else None,
+        "void for the authors' script (" + "; ".join(reasons) + ")" if void else None,
         j.category,
         j.review_ab,
         j.review_ba,
@@ -281,9 +313,16 @@ class WinRate:
             f"win rate: {self.win_rate:+.2f}  (95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
             "0 = parity, range -50..+50)",
             f"sign test (wins vs losses, two-sided): p = {self.sign_test_p:.4g}",
-            f"position consistency: {self.position_consistency:.1%} of items get the same verdict in both orders",
-            f"mean scores: A {self.mean_score_a:.2f}, B {self.mean_score_b:.2f}",
-        ]
+        ] + (
+            [
+                f"position consistency: {self.position_consistency:.1%} of items get the same verdict in both orders",
+                f"mean scores: A {self.mean_score_a:.2f}, B {self.mean_score_b:.2f}",
+            ]
+            if self.position_consistency is not None
+            and self.mean_score_a is not None
+            and self.mean_score_b is not None
+            else []
+        )
 
 
 def figure(outcomes: Sequence[str]) -> float:
@@ -326,13 +365,12 @@ def summarize(
         items = [as_authors(j) for j in items]
     ok = [j for j in items if j.parsed]
     outcomes = [fold(*j.verdicts(), rule=rule) for j in ok]
-    if not ok:
-        return WinRate(rule, 0, 0, 0, 0, len(items), None, None, None, None, None, resamples)
     values = [VALUE[o] for o in outcomes]
-    n = len(ok)
     if rule == AUTHORS:  # void items stay in N and add nothing (value 0)
         values += [0.0] * (len(items) - len(ok))
-        n = len(items)
+    if not values:
+        return WinRate(rule, 0, 0, 0, 0, len(items), None, None, None, None, None, resamples)
+    n = len(values)
     lo, hi = bootstrap_ci(values, resamples, seed)
     wins, ties, losses = (outcomes.count(v) for v in VERDICTS)
     consistent = sum(a == b for a, b in (j.verdicts() for j in ok))
@@ -349,10 +387,10 @@ def summarize(
         ci_low=lo,
         ci_high=hi,
         sign_test_p=sign_test(wins, losses),
-        position_consistency=consistent / len(ok),
+        position_consistency=consistent / len(ok) if ok else None,
         bootstrap=resamples,
-        mean_score_a=float(np.mean(score_a)),
-        mean_score_b=float(np.mean(score_b)),
+        mean_score_a=float(np.mean(score_a)) if ok else None,
+        mean_score_b=float(np.mean(score_b)) if ok else None,
     )
 
 
@@ -461,6 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = summarize(judged, args.rule, args.bootstrap, args.seed)
+    # the items the figure leaves out (rule=authors: its void items, kept in N)
+    left_out = [
+        j for j in (map(as_authors, judged) if args.rule == AUTHORS else judged) if not j.parsed
+    ]
     categories = {
         k: v
         for k, v in by_category(judged, args.rule, args.bootstrap, args.seed).items()
@@ -468,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.json:
         obj = result.to_json()
-        obj["unparsed_ids"] = [j.id for j in judged if not j.parsed][:100]
+        obj["unparsed_ids"] = [j.id for j in left_out][:100]
         if categories:
             obj["by_category"] = {
                 k: {v: w.to_json() for v, w in g.items()} for k, g in categories.items()
@@ -476,8 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(obj))
         return 0
     print("\n".join(result.lines()))
-    for j in [j for j in judged if not j.parsed][:5]:
-        print(f"  unparsed {j.id}: {j.error}")
+    for j in left_out[:5]:
+        print(f"  {'void' if args.rule == AUTHORS else 'unparsed'} {j.id}: {j.error}")
     for key, groups in categories.items():
         print(f"\nby {key}:")
         for value, w in groups.items():

@@ -47,14 +47,17 @@ def done(stage: Path) -> dict:
 
 
 def sacct_state(job_id: str) -> str:
-    for _ in range(50):  # accounting may lag a moment behind the job's end
+    """The job's final state; accounting may lag behind the job's end (empty, RUNNING...)."""
+    state = ""
+    for _ in range(150):
         out = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True
         )
-        if out.stdout.strip():
-            return out.stdout.split()[0]
+        state = out.stdout.split()[0] if out.stdout.strip() else ""
+        if state and state not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"):
+            return state
         time.sleep(0.2)
-    return ""
+    return state
 
 
 def test_sweep_of_two_orderings_runs_as_slurm_jobs(tmp_path):
@@ -110,8 +113,10 @@ def test_cancelled_job_relaunched_resumes_mid_stage(tmp_path):
     cmd = train_cmd(
         tmp_path,
         "ordering=1-2",
-        "trainer.max_steps=300",
-        "trainer.save_steps=4",
+        # long enough that stage 2 cannot finish inside SLURM's KillWait (5 s here): submitit
+        # bypasses the SIGTERM of scancel, so the job runs on until the SIGKILL that follows
+        "trainer.max_steps=1200",
+        "trainer.save_steps=50",
         "trainer.logging_steps=2",
     )
     proc = subprocess.Popen(
@@ -121,7 +126,7 @@ def test_cancelled_job_relaunched_resumes_mid_stage(tmp_path):
         deadline = time.time() + 600
         ckpt = None
         while time.time() < deadline and ckpt is None:
-            # cancel right after stage 2's first complete checkpoint: most of its 300 steps remain
+            # cancel right after stage 2's first complete checkpoint: most of its 1200 steps remain
             # (checkpoints rotate: look for any, not one by name)
             found = list(tmp_path.glob("*/stage_2_*/checkpoints/checkpoint-*/trainer_state.json"))
             ckpt = found[0].parent if found else None
@@ -151,6 +156,6 @@ def test_cancelled_job_relaunched_resumes_mid_stage(tmp_path):
     stage2 = done(run / "stage_2_difficulty-2")
     assert stage2["resumed_from"] and stage2["resumed_from"].startswith("checkpoint-")
     assert int(stage2["resumed_from"].split("-")[1]) >= 4
-    assert stage2["global_step"] == 300 and stage2["fed_matches_plan"] is True
+    assert stage2["global_step"] == 1200 and stage2["fed_matches_plan"] is True
     relaunched = json.loads((run / "run.json").read_text())["job"]["slurm"]["job_id"]
     assert relaunched != job_id

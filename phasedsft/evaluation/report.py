@@ -78,24 +78,36 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
+def _same_figures(a: WinRate, b: WinRate) -> bool:
+    if (a.wins, a.ties, a.losses, a.n) != (b.wins, b.ties, b.losses, b.n):
+        return False
+    if a.win_rate is None or b.win_rate is None:
+        return a.win_rate is b.win_rate
+    return abs(a.win_rate - b.win_rate) < 1e-9
+
+
 def authors_differences(comparisons: Sequence[Comparison]) -> str:
-    """Cells whose figure under the authors' script (``rule=authors``) differs from the table's."""
+    """Cells whose figures under the authors' script (``rule=authors``) differ from the table's:
+    the win rate, or W / T / L / N (a void item that the table's rule counts as a loss leaves
+    the figure as it is but not the counts)."""
     lines = []
     for c in comparisons:
-        other = c.authors
-        if other is None or other.win_rate is None or c.result.win_rate is None:
+        ours, other = c.result, c.authors
+        if other is None or _same_figures(ours, other):
             continue
-        if abs(other.win_rate - c.result.win_rate) > 1e-9:
-            lines.append(
-                f"| {c.run} stage {c.stage_index}/{c.n_stages} | {c.eval_set} | "
-                f"{c.result.cell()} ({c.result.unparsed} left out) | "
-                f"{other.cell()} ({other.unparsed} void, kept in N) |"
-            )
+        lines.append(
+            f"| {c.run} stage {c.stage_index}/{c.n_stages} | {c.eval_set} | "
+            f"{ours.cell()}; {ours.wins}/{ours.ties}/{ours.losses} of {ours.n} "
+            f"({ours.unparsed} left out) | "
+            f"{other.cell()}; {other.wins}/{other.ties}/{other.losses} of {other.n} "
+            f"({other.unparsed} void, kept in N) |"
+        )
     if not lines:
         return ""
     return (
-        f"\n\nWhere the authors' script (`rule=authors`: its parser; unparseable or zero-score "
-        f"items stay in N and add nothing) gives another figure:\n\n"
+        f"\n\nWhere the authors' script (`rule=authors`: its parser; an item with an unparseable "
+        f"review or a score <= 0 in either order stays in N and adds nothing) gives other figures "
+        f"(win rate [CI]; W/T/L of N):\n\n"
         f"| run | set | {comparisons[0].result.rule} rule | authors' script |\n| --- | --- | --- | --- |\n"
         + "\n".join(lines)
         + "\n"

@@ -315,3 +315,20 @@ def test_a_summary_that_does_not_add_up_is_refused():
     for bad in ({"failed": 0}, {"cached": 4}, {"failed_this_run": 3}, {"counts": {"3.0": 2}}):
         with pytest.raises(SummaryMismatch, match="does not add up"):
             check_summary({**good, **bad})
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"task": 10, "response": 30}',
+        '{"task": 4.9, "response": 5.9}',
+        '{"task": 3, "response": 10}',
+        "task: 0, response: 3",
+        "task = 5.5; response = 2",
+    ],
+)
+def test_out_of_range_ratings_are_parse_failures_never_scores(reply):
+    from phasedsft.scoring.prompt import ParseError, parse_reply
+
+    with pytest.raises(ParseError, match="out of 1-5"):
+        parse_reply(reply)

@@ -59,7 +59,7 @@ class ParseError(ValueError):
 
 _KEYS = ("task", "response")
 _PAIR = re.compile(
-    r'"?task"?\s*[:=]\s*"?([1-5](?:\.\d+)?)"?.*?"?response"?\s*[:=]\s*"?([1-5](?:\.\d+)?)',
+    r'"?task"?\s*[:=]\s*"?(-?\d+(?:\.\d+)?)"?.*?"?response"?\s*[:=]\s*"?(-?\d+(?:\.\d+)?)',
     re.S | re.I,
 )
 
@@ -68,20 +68,23 @@ def parse_reply(text: str | None) -> tuple[float, float]:
     """``(task, response)`` scores from a reply: JSON first, then a lenient pattern."""
     if not text or not text.strip():
         raise ParseError("empty reply")
+    values: tuple[float, ...] | None = None
     match = re.search(r"\{.*?\}", text, re.S)
     if match:
         try:
             obj = json.loads(match.group(0))
             values = tuple(float(obj[k]) for k in _KEYS)
-            if all(1 <= v <= 5 for v in values):
-                return values[0], values[1]
-            raise ParseError(f"scores out of 1-5: {values}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            pass
-    m = _PAIR.search(text)
-    if m:
-        return float(m.group(1)), float(m.group(2))
-    raise ParseError("no 'task' and 'response' scores from 1 to 5 in the reply")
+            values = None
+    if values is None:
+        m = _PAIR.search(text)  # whole numbers: "10" is ten, never a 1
+        if m:
+            values = (float(m.group(1)), float(m.group(2)))
+    if values is None:
+        raise ParseError("no 'task' and 'response' scores from 1 to 5 in the reply")
+    if not all(1 <= v <= 5 for v in values):  # out of the scale: a failed attempt, never a score
+        raise ParseError(f"scores out of 1-5: task {values[0]:g}, response {values[1]:g}")
+    return values[0], values[1]
 
 
 COMBINE: dict[str, Callable[[float, float], float]] = {

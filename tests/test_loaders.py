@@ -156,3 +156,39 @@ def test_authors_stage3_scores_match_the_paper():
     stages = split_by_thresholds(loaded.examples, ManualThresholds().thresholds)
     assert [len(s) for s in stages] == [0, 0, 6880]  # all of them are stage 3 under [1.5, 3.5]
     assert round(statistics.mean(e.score for e in loaded.examples), 2) == 4.25  # paper, Table 1
+
+
+@pytest.mark.parametrize(
+    ("score", "reason"),
+    [
+        (7, "score 7 is outside the scale 1-5"),
+        (-3, "score -3 is outside the scale 1-5"),
+        ("99", "score 99 is outside the scale 1-5"),
+        (True, "field 'score' must be a number"),
+        ([3], "field 'score' must be a number"),
+        ("hard", "field 'score' is not a number"),
+    ],
+)
+def test_bad_scores_are_located_data_errors(tmp_path, score, reason):
+    rows = [
+        {"instruction": "a", "output": "b", "score": 2},
+        {"instruction": "c", "output": "d", "score": score},
+    ]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=rf"s.jsonl:2: .*{reason}"):
+        load_jsonl(str(f))
+    skipped = load_jsonl(str(f), on_error="skip")
+    assert [ex.score for ex in skipped.examples] == [2.0] and skipped.skips.count == 1
+
+
+def test_score_range_is_configurable_and_string_scores_load(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text(
+        json.dumps({"instruction": "a", "output": "b", "score": "3.75"})
+        + "\n"
+        + json.dumps({"instruction": "c", "output": "d", "score": 9})
+        + "\n"
+    )
+    assert [ex.score for ex in load_jsonl(str(f), score_range=[0, 10]).examples] == [3.75, 9.0]
+    assert [ex.score for ex in load_jsonl(str(f), score_range=None).examples] == [3.75, 9.0]

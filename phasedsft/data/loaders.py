@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,14 @@ def _text(row: Mapping[str, Any], key: str, *, required: bool = True) -> str:
     return value
 
 
+DEFAULT_SCORE_RANGE = (1.0, 5.0)  # the difficulty scale; dataset.source.score_range changes it
+
+
 def _score(value: Any) -> float | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RowError(f"field 'score' must be a number (or a numeric string), got {value!r}")
     try:
         score = float(value)
     except (TypeError, ValueError):
@@ -185,7 +190,10 @@ def _read_jsonl(path: Path, report: SkipReport, on_error: str) -> Iterator[tuple
 
 def _fail(report: SkipReport, on_error: str, where: str, reason: str) -> None:
     if on_error == "raise":
-        hint = " (set dataset.source.on_error=skip to skip and count bad rows)"
+        hint = (
+            " (to skip and count bad rows: dataset.source.on_error=skip for train.py, score.py "
+            "and segment.py; eval_sets.<name>.source.on_error=skip for evaluate.py)"
+        )
         raise DataError(f"{where}: {reason}{hint}")
     report.add(where, reason)
     log.warning("skipping %s: %s", where, reason)
@@ -198,10 +206,16 @@ def _convert_rows(
     report: SkipReport,
     on_error: str,
     require_output: bool = True,
+    score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
 ) -> Loaded:
-    """Convert and check rows; ``require_output=False`` for test sets (answers come later)."""
+    """Convert and check rows; ``require_output=False`` for test sets (answers come later).
+
+    A score outside ``score_range`` (``[low, high]``; ``None``: any finite number) is a bad row.
+    """
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if score_range is not None and (len(score_range) != 2 or score_range[0] > score_range[1]):
+        raise DataError(f"score_range must be [low, high], got {list(score_range)}")
     convert = _converter(fmt)
     examples: list[Example] = []
     seen: dict[str, str] = {}
@@ -215,6 +229,14 @@ def _convert_rows(
         except RowError as e:
             _fail(report, on_error, where, str(e))
             continue
+        if score_range is not None and ex.score is not None:
+            low, high = float(score_range[0]), float(score_range[1])
+            if not low <= ex.score <= high:
+                _fail(
+                    report, on_error, where,
+                    f"score {ex.score:g} is outside the scale {low:g}-{high:g} (dataset.source.score_range)",
+                )  # fmt: skip
+                continue
         if require_output and not ex.output.strip():
             _fail(report, on_error, where, "empty output")
             continue
@@ -234,7 +256,8 @@ def _convert_rows(
         raise DataError(f"{source}: no usable examples ({report.count} skipped)")
     if report.count:
         log.warning(
-            "%s: skipped %d bad rows (counted in run.json under data.skipped_rows)",
+            "%s: skipped %d bad rows (each named above; train.py also lists them in run.json "
+            "under data.skipped_rows)",
             source,
             report.count,
         )
@@ -251,18 +274,29 @@ def _existing(path: str | Path) -> Path:
     return p
 
 
-def load_json(path: str, format: str = "alpaca", on_error: str = "raise") -> Loaded:
+def load_json(
+    path: str,
+    format: str = "alpaca",
+    on_error: str = "raise",
+    score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
+) -> Loaded:
     """A JSON list of records, e.g. Alpaca's ``alpaca_data.json``."""
     p = _existing(path)
     report = SkipReport(str(p))
-    return _convert_rows(_read_json_array(p), format, str(p), report, on_error)
+    return _convert_rows(_read_json_array(p), format, str(p), report, on_error, True, score_range)
 
 
-def load_jsonl(path: str, format: str = "alpaca", on_error: str = "raise") -> Loaded:
+def load_jsonl(
+    path: str,
+    format: str = "alpaca",
+    on_error: str = "raise",
+    score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
+) -> Loaded:
     """One JSON record per line (our own scored output, the authors' score files...)."""
     p = _existing(path)
     report = SkipReport(str(p))
-    return _convert_rows(_read_jsonl(p, report, on_error), format, str(p), report, on_error)
+    rows = _read_jsonl(p, report, on_error)
+    return _convert_rows(rows, format, str(p), report, on_error, True, score_range)
 
 
 def load_hub(
@@ -273,6 +307,7 @@ def load_hub(
     revision: str | None = None,
     on_error: str = "raise",
     require_output: bool = True,
+    score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
 ) -> Loaded:
     """A Hugging Face ``datasets`` dataset, by hub id (``tatsu-lab/alpaca``) or local path."""
     import datasets
@@ -287,4 +322,4 @@ def load_hub(
     source = f"{path}[{split}]"
     report = SkipReport(source)
     rows = ((f"{source} row {i}", row) for i, row in enumerate(ds))
-    return _convert_rows(rows, format, source, report, on_error, require_output)
+    return _convert_rows(rows, format, source, report, on_error, require_output, score_range)

@@ -4,14 +4,30 @@ Each row is keyed by a hash of (scorer, model, prompt version, generation parame
 example content); see :func:`cache_key`. Every ``put`` commits, in WAL mode, so a result
 is durable as soon as it is recorded and a killed process loses only requests still in
 flight. Several processes may share one cache file.
+
+**Claims** keep processes that share the file (two identical ``score.py`` runs, a sweep
+scoring inline) from asking the same item twice. Before sending an item's request a
+process takes a claim on its key (:meth:`ScoreCache.claim` / :meth:`ScoreCache.try_claim`,
+one SQLite write transaction, so two processes can never both get it); another process then
+sees the item as *busy* and skips it, and comes back later to find it *done* (its result is
+in the cache) or free again. A claim is free again when its holder records the result
+(``put`` drops the holder's claim), releases it (:meth:`ScoreCache.release`: the call failed
+or the run stopped), or dies: each claim stores the holder's host, pid and time, and counts
+as stale (free) once its ``ttl`` has passed, or at once when the holder ran on this host and
+its pid is gone (``kill -9``, a crash). A holder that claims a key again renews it, so a call
+that may outlast the ``ttl`` can keep its claim. Claims never block a read: they only
+decide who asks.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +53,50 @@ CREATE TABLE IF NOT EXISTS results (
 )
 """
 
+CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,            -- a results key whose request is in flight
+    owner TEXT NOT NULL,             -- who sends it: "<host>:<pid>:<random>" (ScoreCache.owner)
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    claimed REAL NOT NULL,           -- time.time() when taken (or last renewed)
+    expires REAL NOT NULL            -- stale (free) after this, whoever holds it
+)
+"""
+
+CLAIM_TTL_S = 900.0  # a claim's lifetime: longer than one item's call, retries and backoff included
+HOST = socket.gethostname()
+_CHUNK = 900  # SQLite's limit on bound parameters, with room to spare
+
+
+def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(keys), _CHUNK):
+        yield keys[start : start + _CHUNK]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (a zombie counts until reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`ScoreCache.try_claim` found for one key.
+
+    ``state`` is ``"granted"`` (this owner sends the request, then ``put``s the result),
+    ``"done"`` (answered already: ``result`` holds it; send nothing) or ``"busy"`` (another
+    live process has it in flight: skip it and ask again later).
+    """
+
+    state: str
+    result: Result | None = None
+
 
 def cache_key(identity: Mapping[str, Any], ex: Example) -> str:
     """Hash of the scorer's identity (name, model, prompt version, parameters) and the content."""
@@ -61,6 +121,7 @@ class Result:
 
 class ScoreCache:
     def __init__(self, path: str | Path):
+        self._token = secrets.token_hex(4)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # used by one thread at a time (the engine may run its event loop in a helper thread)
@@ -68,7 +129,13 @@ class ScoreCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(SCHEMA)
+        self.db.execute(CLAIMS)
         self.db.commit()
+
+    @property
+    def owner(self) -> str:
+        """This cache object's claim owner: host, pid (current, also after a fork) and a token."""
+        return f"{HOST}:{os.getpid()}:{self._token}"
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Result]:
         keys = list(keys)
@@ -85,6 +152,7 @@ class ScoreCache:
         return out
 
     def put(self, r: Result) -> None:
+        """Record a result (one commit); the claim this cache's owner held on its key ends."""
         self.db.execute(
             "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -103,7 +171,119 @@ class ScoreCache:
                 time.time(),
             ),
         )
+        self.db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (r.key, self.owner))
         self.db.commit()
+
+    # ------------------------------------------------------------ claims (see the module doc)
+
+    def _done(self, keys: Sequence[str], since: float | None) -> set[str]:
+        """Keys whose result counts as an answer: any result, or with ``since`` an ``ok`` one
+        or one recorded at or after ``since`` (a failed result older than that is asked again)."""
+        done: set[str] = set()
+        for chunk in _chunks(keys):
+            rows = self.db.execute(
+                f"SELECT key, status, created FROM results WHERE key IN ({','.join('?' * len(chunk))})",
+                list(chunk),
+            ).fetchall()
+            done.update(
+                k
+                for k, status, created in rows
+                if since is None or status == "ok" or created >= since
+            )
+        return done
+
+    def _stale(self, host: str, pid: int, expires: float, now: float) -> bool:
+        return expires <= now or (host == HOST and not pid_alive(pid))
+
+    def claim(
+        self,
+        keys: Iterable[str],
+        owner: str | None = None,
+        ttl: float = CLAIM_TTL_S,
+        since: float | None = None,
+    ) -> list[str]:
+        """Claim the keys nobody else is asking; returns the granted ones, in order.
+
+        A key is granted when it has no answer yet (see ``since``) and no live claim by
+        another owner: unclaimed, claimed by ``owner`` itself (renewed), or stale (past its
+        expiry, or held by a process of this host that no longer exists). Granted claims
+        expire after ``ttl`` seconds. ``since`` (the run's start, for ``retry_failed``): a
+        failed result recorded before it does not count as an answer; without it any
+        result does. One write transaction: two processes never both get a key.
+        """
+        keys = list(dict.fromkeys(keys))
+        owner = owner or self.owner
+        granted: list[str] = []
+        if not keys:
+            return granted
+        self.db.execute("BEGIN IMMEDIATE")  # the write lock first: check and take atomically
+        try:
+            now = time.time()
+            done = self._done(keys, since)
+            held: dict[str, tuple[str, str, int, float]] = {}
+            for chunk in _chunks(keys):
+                rows = self.db.execute(
+                    "SELECT key, owner, host, pid, expires FROM claims "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})",
+                    list(chunk),
+                ).fetchall()
+                held.update((k, (o, h, p, e)) for k, o, h, p, e in rows)
+            for key in keys:
+                if key in done:
+                    continue
+                h = held.get(key)
+                if h is None or h[0] == owner or self._stale(h[1], h[2], h[3], now):
+                    granted.append(key)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,?)",
+                [(k, owner, HOST, os.getpid(), now, now + ttl) for k in granted],
+            )
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
+        return granted
+
+    def try_claim(
+        self,
+        key: str,
+        owner: str | None = None,
+        ttl: float = CLAIM_TTL_S,
+        since: float | None = None,
+    ) -> Claim:
+        """One key: ``granted`` (ask it), ``done`` (with the recorded result) or ``busy``."""
+        if self.claim([key], owner, ttl, since):
+            return Claim("granted")
+        if key in self._done([key], since):
+            return Claim("done", self.get_many([key]).get(key))
+        return Claim("busy")
+
+    def release(self, keys: Iterable[str], owner: str | None = None) -> None:
+        """Give up ``owner``'s claims on these keys (its call failed or the run stopped)."""
+        keys = list(keys)
+        owner = owner or self.owner
+        for chunk in _chunks(keys):
+            self.db.execute(
+                f"DELETE FROM claims WHERE owner = ? AND key IN ({','.join('?' * len(chunk))})",
+                [owner, *chunk],
+            )
+        self.db.commit()
+
+    def claims(self) -> dict[str, dict[str, Any]]:
+        """Every claim on record, stale ones included (``stale`` says which): for a look."""
+        now = time.time()
+        rows = self.db.execute("SELECT key, owner, host, pid, claimed, expires FROM claims")
+        return {
+            k: {
+                "owner": o,
+                "host": h,
+                "pid": p,
+                "claimed": c,
+                "expires": e,
+                "stale": self._stale(h, p, e, now),
+            }
+            for k, o, h, p, c, e in rows.fetchall()
+        }
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

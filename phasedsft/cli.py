@@ -1,12 +1,21 @@
-"""What the entrypoints share: user errors in plain words, without a traceback."""
+"""What the entrypoints share: user errors in plain words, without a traceback.
+
+Bad input ends a job with ``error: ...`` and exit code 2, also when Hydra's ``instantiate``
+wrapped the error; a bad row names the exact override that skips and counts bad rows for
+the data source that failed, as this job's config spells it. Ctrl-C ends it with what was
+kept and exit code 130.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
 
 from phasedsft.audit import AuditError
 from phasedsft.models import ModelError
@@ -22,6 +31,31 @@ INTERRUPTED = (
     "interrupted: everything finished so far is kept (scores and judgments cached, answers "
     "saved, stages checkpointed); rerun the same command to continue"
 )
+# what each entrypoint keeps (Hydra's job name is the script's name)
+KEPT = {
+    "score": "every answer received is cached",
+    "train": "finished stages are kept, and the stage in progress continues from its last "
+    "Trainer checkpoint (trainer.save_steps)",
+    "evaluate": "answers are saved every generator.save_every batches and every judge reply "
+    "is cached",
+    "segment": "segment.py writes each file whole, so nothing half-written is left",
+}
+
+
+def interrupted_message(job: str | None = None) -> str:
+    kept = KEPT.get(job or "")
+    if kept is None:
+        return INTERRUPTED
+    return f"interrupted: everything finished so far is kept ({kept}); rerun the same command to continue"
+
+
+def _job_name() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().job.name) if HydraConfig.initialized() else None
+    except Exception:  # outside a Hydra job
+        return None
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -36,6 +70,49 @@ def user_error(e: BaseException) -> BaseException | None:
     return None
 
 
+_FULL_KEY = re.compile(r"^full_key: (\S+)$", re.M)
+
+
+def instantiated_at(e: BaseException) -> str | None:
+    """The config key of the node whose ``instantiate`` raised ``e`` (Hydra names it
+    ``full_key``); the innermost one when several wrap each other."""
+    key, seen = None, set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if cause.__class__.__name__ == "InstantiationException":
+            m = _FULL_KEY.search(str(cause))
+            if m:
+                key = m.group(1)
+        cause = cause.__cause__ or cause.__context__
+    return key
+
+
+def skip_hint(cfg: Any, full_key: str | None) -> str | None:
+    """The override that skips bad rows of the data source at ``full_key``, as this job's
+    config takes it (``+key=...`` where the node has no ``on_error`` yet); ``None`` when the
+    source is not part of this job's config (evaluate.py reading a training run's data)."""
+    if not full_key or not isinstance(cfg, DictConfig):
+        return None
+    node = OmegaConf.select(cfg, full_key, default=None)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    plus = "" if "on_error" in node else "+"
+    return f"{plus}{full_key}.on_error=skip"
+
+
+def user_error_message(e: BaseException, found: BaseException, cfg: Any = None) -> str:
+    """``found`` (the user error behind ``e``) in words; a bad row with this job's override."""
+    if isinstance(found, DataError) and found.reason is not None:
+        full_key = instantiated_at(e)
+        override = skip_hint(cfg, full_key)
+        if override:
+            return f"{found.reason} (set {override} to skip and count bad rows)"
+        if full_key:  # read through another config (a training run's): no override here
+            return f"{found.reason} (fix the row in the file)"
+    return str(found)
+
+
 def plain_errors(fn: F) -> F:
     """Bad input and unavailable models end the job with ``error: ...`` and exit code 2;
     Ctrl-C with what was kept and exit code 130, never a traceback."""
@@ -45,14 +122,15 @@ def plain_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
-            print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+            print(f"\n{interrupted_message(_job_name())}", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
         except Exception as e:
             found = user_error(e)
             if found is None:
                 raise
             logging.getLogger("phasedsft").debug("user error", exc_info=True)
-            print(f"error: {found}", file=sys.stderr, flush=True)
+            cfg = args[0] if args else None
+            print(f"error: {user_error_message(e, found, cfg)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

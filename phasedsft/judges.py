@@ -278,7 +278,7 @@ class OpenAIJudge(ChatEndpoint):
         return jobs
 
     def estimate(self, pairs: Sequence[Pair], cache: ScoreCache) -> dict[str, Any]:
-        jobs = self.jobs(pairs)
+        jobs = unique_jobs(self.jobs(pairs))  # what judge_pairs sends: each prompt once
         cached = cache.get_many(j.key for j in jobs)
         todo = [j for j in jobs if j.key not in cached]
         attempts = 1 + self.parse_retries
@@ -347,8 +347,27 @@ class OpenAIJudge(ChatEndpoint):
             )
 
         jobs = self.jobs(pairs)
-        stats = self.run_requests(jobs, call, cache, f"{desc} ({self.model})")
+        # one request per distinct prompt: the two orders of a pair whose answers are equal
+        # (or a repeated item) show the judge the same text, so it is sent once and its reply
+        # stands for both (see unique_jobs)
+        stats = self.run_requests(unique_jobs(jobs), call, cache, f"{desc} ({self.model})")
+        stats.ordered = [stats.results.get(j.key) for j in jobs]
         return JudgeRun(reviews_from(pairs, stats), stats.summary())
+
+
+def unique_jobs(jobs: Sequence[Job]) -> list[Job]:
+    """``jobs`` less repeats of a key (the first kept): identical prompts are sent once.
+
+    A pair whose two answers are identical shows the judge the same prompt in both orders
+    (same cache key). The judge's one reply is used as both reviews: a reply "8 6" reads as
+    a win for the first shown in each order, so A wins one order and loses the other, and
+    "7 7" is a tie twice; either way the item folds to a tie under every rule, the text is
+    the judge's own, and the request is paid once, not twice.
+    """
+    first: dict[str, Job] = {}
+    for job in jobs:
+        first.setdefault(job.key, job)
+    return list(first.values())
 
 
 def reviews_from(pairs: Sequence[Pair], stats: RunStats) -> list[Reviews]:

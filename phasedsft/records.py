@@ -26,7 +26,20 @@ class Example:
 
 
 class DataError(ValueError):
-    """Bad input data. The message always names where (file and line, or dataset and row)."""
+    """Bad input data. The message always names where (file and line, or dataset and row).
+
+    ``skippable``: ``on_error=skip`` on the data source would have skipped (and counted) this
+    row; the message then ends with a generic hint, and ``reason`` is the message without it,
+    for an entrypoint that knows the exact override to name (:func:`phasedsft.cli.skip_hint`).
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def skippable(self) -> bool:
+        return self.reason is not None
 
 
 @dataclass

@@ -184,6 +184,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "table1": rows,
         "sensitivity": sens,
         "density_png": str(run_dir / "density.png"),
+        # bad rows skipped with on_error=skip: counted, with reasons (as run.json does for train.py)
+        "data": {"examples": len(examples), "skipped_rows": loaded.skips.summary()},
     }
     atomic_write_json(run_dir / "summary.json", summary)
     print(

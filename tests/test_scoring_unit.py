@@ -332,3 +332,12 @@ def test_out_of_range_ratings_are_parse_failures_never_scores(reply):
 
     with pytest.raises(ParseError, match="out of 1-5"):
         parse_reply(reply)
+
+
+@pytest.mark.parametrize(
+    "reply", ['{"task": true, "response": 3}', '{"task": 2, "response": false}']
+)
+def test_boolean_ratings_are_parse_failures(reply):
+    """json's true is no rating (float(True) would read it as 1)."""
+    with pytest.raises(ParseError):
+        parse_reply(reply)

@@ -194,7 +194,7 @@ def _fail(report: SkipReport, on_error: str, where: str, reason: str) -> None:
             " (to skip and count bad rows: dataset.source.on_error=skip for train.py, score.py "
             "and segment.py; eval_sets.<name>.source.on_error=skip for evaluate.py)"
         )
-        raise DataError(f"{where}: {reason}{hint}")
+        raise DataError(f"{where}: {reason}{hint}", reason=f"{where}: {reason}")
     report.add(where, reason)
     log.warning("skipping %s: %s", where, reason)
 
@@ -256,8 +256,8 @@ def _convert_rows(
         raise DataError(f"{source}: no usable examples ({report.count} skipped)")
     if report.count:
         log.warning(
-            "%s: skipped %d bad rows (each named above; train.py also lists them in run.json "
-            "under data.skipped_rows)",
+            "%s: skipped %d bad rows (each named above; listed under data.skipped_rows in "
+            "run.json by train.py, in summary.json by segment.py)",
             source,
             report.count,
         )

@@ -73,6 +73,8 @@ def parse_reply(text: str | None) -> tuple[float, float]:
     if match:
         try:
             obj = json.loads(match.group(0))
+            if any(isinstance(obj[k], bool) for k in _KEYS):  # true is no rating (float(True) is 1)
+                raise TypeError("a boolean rating")
             values = tuple(float(obj[k]) for k in _KEYS)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             values = None

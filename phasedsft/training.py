@@ -166,29 +166,6 @@ class StageSpec:
         return sha256_lines(self.sequence)
 
 
-def whole_stage_loss(state: Any, metrics: Mapping[str, Any], resumed_at: int) -> dict[str, Any]:
-    """``train_loss`` over the whole stage of a resumed run, as an uninterrupted run reports it.
-
-    The steps before the resume come from the logged losses (each the mean over its logging
-    window, restored with the checkpoint); the steps after it from the Trainer's own mean. Exact
-    when the resume step ends a logging window (``save_steps`` a multiple of ``logging_steps``),
-    up to the 4 digits the Trainer logs.
-    """
-    before, covered, last = 0.0, 0, 0
-    for h in state.log_history:
-        if "loss" in h and h["step"] <= resumed_at:
-            before += float(h["loss"]) * (h["step"] - last)
-            covered, last = h["step"], h["step"]
-    after = float(metrics.get("train_loss", 0.0)) * (state.global_step - resumed_at)
-    if covered != resumed_at or state.global_step <= 0:
-        return {
-            "train_loss_whole_stage": None,
-            "train_loss_since_resume": metrics.get("train_loss"),
-        }
-    whole = (before + after) / state.global_step
-    return {"train_loss": whole, "train_loss_since_resume": metrics.get("train_loss")}
-
-
 def read_stage(stage_dir: Path) -> dict[str, Any] | None:
     path = stage_dir / STAGE_FILE
     if not path.is_file():
@@ -322,8 +299,6 @@ def train_stage(
             export(tmp, spec.dir)
 
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
-    if resume is not None:  # the Trainer averages over the steps since the resume only
-        metrics["train"].update(whole_stage_loss(trainer.state, result.metrics, step))
     if eval_datasets:
         metrics["eval"] = trainer.evaluate(eval_dataset=dict(eval_datasets))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

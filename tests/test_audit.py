@@ -274,10 +274,17 @@ def test_two_ranks_fed_out_of_order_fail_plainly(tmp_path):
         "error: stage 1 (difficulty-1): the data fed differs from the plan at optimizer step 0: "
         "planned position 2 (data_order.txt line 3, id "
     )
-    assert out.stderr.count(message) == 2, out.stderr[-3000:]  # every rank says so, and ends
     assert "AuditError" not in out.stderr, out.stderr[-3000:]  # in plain words, no traceback
-    exits = re.findall(r"rank\s*: (\d) \(local_rank[^\n]*\n\s*exitcode\s*: (\d+)", out.stderr)
-    assert sorted(exits) == [("0", "2"), ("1", "2")], out.stderr[-3000:]  # plain_errors' code
+    exits = dict(
+        re.findall(r"rank\s*: (\d) \(local_rank[^\n]*\n\s*exitcode\s*: (-?\d+)", out.stderr)
+    )
+    # plain_errors' code 2; once one rank has exited, torchrun ends the other with SIGTERM (-15),
+    # which may come before that rank's own exit (it has already said why, counted above)
+    assert set(exits) == {"0", "1"} and "2" in exits.values(), out.stderr[-3000:]
+    assert set(exits.values()) <= {"2", "-15"}, out.stderr[-3000:]
+    # every rank that ended by itself said why, in plain words
+    said = out.stderr.count(message)
+    assert said >= max(1, list(exits.values()).count("2")), out.stderr[-3000:]
     [stage] = (tmp_path / "runs").glob("*/stage_1_difficulty-1")
     assert not (stage / STAGE_FILE).exists() and not (stage / "ranks").exists()
     assert fed_log_path(stage, 0).is_file() and fed_log_path(stage, 1).is_file()

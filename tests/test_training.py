@@ -151,10 +151,6 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     clean = json.loads((run_b / "stage_2_difficulty-1" / "stage.json").read_text())
     assert resumed["resumed_from"] is not None and clean["resumed_from"] is None
     assert resumed["fed_matches_plan"] and resumed["fed_sha256"] == clean["fed_sha256"]
-    # the stage's train_loss covers the whole stage, not only the steps after the resume
-    loss_a, loss_b = resumed["metrics"]["train"], clean["metrics"]["train"]
-    assert loss_a["train_loss"] == pytest.approx(loss_b["train_loss"], rel=1e-3)
-    assert loss_a["train_loss_since_resume"] != pytest.approx(loss_b["train_loss"], rel=1e-3)
     wa = weights(run_a / "stage_2_difficulty-1" / "model")
     wb = weights(run_b / "stage_2_difficulty-1" / "model")
     assert wa.keys() == wb.keys()

@@ -278,12 +278,15 @@ class OpenAIJudge(ChatEndpoint):
         return jobs
 
     def estimate(self, pairs: Sequence[Pair], cache: ScoreCache) -> dict[str, Any]:
-        jobs = unique_jobs(self.jobs(pairs))  # what judge_pairs sends: each prompt once
+        every = self.jobs(pairs)
+        jobs = unique_jobs(every)  # what judge_pairs sends: each prompt once
         cached = cache.get_many(j.key for j in jobs)
         todo = [j for j in jobs if j.key not in cached]
         attempts = 1 + self.parse_retries
         return {
             "model": self.model,
+            "pairs": len(pairs),
+            "same_prompt_merged": len(every) - len(jobs),  # equal answers: one request, not two
             "requests": len(jobs),
             "cached": len(jobs) - len(todo),
             "to_request": len(todo),

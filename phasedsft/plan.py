@@ -44,30 +44,7 @@ def stage_steps(n_fed: int, tcfg: Any, world: int) -> int:
     return max(math.ceil(batches / tcfg.gradient_accumulation_steps), 1)
 
 
-def plan_record(
-    cfg: DictConfig, run_dir: Path, stages: Sequence[tuple[str, int, int]], note: str | None
-) -> dict[str, Any]:
-    """``stages``: (name, examples, items fed over all epochs) per stage, in training order."""
-    world = world_size_for(cfg)
-    rows = [
-        {"name": name, "examples": n, "fed": fed, "steps": stage_steps(fed, cfg.trainer, world)}
-        for name, n, fed in stages
-    ]
-    return {
-        PLAN_KEY: True,
-        "run_dir": str(run_dir),
-        "ordering": cfg.ordering.name,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "world_size": world,
-        "stages": rows,
-        "total_steps": sum(r["steps"] for r in rows),
-        "note": note,
-        "error": None,
-    }
-
-
-def invalid_record(cfg: DictConfig, run_dir: Path, error: BaseException) -> dict[str, Any]:
+def _record(cfg: DictConfig, run_dir: Path, **fields: Any) -> dict[str, Any]:
     return {
         PLAN_KEY: True,
         "run_dir": str(run_dir),
@@ -77,8 +54,26 @@ def invalid_record(cfg: DictConfig, run_dir: Path, error: BaseException) -> dict
         "stages": [],
         "total_steps": 0,
         "note": None,
-        "error": str(error),
+        "error": None,
+        **fields,
     }
+
+
+def plan_record(
+    cfg: DictConfig, run_dir: Path, stages: Sequence[tuple[str, int, int]], note: str | None
+) -> dict[str, Any]:
+    """``stages``: (name, examples, items fed over all epochs) per stage, in training order."""
+    world = world_size_for(cfg)
+    rows = [
+        {"name": name, "examples": n, "fed": fed, "steps": stage_steps(fed, cfg.trainer, world)}
+        for name, n, fed in stages
+    ]
+    total = sum(stage_steps(fed, cfg.trainer, world) for _, _, fed in stages)
+    return _record(cfg, run_dir, world_size=world, stages=rows, total_steps=total, note=note)
+
+
+def invalid_record(cfg: DictConfig, run_dir: Path, error: BaseException) -> dict[str, Any]:
+    return _record(cfg, run_dir, error=str(error))
 
 
 def format_plan(rec: dict[str, Any]) -> str:

@@ -105,9 +105,11 @@ def test_dry_run_estimates_the_judge_cost_without_a_request(sweep, monkeypatch):
         "dry_run=true",
     )
     est = json.loads((sweep / "evaluation" / "gpt4" / "estimate.json").read_text())
-    # at most 2 candidates x 5 items x 2 orders; identical prompts (equal answers, or two
-    # candidates answering alike) are sent once
-    assert 1 <= est["requests"] == est["to_request"] <= 2 * 5 * 2
+    # 2 candidates x 5 items, each in 2 orders; a prompt shown twice (equal answers, or two
+    # candidates answering alike) is one request
+    assert est["pairs"] == 2 * 5
+    assert est["requests"] + est["same_prompt_merged"] == 2 * est["pairs"]
+    assert est["requests"] == est["to_request"] >= 1
     assert est["est_cost_usd_upper_bound"] > 0
     assert not (sweep / "evaluation" / "gpt4" / "table.md").exists()
 

@@ -7,6 +7,7 @@ and never both ask one; a dead holder's claim is free at once, a live one's unti
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import sqlite3
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from phasedsft.scoring.cache import HOST, Claim, Result, ScoreCache
+from phasedsft.scoring.engine import Job, run_jobs
 
 CTX = mp.get_context("spawn")  # no fork of a parent that may run threads (torch, tokenizers)
 
@@ -50,6 +52,28 @@ def _ask_all(path: str, keys: list[str], barrier, out, delay: float) -> None:
     out.put(asked)
 
 
+def _engine_run(path: str, n: int, barrier, out, delay: float) -> None:
+    """``run_jobs`` over ``n`` items on a shared cache: report what this process asked and got."""
+    asked: list[str] = []
+
+    async def call(job):
+        asked.append(job.key)
+        await asyncio.sleep(delay)  # the request in flight
+        return Result(job.key, job.example, "test", "ok", 3.0, requests=1)
+
+    cache = ScoreCache(path)
+    barrier.wait()
+    jobs = [Job(f"k{i:02d}", f"item{i}") for i in range(n)]
+    stats = run_jobs(jobs, call, cache, concurrency=2, claim_poll_s=0.05)
+    out.put(
+        {
+            "asked": asked,
+            "got": [r.key if r else None for r in stats.ordered],
+            "counts": (stats.total, stats.cached, stats.done, stats.waited_for, stats.requests),
+        }
+    )
+
+
 def _claim_then(path: str, keys: list[str], ttl: float, claimed, leave, how: str) -> None:
     cache = ScoreCache(path)
     assert cache.claim(keys, ttl=ttl) == keys
@@ -80,6 +104,56 @@ def test_two_processes_split_the_items_and_never_ask_one_twice(tmp_path):
     cache = ScoreCache(path)
     assert set(cache.get_many(keys)) == set(keys)
     assert cache.claims() == {}  # put() ended every claim
+
+
+def test_two_engine_runs_on_one_cache_ask_each_item_once_and_both_get_every_answer(tmp_path):
+    # what two identical score.py runs at once (or a sweep scoring inline) do: run_jobs over
+    # the same items in two processes, started together
+    path = str(tmp_path / "scores.sqlite")
+    ScoreCache(path).close()
+    n = 20
+    barrier, out = CTX.Barrier(2), CTX.Queue()
+    procs = [CTX.Process(target=_engine_run, args=(path, n, barrier, out, 0.1)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    runs = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    keys = [f"k{i:02d}" for i in range(n)]
+    assert sorted(runs[0]["asked"] + runs[1]["asked"]) == keys  # each item asked once in all
+    for run in runs:
+        assert run["got"] == keys  # ...and each process has every answer, in order
+        total, cached, done, waited_for, requests = run["counts"]
+        assert cached + done == total == n and requests == done == len(run["asked"])
+        assert waited_for <= cached
+    assert ScoreCache(path).claims() == {}
+
+
+def test_a_repeated_item_in_one_run_is_asked_once(tmp_path):
+    calls: list[str] = []
+
+    async def call(job):
+        calls.append(job.key)
+        await asyncio.sleep(0.05)
+        return Result(job.key, job.example, "test", "ok", 3.0, requests=1)
+
+    jobs = [Job("a", "1"), Job("b", "2"), Job("a", "3"), Job("c", "4")]
+    cache = ScoreCache(tmp_path / "s.sqlite")
+    stats = run_jobs(jobs, call, cache, concurrency=4, claim_poll_s=0.01)
+    assert sorted(calls) == ["a", "b", "c"] and stats.requests == 3
+    assert (stats.total, stats.done, stats.cached, stats.waited_for) == (4, 3, 1, 1)
+    assert [r.key for r in stats.ordered if r] == ["a", "b", "a", "c"]
+
+
+def test_a_failed_call_releases_its_claim(tmp_path):
+    async def call(job):
+        raise RuntimeError("boom")
+
+    cache = ScoreCache(tmp_path / "s.sqlite")
+    with pytest.raises(Exception, match="unexpected RuntimeError: boom"):
+        run_jobs([Job("a", "1")], call, cache)
+    assert cache.claims() == {}  # another process may ask it at once
 
 
 def test_a_dead_holders_claim_is_free_at_once(tmp_path):

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,26 @@ def test_summary_adds_up_after_a_rerun_over_cached_failures(server, tmp_path):
     with sqlite3.connect(tmp_path / "cache" / "scores.sqlite") as con:
         rows = con.execute("SELECT status, requests FROM results ORDER BY requests").fetchall()
     assert sorted(rows) == [("failed", 1), ("failed", 2), ("ok", 1), ("ok", 2)]
+
+
+@pytest.mark.integration
+def test_two_identical_score_runs_at_once_ask_each_item_once(server, tmp_path):
+    # every request takes 2 s: the first run is still asking when the second starts
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with FaultProxy(server, ["slow"], cycle=True, slow_s=2.0) as proxy:
+        cmd = score_cmd(tmp_path, proxy.base_url, 5)
+        first = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 120
+        while proxy.counts.total() == 0 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        outs = [p.communicate(timeout=300) for p in (first, second)]
+    for p, (_, err) in zip((first, second), outs, strict=True):
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert proxy.counts.total() == proxy.counts["slow"] == 5  # not one item asked twice
+    s = adds_up(run_dir(tmp_path, 5))
+    assert s["ok"] == 5 and s["requests"] + s["cached"] == 5

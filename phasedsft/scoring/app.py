@@ -118,6 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "scored_file": str(run_dir / "scored.jsonl"),
         # this run: cached + answered_this_run + not_scored == examples
         "cached": this_run["cached"],
+        # of cached: recorded meanwhile by another run sharing the cache (never asked twice)
+        "waited_for_other_runs": this_run.get("waited_for", 0),
         "answered_this_run": this_run["done"],
         "failed_this_run": this_run["failed"],
         "requests": this_run["requests"],  # every HTTP request sent, retries and rejections too

@@ -8,6 +8,13 @@ reserves its worst-case cost against the budget, then settles what it cost. The 
 cleanly, and resumably, when the next request would pass the budget, the endpoint stops
 answering or a call fails unexpectedly (:class:`ScoringAborted` names what happened).
 
+Processes that share one cache file never ask the same item twice: before a job's call
+starts, the worker claims its key in the cache (:meth:`ScoreCache.try_claim`). An item that
+another live process has in flight is *busy*: it is set aside and looked at again every
+``claim_poll_s`` seconds until that process has recorded it (then its result is used, as
+a cached one) or let it go (then this process asks it). A call that fails or is cut off
+releases its claim; the result's ``put`` ends it otherwise.
+
 Every text the endpoint sent back (error messages, raw replies) goes through :func:`redact`
 before it is cached, logged or shown: the configured API key and anything shaped like a
 bearer token or an ``sk-...`` key never reach a file.
@@ -90,6 +97,7 @@ class RunStats:
     cost_usd: float = 0.0  # this run's spend, also on items left unanswered
     tokens_in: int = 0
     tokens_out: int = 0
+    waited_for: int = 0  # of ``cached``: recorded meanwhile by another process (or a repeat here)
     stopped: str | None = None
     seconds: float = 0.0
     results: dict[str, Result] = field(default_factory=dict)
@@ -213,6 +221,9 @@ def budget_message(budget: Budget, est: float) -> str:
     )
 
 
+CLAIM_POLL_S = 1.0  # how often an item another process has in flight is looked at again
+
+
 async def _run(
     jobs: Sequence[Job],
     call: Callable[[Job], Awaitable[Result]],
@@ -223,10 +234,14 @@ async def _run(
     stats: RunStats,
     desc: str,
     secrets: Sequence[str | None],
+    since: float | None,
+    claim_poll_s: float,
 ) -> None:
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
+    busy: list[Job] = []  # in flight in another process: looked at again later
+    asking: set[str] = set()  # keys in flight here (a claim is re-entrant for its owner)
     bar = tqdm(total=stats.total, initial=stats.cached, desc=desc, unit="ex", dynamic_ncols=True)
     stop: list[str] = []
 
@@ -234,22 +249,53 @@ async def _run(
         if not stop:
             stop.append(reason)
 
-    async def worker() -> None:
+    async def next_job() -> Job | None:
+        """The next job to look at; once only busy ones are left, wait for them."""
         while not stop:
             try:
-                job = queue.get_nowait()
+                return queue.get_nowait()
             except asyncio.QueueEmpty:
+                if not busy:
+                    return None
+            await asyncio.sleep(claim_poll_s)
+            while busy:
+                queue.put_nowait(busy.pop(0))
+        return None
+
+    async def worker() -> None:
+        while not stop:
+            job = await next_job()
+            if job is None:
                 return
+            if job.key in asking:  # the same item twice in this run: wait for the first
+                busy.append(job)
+                continue
+            claim = cache.try_claim(job.key, since=since)
+            if claim.state == "busy":
+                busy.append(job)
+                continue
+            if claim.state == "done":  # another process recorded it meanwhile: as if cached
+                assert claim.result is not None
+                stats.results[job.key] = claim.result
+                stats.cached += 1
+                stats.waited_for += 1
+                bar.update(1)
+                continue
             account = Account(budget, limiter, job.est_cost, job.est_tokens)
             if not account.prepay():
+                cache.release([job.key])
                 halt(budget_message(budget, job.est_cost))
                 return
-            await limiter.acquire(job.est_tokens)
             job.account = account
+            asking.add(job.key)
             try:
+                await limiter.acquire(job.est_tokens)
                 result = await call(job)
-            except Exception as e:  # the item stays unanswered (not cached): a rerun asks again
+            except BaseException as e:  # the item stays unanswered (not cached): a rerun asks again
+                cache.release([job.key])  # another process may ask it now
                 account.close()
+                if not isinstance(e, Exception):  # Ctrl-C, cancellation: not ours to swallow
+                    raise
                 stats.requests += account.requests
                 stats.cost_usd += account.spent
                 if isinstance(e, OutOfBudget):
@@ -261,6 +307,7 @@ async def _run(
                 return
             finally:
                 job.account = None
+                asking.discard(job.key)
             account.close(result.cost_usd)
             if account.requests:  # the account is the record of what was sent and spent
                 result.requests, result.cost_usd = account.requests, account.spent
@@ -319,11 +366,14 @@ def run_jobs(
     retry_failed: bool = False,
     desc: str = "score",
     secrets: Sequence[str | None] = (),
+    claim_poll_s: float = CLAIM_POLL_S,
 ) -> RunStats:
     """Answer every job not already in the cache (or cached as failed, with ``retry_failed``).
 
-    ``secrets`` (the API key in use) are redacted, with anything key-shaped, from every
-    error text and raw reply before it is cached or shown (:func:`redact`).
+    ``secrets`` (the API key in use) are redacted, with anything key-shaped, from every error
+    text and raw reply before it is cached or shown (:func:`redact`). An item another
+    process sharing the cache has in flight, or a repeat of a key in flight here, is waited
+    for, not asked again (see the module doc).
     """
     started = time.time()
     cached = cache.get_many(j.key for j in jobs)
@@ -333,8 +383,23 @@ def run_jobs(
     stats = RunStats(total=len(jobs), cached=len(jobs) - len(todo), results=dict(cached))
     limiter = RateLimiter(requests_per_minute, tokens_per_minute)
     budget = Budget(budget_usd)
+    since = started if retry_failed else None  # failures recorded before this run are asked again
     if todo:
-        _run_coroutine(_run(todo, call, cache, concurrency, limiter, budget, stats, desc, secrets))
+        _run_coroutine(
+            _run(
+                todo,
+                call,
+                cache,
+                concurrency,
+                limiter,
+                budget,
+                stats,
+                desc,
+                secrets,
+                since,
+                claim_poll_s,
+            )
+        )
     stats.seconds = round(time.time() - started, 2)
     stats.ordered = [stats.results.get(j.key) for j in jobs]
     if stats.stopped:

@@ -44,7 +44,8 @@ def fed_log_ranks(stage_dir: Path) -> list[int]:
 
 class FedLog:
     """Append-only record of what one rank fed: one JSON line per micro-batch,
-    ``{"step": <optimizer step>, "positions": [<positions in the plan>], "ids": [...]}``."""
+    ``{"step": <optimizer step>, "positions": [<positions in the plan>], "ids": [...],
+    "loss": <the loss the Trainer added up for it>}``."""
 
     def __init__(self, path: Path, sequence: Sequence[str], rank: int = 0):
         self.path = path
@@ -68,9 +69,11 @@ class FedLog:
                 continue
         atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
-    def record(self, step: int, positions: Sequence[int]) -> None:
-        line = {"step": step, "positions": list(positions)}
+    def record(self, step: int, positions: Sequence[int], loss: float | None = None) -> None:
+        line: dict[str, Any] = {"step": step, "positions": list(positions)}
         line["ids"] = [self.sequence[p] for p in positions]
+        if loss is not None:
+            line["loss"] = loss
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -148,6 +151,20 @@ class AuditResult:
             "fed_padding": self.n_padding,
             "fed_sha256": self.fed_sha256,
         }
+
+
+def stage_train_loss(logs: Mapping[int, FedLog], n_steps: int) -> float | None:
+    """The stage's mean training loss per optimizer step, from the fed logs of every rank.
+
+    What HF's ``train_loss`` is for an uninterrupted run (the micro-batches' losses added up,
+    averaged over ranks, divided by the steps), but over the whole stage also when it was
+    resumed: the logs hold every step's micro-batches, those redone after a resume once.
+    ``None`` when a record carries no loss (a log written before losses were recorded).
+    """
+    records = [r for log in logs.values() for r in log.records()]
+    if not records or n_steps <= 0 or any("loss" not in r for r in records):
+        return None
+    return sum(float(r["loss"]) for r in records) / len(logs) / n_steps
 
 
 def audit_fed(logs: Mapping[int, FedLog], shape: FeedShape, n_steps: int) -> AuditResult:

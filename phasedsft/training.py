@@ -36,6 +36,7 @@ from phasedsft.audit import (
     audit_fed,
     fed_log_path,
     fed_log_ranks,
+    stage_train_loss,
 )
 from phasedsft.distributed import rank, world_size
 from phasedsft.io import atomic_write_json, atomic_write_text, replace_dir, sha256_lines
@@ -75,16 +76,23 @@ class Collator:
 
 class CurriculumTrainer(Trainer):
     """``Trainer`` that logs, on every rank, the planned positions of every training micro-batch
-    it computes a loss on."""
+    it trains on, with the loss it reported for it (the record a resumed stage's whole-stage
+    ``train_loss`` is computed from)."""
 
     def __init__(self, *args: Any, fed_log: FedLog | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fed_log = fed_log
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        positions = inputs["positions"].tolist()
+        step = self.state.global_step
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.fed_log is not None:  # the micro-batch's share of the step's loss, as HF sums it
+            self.fed_log.record(step, positions, float(loss))
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        positions = inputs.pop("positions")
-        if model.training and self.fed_log is not None:
-            self.fed_log.record(self.state.global_step, positions.tolist())
+        inputs.pop("positions", None)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -206,7 +214,7 @@ def audit_stage(trainer: Trainer, spec: StageSpec) -> dict[str, Any]:
         try:
             result = audit_fed(logs, shape, n_steps)
             if result.ok:
-                verdict = result.record()
+                verdict = {**result.record(), "train_loss": stage_train_loss(logs, n_steps)}
             else:
                 verdict = f"the data fed differs from the plan at {result.problem}"
         except Exception as e:  # an unreadable log: the stage cannot be vouched for either
@@ -299,6 +307,12 @@ def train_stage(
             export(tmp, spec.dir)
 
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
+    # HF's train_loss covers this process's steps only (after a resume, the steps since it);
+    # the fed logs hold every step's loss, so the stage's figure is the same either way
+    whole = audit.pop("train_loss", None)
+    if whole is not None:
+        metrics["train"]["train_loss_this_run"] = metrics["train"].get("train_loss")
+        metrics["train"]["train_loss"] = whole
     if eval_datasets:
         metrics["eval"] = trainer.evaluate(eval_dataset=dict(eval_datasets))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

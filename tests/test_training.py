@@ -151,6 +151,11 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     clean = json.loads((run_b / "stage_2_difficulty-1" / "stage.json").read_text())
     assert resumed["resumed_from"] is not None and clean["resumed_from"] is None
     assert resumed["fed_matches_plan"] and resumed["fed_sha256"] == clean["fed_sha256"]
+    # the whole stage's train_loss (from the fed logs), not the steps after the resume only
+    rt, ct = resumed["metrics"]["train"], clean["metrics"]["train"]
+    assert ct["train_loss"] == pytest.approx(ct["train_loss_this_run"], rel=1e-6)
+    assert rt["train_loss"] == pytest.approx(ct["train_loss"], rel=1e-5)
+    assert rt["train_loss_this_run"] != pytest.approx(ct["train_loss"], rel=1e-3)
     wa = weights(run_a / "stage_2_difficulty-1" / "model")
     wb = weights(run_b / "stage_2_difficulty-1" / "model")
     assert wa.keys() == wb.keys()

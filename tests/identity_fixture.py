@@ -89,9 +89,9 @@ def cache_keys() -> dict[str, list[str]]:
 
 def manifest_names() -> dict[str, str]:
     """The cached stage manifest's file name for the graded suite under each method."""
+    from conftest import compose
     from hydra.utils import instantiate
 
-    from conftest import compose
     from phasedsft.data.graded import generate_suite
     from phasedsft.scorers import OracleScorer, apply_scores
     from phasedsft.stages import load_or_build_manifest
@@ -109,9 +109,9 @@ def manifest_names() -> dict[str, str]:
 
 def comparison_identity() -> dict[str, str]:
     """The hash of what groups runs for comparison (evaluate.py), from saved configs."""
+    from conftest import compose
     from omegaconf import OmegaConf
 
-    from conftest import compose
     from phasedsft.evaluation.generation import Run
     from phasedsft.io import sha256_json
 

@@ -74,6 +74,18 @@ def _engine_run(path: str, n: int, barrier, out, delay: float) -> None:
     )
 
 
+def _open_fresh_caches(folder: str, rounds: int, barrier, out) -> None:
+    """Open ``rounds`` new cache files, each at the same moment as the other process."""
+    errors = []
+    for i in range(rounds):
+        barrier.wait()
+        try:
+            ScoreCache(os.path.join(folder, f"c{i}.sqlite")).close()
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    out.put(errors)
+
+
 def _claim_then(path: str, keys: list[str], ttl: float, claimed, leave, how: str) -> None:
     cache = ScoreCache(path)
     assert cache.claim(keys, ttl=ttl) == keys
@@ -84,6 +96,23 @@ def _claim_then(path: str, keys: list[str], ttl: float, claimed, leave, how: str
 
 
 # ------------------------------------------------------------------ claims
+
+
+def test_two_processes_opening_a_new_cache_at_once_both_succeed(tmp_path):
+    # the ranks of a multi-GPU run open the run's cache together: switching a new file to WAL
+    # ignored SQLite's busy timeout, and one rank died of "database is locked" (a quarter of
+    # the rounds here before the fix; the one-off ZeRO-3 + LoRA failure)
+    barrier, out = CTX.Barrier(2), CTX.Queue()
+    procs = [
+        CTX.Process(target=_open_fresh_caches, args=(str(tmp_path), 40, barrier, out))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    errors = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert errors == [[], []]
 
 
 def test_two_processes_split_the_items_and_never_ask_one_twice(tmp_path):

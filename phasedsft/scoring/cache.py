@@ -21,6 +21,7 @@ decide who asks.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -126,11 +127,19 @@ class ScoreCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # used by one thread at a time (the engine may run its event loop in a helper thread)
         self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(SCHEMA)
-        self.db.execute(CLAIMS)
-        self.db.commit()
+        # Switching a new file to WAL does not wait on SQLite's busy timeout: two processes
+        # opening a fresh cache at once (the ranks of a multi-GPU run, a sweep) could fail with
+        # "database is locked". One process at a time sets it up, under an exclusive file lock.
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute(SCHEMA)
+                self.db.execute(CLAIMS)
+                self.db.commit()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def owner(self) -> str:

@@ -39,6 +39,19 @@ def current_umask() -> int:
     return mask
 
 
+def follow_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the modes the user's umask asks for.
+
+    Libraries that write through a temporary file (safetensors weights saved by
+    transformers) leave mkstemp's 0600: colleagues on a shared cluster could not load them.
+    """
+    mask = current_umask()
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

@@ -32,6 +32,7 @@ from phasedsft.evaluate import eval_datasets, generate_answers, judge_answers
 from phasedsft.io import (
     atomic_write_json,
     atomic_write_text,
+    follow_umask,
     git_revision,
     replace_dir,
     sha256_lines,
@@ -234,6 +235,7 @@ def adapter_export(adapter: Any, base: Any, tokenizer: Any, deepspeed: bool) -> 
         merged = adapter.merged(base(), stage_dir / "adapter")
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        follow_umask(tmp)
         replace_dir(tmp, stage_dir / "model")
 
     return export

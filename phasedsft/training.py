@@ -39,7 +39,13 @@ from phasedsft.audit import (
     stage_train_loss,
 )
 from phasedsft.distributed import rank, world_size
-from phasedsft.io import atomic_write_json, atomic_write_text, replace_dir, sha256_lines
+from phasedsft.io import (
+    atomic_write_json,
+    atomic_write_text,
+    follow_umask,
+    replace_dir,
+    sha256_lines,
+)
 from phasedsft.precision import guard_master_weights, resolve_half
 from phasedsft.prompts import Encoded, pad_batch
 
@@ -301,6 +307,7 @@ def train_stage(
     trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
     if trainer.args.should_save:
         tokenizer.save_pretrained(str(tmp))
+        follow_umask(tmp)  # the weights file is written 0600 by transformers
         if export is None:
             replace_dir(tmp, final)
         else:

@@ -9,3 +9,15 @@ def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
     mode = (tmp_path / "summary.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~current_umask()
     assert mode & 0o044 == 0o044 or current_umask() & 0o044, oct(mode)
+
+
+def test_follow_umask_opens_up_files_a_library_wrote_0600(tmp_path):
+    from phasedsft.io import current_umask, follow_umask
+
+    (tmp_path / "model").mkdir(mode=0o700)
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(b"x")
+    weights.chmod(0o600)
+    follow_umask(tmp_path / "model")
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~current_umask()

@@ -52,6 +52,11 @@ def test_phased_run_trains_every_stage_in_order(phased_run):
         assert (d / "model" / "model.safetensors").is_file() and (
             d / "model" / "tokenizer.json"
         ).is_file()
+        # colleagues can load the weights (transformers writes them 0600)
+        from phasedsft.io import current_umask
+
+        for f in (d / "model").iterdir():
+            assert f.stat().st_mode & 0o777 == 0o666 & ~current_umask(), f
         assert not (
             d / "checkpoints"
         ).exists()  # mid-stage checkpoints are removed once a stage is done

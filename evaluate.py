@@ -3,7 +3,7 @@
     python evaluate.py                                       # graded demo: held-out set, exact-match judge
     python evaluate.py checkpoints=every_stage               # + Figure 1 (win rate after each stage)
     python evaluate.py eval_set=paper judge=gpt4 sweep_dir=runs/alpaca  dry_run=true   # cost first
-    python -m phasedsft.winrate runs/evaluation/gpt4/comparisons/koala/<file>.jsonl --rule fastchat
+    python -m phasedsft.evaluate.winrate runs/evaluation/gpt4/comparisons/koala/<file>.jsonl --rule fastchat
 Rerunning the same command resumes: answers files and judge replies are cached.
 """
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 import phasedsft.config  # noqa: F401  (registers schemas and resolvers)
 from phasedsft.cli import plain_errors
-from phasedsft.evaluation.app import run
+from phasedsft.evaluate.run import run
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")

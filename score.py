@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 import phasedsft.config  # noqa: F401  (registers schemas and resolvers)
 from phasedsft.cli import plain_errors
-from phasedsft.scoring.app import run
+from phasedsft.score.run import run
 
 
 @hydra.main(config_path="conf", config_name="score", version_base="1.3")

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 import phasedsft.config  # noqa: F401  (registers schemas and resolvers)
 from phasedsft.cli import plain_errors
-from phasedsft.segment_app import run
+from phasedsft.segment.run import run
 
 
 @hydra.main(config_path="conf", config_name="segmentation", version_base="1.3")

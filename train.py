@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 import phasedsft.config  # noqa: F401  (registers schemas, generated orderings, resolvers)
 from phasedsft.cli import plain_errors
-from phasedsft.recipe import run
+from phasedsft.train.run import run
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -21,10 +21,10 @@ import torch
 from omegaconf import OmegaConf
 
 from phasedsft.data.graded import generate_suite
-from phasedsft.evaluation.generation import Checkpoint, HFGenerator, answers_for
-from phasedsft.evaluation.sets import EvalSet
+from phasedsft.evaluate.generation import Checkpoint, HFGenerator, answers_for
+from phasedsft.evaluate.sets import EvalSet
 from phasedsft.models import BuildContext, scratch_llama, train_bpe_tokenizer
-from phasedsft.recipe import tokenizer_corpus
+from phasedsft.train.run import tokenizer_corpus
 
 RUN_CONFIG = OmegaConf.create({"prompt": {"_target_": "phasedsft.prompts.AlpacaTemplate"}})
 

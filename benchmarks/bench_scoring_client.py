@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 from phasedsft.data.graded import generate_suite
-from phasedsft.scoring.api import OpenAIScorer
-from phasedsft.scoring.cache import ScoreCache
-from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.prompt import messages
+from phasedsft.llm.cache import ScoreCache
+from phasedsft.score.api import OpenAIScorer
+from phasedsft.score.context import ScoreContext
+from phasedsft.score.prompt import messages
 
 # Real API latencies are seconds; the default scale keeps the run near two minutes. With a
 # smaller scale (--scale 1: 20 ms / 400 ms) the client library's own CPU time per request

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from phasedsft.records import Example
-from phasedsft.segment_app import plot_density
-from phasedsft.segmentation import Balanced, GMMThresholds, Jenks, KDEValleys, QuantileThresholds
-from phasedsft.stages import ManualThresholds, build_manifest
+from phasedsft.segment.manifest import ManualThresholds, build_manifest
+from phasedsft.segment.methods import Balanced, GMMThresholds, Jenks, KDEValleys, QuantileThresholds
+from phasedsft.segment.run import plot_density
 
 N = 52002
 

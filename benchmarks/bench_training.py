@@ -31,10 +31,10 @@ from types import SimpleNamespace
 import torch
 
 from phasedsft.models import BuildContext, scratch_llama, train_bpe_tokenizer
-from phasedsft.ordering import group_by_length
 from phasedsft.prompts import AlpacaTemplate, encode
 from phasedsft.records import Example
-from phasedsft.training import (
+from phasedsft.train.ordering import group_by_length
+from phasedsft.train.stage import (
     Collator,
     CurriculumTrainer,
     FedLog,

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from phasedsft.audit import AuditError
 from phasedsft.models import ModelError
-from phasedsft.precision import PrecisionError
 from phasedsft.records import DataError
+from phasedsft.train.audit import AuditError
+from phasedsft.train.precision import PrecisionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

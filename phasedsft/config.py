@@ -94,7 +94,7 @@ class DatasetConfig:
 
 @dataclass
 class SegmentConfig:
-    method: Any = MISSING  # node with _target_ (phasedsft.stages.ManualThresholds, ...)
+    method: Any = MISSING  # node with _target_ (phasedsft.segment.manifest.ManualThresholds, ...)
     random_seed: int = "${seed}"  # type: ignore[assignment]
     manifest: str | None = None  # use this stage manifest instead of segmenting
 
@@ -133,7 +133,7 @@ class TrainerConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    # Mixed precision with fp32 master weights (phasedsft/precision.py). bf16: null = bf16
+    # Mixed precision with fp32 master weights (phasedsft/train/precision.py). bf16: null = bf16
     # autocast wherever a CUDA GPU supports it, fp32 elsewhere.
     bf16: bool | None = None
     fp16: bool = False
@@ -162,7 +162,7 @@ class LoggerConfig:
     name: str = "none"
     report_to: list[str] = field(default_factory=list)  # the Trainer's integrations
     tracker: Any = (
-        None  # node with _target_ (phasedsft.tracking.WandbTracker); None: JSON files only
+        None  # node with _target_ (phasedsft.train.tracking.WandbTracker); None: JSON files only
     )
 
 
@@ -181,7 +181,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: Any = None
-    # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/plan.py)
+    # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/train/plan.py)
     plan_only: bool = False
 
 
@@ -280,20 +280,20 @@ class EvaluateConfig:
 
 @dataclass
 class OneOffOrdering:
-    _target_: str = "phasedsft.ordering.OneOff"
+    _target_: str = "phasedsft.train.ordering.OneOff"
     name: str = "one_off"
 
 
 @dataclass
 class PhasedOrdering:
-    _target_: str = "phasedsft.ordering.Phased"
+    _target_: str = "phasedsft.train.ordering.Phased"
     name: str = "phased"
     stages: list[int] = MISSING
 
 
 @dataclass
 class RandomOrdering:
-    _target_: str = "phasedsft.ordering.RandomPhased"
+    _target_: str = "phasedsft.train.ordering.RandomPhased"
     name: str = "random"
     stages: list[int] | None = None  # default: all random stages in order
     sizes: str = "equal"  # or "matched": the sizes of the difficulty stages
@@ -301,7 +301,7 @@ class RandomOrdering:
 
 @dataclass
 class SortedOrdering:
-    _target_: str = "phasedsft.ordering.Sorted"
+    _target_: str = "phasedsft.train.ordering.Sorted"
     name: str = "sorted"
     seed: int = "${seed}"  # type: ignore[assignment]
 
@@ -315,9 +315,63 @@ def stage_sequences(max_stages: int = MAX_GENERATED_STAGES) -> list[tuple[int, .
 # ----------------------------------------------------------------- resolvers
 
 
+# ----------------------------------------------------------------- where components lived
+
+# Modules that moved (old name -> new name). Run identity (the hash in run names, and the
+# comparison identity of saved configs) names every ``_target_`` by its module's *first*
+# name, so that a run made before a move is found, resumed and compared after it; saved
+# configs that name an old module are read through the new one. A move adds a line here.
+MOVED_MODULES = {
+    "phasedsft.scorers": "phasedsft.score.base",
+    "phasedsft.scoring.api": "phasedsft.score.api",
+    "phasedsft.scoring.local": "phasedsft.score.local",
+    "phasedsft.segmentation": "phasedsft.segment.methods",
+    "phasedsft.stages": "phasedsft.segment.manifest",
+    "phasedsft.ordering": "phasedsft.train.ordering",
+    "phasedsft.plan": "phasedsft.train.plan",
+    "phasedsft.adapters": "phasedsft.train.adapters",
+    "phasedsft.tracking": "phasedsft.train.tracking",
+    "phasedsft.judges": "phasedsft.evaluate.judges",
+    "phasedsft.evaluation.generation": "phasedsft.evaluate.generation",
+    "phasedsft.evaluation.sets": "phasedsft.evaluate.sets",
+}
+_FIRST_NAMES = {new: old for old, new in MOVED_MODULES.items()}
+
+
+def _rename_module(target: str, table: dict[str, str]) -> str:
+    module, _, name = target.rpartition(".")
+    return f"{table.get(module, module)}.{name}" if module else target
+
+
+def first_target(target: str) -> str:
+    """``target`` with its module under the name it had first (for run identity)."""
+    return _rename_module(target, _FIRST_NAMES)
+
+
+def current_target(target: str) -> str:
+    """``target`` with a moved module under its current name (to load an old saved config)."""
+    return _rename_module(target, MOVED_MODULES)
+
+
+def with_first_targets(node: Any) -> Any:
+    """A plain container with every ``_target_`` value named as in :func:`first_target`."""
+    if isinstance(node, dict):
+        return {
+            k: first_target(v) if k == "_target_" and isinstance(v, str) else with_first_targets(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [with_first_targets(v) for v in node]
+    return node
+
+
 def config_hash(*, _root_: DictConfig) -> str:
-    """Short hash of everything that changes what a run computes (see NON_SEMANTIC_KEYS)."""
-    container = OmegaConf.to_container(_root_, resolve=False)
+    """Short hash of everything that changes what a run computes (see NON_SEMANTIC_KEYS).
+
+    Components are named by where their code first lived (:data:`MOVED_MODULES`): moving code
+    never renames a run.
+    """
+    container = with_first_targets(OmegaConf.to_container(_root_, resolve=False))
     assert isinstance(container, dict)
     for key in NON_SEMANTIC_KEYS:
         container.pop(key, None)

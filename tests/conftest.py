@@ -59,7 +59,7 @@ def ref_path(*parts: str) -> Path:
 def tiny_tokenizer(tmp_path_factory):
     from phasedsft.data.graded import generate_suite
     from phasedsft.models import BuildContext, train_bpe_tokenizer
-    from phasedsft.recipe import tokenizer_corpus
+    from phasedsft.train.run import tokenizer_corpus
 
     examples = generate_suite(400, seed=0).examples
     ctx = BuildContext(tmp_path_factory.mktemp("cache"), 0, lambda: tokenizer_corpus(examples))

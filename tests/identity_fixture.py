@@ -67,10 +67,10 @@ def run_names() -> dict[str, str]:
 
 def cache_keys() -> dict[str, list[str]]:
     """Score- and judge-cache keys of two items (what a rerun looks up)."""
-    from phasedsft.judges import OpenAIJudge, Pair
+    from phasedsft.evaluate.judges import OpenAIJudge, Pair
+    from phasedsft.llm.cache import cache_key, identity_hash
     from phasedsft.records import Example
-    from phasedsft.scoring.api import OpenAIScorer
-    from phasedsft.scoring.cache import cache_key, identity_hash
+    from phasedsft.score.api import OpenAIScorer
 
     examples = [Example("1", "Add 2 and 3.", "", "5"), Example("2", "Name a colour.", "", "Red")]
     pairs = [Pair("p", "Say hi.", "Hello!", "Hi."), Pair("q", "Add 1 and 1.", "2", "two")]
@@ -93,8 +93,8 @@ def manifest_names() -> dict[str, str]:
     from hydra.utils import instantiate
 
     from phasedsft.data.graded import generate_suite
-    from phasedsft.scorers import OracleScorer, apply_scores
-    from phasedsft.stages import load_or_build_manifest
+    from phasedsft.score.base import OracleScorer, apply_scores
+    from phasedsft.segment.manifest import load_or_build_manifest
 
     examples = generate_suite(n=120, seed=0).examples
     examples = apply_scores(examples, OracleScorer().score(examples), "oracle")
@@ -112,7 +112,7 @@ def comparison_identity() -> dict[str, str]:
     from conftest import compose
     from omegaconf import OmegaConf
 
-    from phasedsft.evaluation.generation import Run
+    from phasedsft.evaluate.generation import Run
     from phasedsft.io import sha256_json
 
     out = {}

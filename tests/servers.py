@@ -25,7 +25,7 @@ def start_server(port: int) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "phasedsft.scoring.server",
+            "phasedsft.llm.server",
             "--port",
             str(port),
             "--parallel",

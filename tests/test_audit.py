@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, compose
 
-from phasedsft.audit import AuditError, FedLog, FeedShape, audit_fed, fed_log_path
-from phasedsft.training import STAGE_FILE, SequenceDataset, StageSpec, train_stage
+from phasedsft.train.audit import AuditError, FedLog, FeedShape, audit_fed, fed_log_path
+from phasedsft.train.stage import STAGE_FILE, SequenceDataset, StageSpec, train_stage
 
 # ------------------------------------------------------------------ how ranks share a pass
 
@@ -217,7 +217,7 @@ REORDER = '''"""train.py with plan positions 2 and 40 of every stage swapped in 
 import runpy
 import sys
 
-from phasedsft import training
+from phasedsft.train import stage as training
 
 read = training.SequenceDataset.__getitem__
 swap = {2: 40, 40: 2}  # optimizer steps 0 and 2 at 8 per rank on 2 ranks

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from phasedsft.scoring.cache import HOST, Claim, Result, ScoreCache
-from phasedsft.scoring.engine import Job, run_jobs
+from phasedsft.llm.cache import HOST, Claim, Result, ScoreCache
+from phasedsft.llm.engine import Job, run_jobs
 
 CTX = mp.get_context("spawn")  # no fork of a parent that may run threads (torch, tokenizers)
 
@@ -272,8 +272,8 @@ class FakeCompletions:
 def test_a_pair_with_identical_answers_is_sent_once_and_folds_to_a_tie(
     tmp_path, monkeypatch, reply
 ):
-    from phasedsft.judges import OpenAIJudge, Pair
-    from phasedsft.winrate import TIE, fold, judge_item
+    from phasedsft.evaluate.judges import OpenAIJudge, Pair
+    from phasedsft.evaluate.winrate import TIE, fold, judge_item
 
     same = Pair("same", "Say hi.", "Hello!", "Hello!")
     differ = Pair("differ", "Say hi.", "Hello!", "Hi.")

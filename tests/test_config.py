@@ -123,12 +123,12 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenize
     elif group == "segment":
         assert instantiate(node.method).thresholds_for([1.0] * 5 + [3.0] * 5 + [5.0] * 5)
     elif group == "trainer":
-        from phasedsft.training import training_arguments
+        from phasedsft.train.stage import training_arguments
 
         args = training_arguments(node, tmp_path, seed=0, report_to=[])
         assert args.learning_rate == node.learning_rate
     elif group == "trainer/deepspeed":
-        from phasedsft.training import deepspeed_config
+        from phasedsft.train.stage import deepspeed_config
 
         ds = deepspeed_config(node)
         assert ds["zero_optimization"]["stage"] in (2, 3)

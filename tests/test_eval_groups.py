@@ -9,8 +9,8 @@ import pytest
 from conftest import compose
 from omegaconf import OmegaConf
 
-from phasedsft.evaluation.app import groups_of
-from phasedsft.evaluation.generation import discover_runs
+from phasedsft.evaluate.generation import discover_runs
+from phasedsft.evaluate.run import groups_of
 from phasedsft.records import DataError
 
 STAGES = {"one_off": ["all"], "1-2-3": ["difficulty-1", "difficulty-2", "difficulty-3"]}

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import compose, ref_path
 
-from phasedsft.evaluation.sets import build_eval_set, load_eval_set
+from phasedsft.evaluate.sets import build_eval_set, load_eval_set
 from phasedsft.records import DataError
 
 REAL = [
@@ -115,7 +115,7 @@ EVAL_SETS = [
 @pytest.mark.parametrize("generator", ["hf", "vllm"])
 def test_every_judge_and_generator_composes(judge, generator):
     cfg = compose([f"judge={judge}", f"generator={generator}"], config_name="evaluate")
-    assert cfg.judge._target_.startswith("phasedsft.judges.")
+    assert cfg.judge._target_.startswith("phasedsft.evaluate.judges.")
     assert cfg.out_dir.endswith(f"evaluation/{cfg.judge.name}")
 
 
@@ -151,7 +151,7 @@ def test_the_reproduce_command_generates_with_the_authors_length():
     no answer-only cap; the graded suite stays short."""
     from hydra.utils import instantiate
 
-    from phasedsft.evaluation.generation import Lengths
+    from phasedsft.evaluate.generation import Lengths
 
     cfg = compose(["eval_set=paper", "judge=gpt4"], config_name="evaluate")
     generator = instantiate(cfg.generator)

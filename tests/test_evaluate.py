@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, ref_path
 
-from phasedsft.winrate import main as winrate_main
+from phasedsft.evaluate.winrate import main as winrate_main
 
 pytestmark = pytest.mark.integration
 

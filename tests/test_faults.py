@@ -20,12 +20,12 @@ import pytest
 from conftest import ROOT
 from faultproxy import GARBAGE, FaultProxy
 
-from phasedsft.judges import OpenAIJudge, Pair
+from phasedsft.evaluate.judges import OpenAIJudge, Pair
+from phasedsft.llm.cache import ScoreCache
+from phasedsft.llm.engine import ScoringAborted
 from phasedsft.records import Example
-from phasedsft.scoring.api import OpenAIScorer
-from phasedsft.scoring.cache import ScoreCache
-from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.engine import ScoringAborted
+from phasedsft.score.api import OpenAIScorer
+from phasedsft.score.context import ScoreContext
 
 KEY = "sk-test-SECRET123"
 NOWHERE = "http://127.0.0.1:9/v1"  # the proxy's fault modes never reach their upstream

@@ -9,14 +9,14 @@ import torch
 from omegaconf import OmegaConf
 
 from phasedsft.data.graded import generate_suite
-from phasedsft.evaluation.generation import (
+from phasedsft.evaluate.generation import (
     Checkpoint,
     HFGenerator,
     Lengths,
     answers_for,
     discover_runs,
 )
-from phasedsft.evaluation.sets import EvalSet
+from phasedsft.evaluate.sets import EvalSet
 from phasedsft.records import DataError
 
 RUN_CONFIG = OmegaConf.create({"prompt": {"_target_": "phasedsft.prompts.AlpacaTemplate"}})
@@ -166,7 +166,7 @@ def test_total_length_stops_where_transformers_max_length_does(stage_dir):
     left-padded, each prompt stops where a lone transformers call with max_length stops."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phasedsft.evaluation.generation import _prompt_ids
+    from phasedsft.evaluate.generation import _prompt_ids
     from phasedsft.prompts import AlpacaTemplate
 
     fresh(stage_dir)

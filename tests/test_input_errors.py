@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT, ref_path
 
 from phasedsft.cli import user_error
+from phasedsft.llm.cache import ScoreCache
 from phasedsft.records import DataError
-from phasedsft.scoring.cache import ScoreCache
 
 
 def test_a_user_error_wrapped_by_a_library_is_found():
@@ -306,7 +306,7 @@ def test_segment_records_the_rows_it_skipped_and_bad_scores_stop_it(tmp_path, ca
     from conftest import compose
 
     from phasedsft.cli import plain_errors
-    from phasedsft.segment_app import run
+    from phasedsft.segment.run import run
 
     rows = [{"instruction": f"q{i}", "output": f"a{i}", "score": 1 + i % 5} for i in range(40)]
     rows[5]["score"] = 7

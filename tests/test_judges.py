@@ -7,10 +7,16 @@ from types import SimpleNamespace
 import pytest
 from conftest import compose
 
-from phasedsft.judges import OpenAIJudge, Pair, ReferenceJudge, format_question, judge_messages
+from phasedsft.evaluate.judges import (
+    OpenAIJudge,
+    Pair,
+    ReferenceJudge,
+    format_question,
+    judge_messages,
+)
+from phasedsft.evaluate.winrate import LOSE, TIE, WIN, judge_item, summarize
+from phasedsft.llm.cache import ScoreCache
 from phasedsft.records import DataError
-from phasedsft.scoring.cache import ScoreCache
-from phasedsft.winrate import LOSE, TIE, WIN, judge_item, summarize
 
 PAIRS = [
     Pair("1", "Spell 'cat' backwards.", "tac", "cat", "tac"),  # A right, B wrong

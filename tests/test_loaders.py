@@ -6,7 +6,7 @@ from conftest import ref_path
 
 from phasedsft.data.loaders import load_hub, load_json, load_jsonl
 from phasedsft.records import DataError
-from phasedsft.stages import ManualThresholds, split_by_thresholds
+from phasedsft.segment.manifest import ManualThresholds, split_by_thresholds
 
 
 def write(path, text, mode="w"):

@@ -2,9 +2,9 @@ from collections import Counter
 
 import pytest
 
-from phasedsft.ordering import OneOff, Phase, Phased, RandomPhased, Sorted
 from phasedsft.records import DataError, Example
-from phasedsft.stages import ManualThresholds, build_manifest
+from phasedsft.segment.manifest import ManualThresholds, build_manifest
+from phasedsft.train.ordering import OneOff, Phase, Phased, RandomPhased, Sorted
 
 EXAMPLES = [
     Example(f"e{i}", "q", "", "a", score=s) for i, s in enumerate([1, 1, 1, 1, 2, 2, 3, 4, 5, 5])
@@ -84,7 +84,7 @@ def test_epochs_are_seeded_shuffles_of_the_stage():
 def test_group_by_length_keeps_the_data_and_windows_and_shrinks_padding():
     import random
 
-    from phasedsft.ordering import group_by_length
+    from phasedsft.train.ordering import group_by_length
 
     rng = random.Random(0)
     ids = [f"e{i}" for i in range(200)]
@@ -124,7 +124,7 @@ def test_shuffle_once_feeds_the_first_shuffle_every_epoch():
 def test_paper_trainer_shuffles_once_and_planned_order_follows_it():
     from conftest import compose
 
-    from phasedsft.recipe import planned_order
+    from phasedsft.train.run import planned_order
 
     cfg = compose(["model=llama2_7b"])
     assert cfg.trainer.shuffle == "once"

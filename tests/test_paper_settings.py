@@ -99,7 +99,7 @@ def train_jobs() -> list[list[str]]:
 
 def effective(job: str, cfg: Any, key: str, monkeypatch) -> Any:
     """Values the run derives from its config, computed by the code the run uses."""
-    import phasedsft.precision as precision
+    import phasedsft.train.precision as precision
 
     monkeypatch.setattr(precision, "bf16_available", lambda: True)  # the paper's A100s
     if job == "train":

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from conftest import ROOT
 
-from phasedsft.plan import stage_steps
+from phasedsft.train.plan import stage_steps
 
 SMALL = ["dataset.source.n=200", "dataset.eval.n=10", "model.tokenizer.vocab_size=300"]
 

@@ -7,7 +7,7 @@ import torch
 from conftest import compose
 from omegaconf import OmegaConf
 
-from phasedsft.precision import (
+from phasedsft.train.precision import (
     PrecisionError,
     deepspeed_half,
     guard_master_weights,
@@ -39,7 +39,7 @@ def one_paper_step(model, tmp_path, tcfg) -> float:
     """Share of parameter elements changed by one optimizer step under ``trainer=paper``."""
     from transformers import Trainer
 
-    from phasedsft.training import training_arguments
+    from phasedsft.train.stage import training_arguments
 
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(0)
@@ -129,7 +129,7 @@ def test_frozen_half_weights_stay_half():
 
 
 def test_bf16_auto_means_autocast_on_a_bf16_gpu_only(monkeypatch):
-    import phasedsft.precision as precision
+    import phasedsft.train.precision as precision
 
     monkeypatch.setattr(precision, "bf16_available", lambda: True)
     assert resolve_half(None, False) == (True, False)

@@ -2,7 +2,7 @@ import pytest
 
 from phasedsft.prompts import IGNORE_INDEX, AlpacaTemplate, ChatTemplate, encode, pad_batch
 from phasedsft.records import DataError, Example
-from phasedsft.training import Collator
+from phasedsft.train.stage import Collator
 
 WITH_INPUT = Example("a", "Add the two numbers.", "3 4", "7")
 NO_INPUT = Example("b", "Say hello.", "", "hello there")

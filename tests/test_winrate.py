@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import ROOT, ref_path
 
-from phasedsft.winrate import (
+from phasedsft.evaluate.winrate import (
     LOSE,
     TIE,
     VERDICTS,
@@ -205,7 +205,7 @@ def test_replay_errors_name_file_and_line(tmp_path, content, message):
 
 def test_replay_module_exits_2_with_a_plain_message(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "phasedsft.winrate", str(tmp_path / "missing.jsonl")],
+        [sys.executable, "-m", "phasedsft.evaluate.winrate", str(tmp_path / "missing.jsonl")],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -270,7 +270,7 @@ def test_replay_real_gpt4_reviews(tmp_path, name, capsys):
 
 
 def test_authors_parser_takes_exactly_two_space_separated_numbers():
-    from phasedsft.winrate import parse_scores_authors
+    from phasedsft.evaluate.winrate import parse_scores_authors
 
     assert parse_scores_authors("8 7\nexplanation") == (8.0, 7.0)
     assert parse_scores_authors("8.5 9") == (8.5, 9.0)
@@ -280,7 +280,7 @@ def test_authors_parser_takes_exactly_two_space_separated_numbers():
 
 
 def test_authors_rule_keeps_void_items_in_n_adding_nothing():
-    from phasedsft.winrate import summarize
+    from phasedsft.evaluate.winrate import summarize
 
     judged = [
         judge_item("win", "8 6", "6 8"),  # A wins both orders
@@ -354,8 +354,8 @@ def test_authors_rule_on_real_gpt4_reviews(tmp_path, name, capsys):
 
 
 def test_reports_show_the_authors_figure_where_it_differs(tmp_path):
-    from phasedsft.evaluation.report import Comparison, write_tables
-    from phasedsft.winrate import summarize
+    from phasedsft.evaluate.report import Comparison, write_tables
+    from phasedsft.evaluate.winrate import summarize
 
     def comparison(run, judged):
         return Comparison(
@@ -403,7 +403,7 @@ def test_reports_show_the_authors_figure_where_it_differs(tmp_path):
 def test_replay_bad_input_is_a_plain_error(tmp_path, content, args, message):
     (tmp_path / "r.jsonl").write_bytes(content)
     proc = subprocess.run(
-        [sys.executable, "-m", "phasedsft.winrate", str(tmp_path / "r.jsonl"), *args],
+        [sys.executable, "-m", "phasedsft.evaluate.winrate", str(tmp_path / "r.jsonl"), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

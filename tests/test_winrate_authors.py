@@ -11,7 +11,7 @@ import unicodedata
 import pytest
 from conftest import ref_path
 
-from phasedsft.winrate import judge_item, main, parse_scores_authors, summarize
+from phasedsft.evaluate.winrate import judge_item, main, parse_scores_authors, summarize
 
 SETS = ["koala", "lima", "sinstruct", "vicuna", "wizardlm"]
 
@@ -122,7 +122,7 @@ def test_cli_rule_authors_lists_its_void_items(tmp_path, capsys):
 
 def test_report_shows_authors_counts_even_when_the_figure_agrees(tmp_path):
     """A void item that our rule counts as a loss: same figure, other W/T/L."""
-    from phasedsft.evaluation.report import Comparison, write_tables
+    from phasedsft.evaluate.report import Comparison, write_tables
 
     judged = [judge_item("1", "8 6", "6 8"), judge_item("2", "0 6", "8 6")]
     paper, authors = summarize(judged, "paper", 200), summarize(judged, "authors", 200)

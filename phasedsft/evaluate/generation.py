@@ -1,7 +1,7 @@
 """Answers to a test set from any checkpoint a training run wrote, saved and resumable.
 
 A training run directory holds one ``stage_<i>_<name>/model`` per finished stage (see
-:mod:`phasedsft.recipe`); :func:`discover_runs` finds them, and :func:`answers_for` writes
+:mod:`phasedsft.train.run`); :func:`discover_runs` finds them, and :func:`answers_for` writes
 ``stage_<i>_<name>/generations/<set>.<key>.json`` with the answers, using the run's own
 prompt template and the tokenizer saved beside the weights. The file is rewritten
 atomically every few batches; rerunning continues after the last saved batch. The key
@@ -38,8 +38,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from phasedsft.config import NON_SEMANTIC_KEYS, NON_SEMANTIC_SCORER_KEYS
-from phasedsft.evaluation.sets import EvalSet
+from phasedsft.config import (
+    NON_SEMANTIC_KEYS,
+    NON_SEMANTIC_SCORER_KEYS,
+    current_target,
+    with_first_targets,
+)
+from phasedsft.evaluate.sets import EvalSet
 from phasedsft.io import atomic_write_json, sha256_json
 from phasedsft.prompts import pad_batch
 from phasedsft.records import DataError, Example
@@ -114,7 +119,7 @@ class Run:
         the model, the seed, the prompt template, the trainer's hyper-parameters, and the
         scorer and segmentation as configured.
         """
-        ident = OmegaConf.to_container(self.config, resolve=True)
+        ident = with_first_targets(OmegaConf.to_container(self.config, resolve=True))
         assert isinstance(ident, dict)
         for key in IDENTITY_SKIP:
             ident.pop(key, None)
@@ -135,7 +140,7 @@ class Run:
             return ()  # unknown ordering class: assume it reads everything
         from hydra.utils import get_class
 
-        cls = get_class(str(target))
+        cls = get_class(current_target(str(target)))
         return tuple(
             key
             for key, needed in (

@@ -1,13 +1,13 @@
 """Judges: compare two models' answers to the same question, in both orders.
 
 Every judge returns, per item, two *review texts* whose first line holds the two scores in
-the order the answers were shown ("8 7"); :mod:`phasedsft.winrate` parses and folds them.
+the order the answers were shown ("8 7"); :mod:`phasedsft.evaluate.winrate` parses and folds them.
 So an LLM judge's reviews, a reference judge's verdicts and reviews users bring from
 elsewhere all go through one parser and one folding rule.
 
 - :class:`OpenAIJudge` - any OpenAI-compatible endpoint (GPT-4 as in the paper, a local
   llama.cpp / vLLM server). It shares the scorer's client, cache, budget, pacing, progress
-  bar and failure handling (:class:`~phasedsft.scoring.endpoint.ChatEndpoint`). Its
+  bar and failure handling (:class:`~phasedsft.llm.endpoint.ChatEndpoint`). Its
   ``style`` picks the prompt (:data:`STYLES`): ``authors`` sends what the Phased IFT
   authors' ``evaluation/eval.py`` sent GPT-4 (``judge=gpt4``), ``vicuna`` the general
   Vicuna / FastChat review prompt with an explanation (``judge=gpt4_vicuna``, ``judge=local``).
@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from phasedsft.evaluate.winrate import ParseError, parse_scores
 from phasedsft.io import sha256_json
+from phasedsft.llm.cache import Result, ScoreCache
+from phasedsft.llm.cost import prompt_tokens
+from phasedsft.llm.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
+from phasedsft.llm.engine import Job, RunStats
 from phasedsft.records import DataError
-from phasedsft.scoring.cache import Result, ScoreCache
-from phasedsft.scoring.cost import prompt_tokens
-from phasedsft.scoring.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
-from phasedsft.scoring.engine import Job, RunStats
-from phasedsft.winrate import ParseError, parse_scores
 
 ORDERS = ("ab", "ba")
 

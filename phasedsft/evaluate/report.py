@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasedsft.evaluate.winrate import WinRate
 from phasedsft.io import atomic_write_json, atomic_write_text
-from phasedsft.winrate import WinRate
 
 
 @dataclass

@@ -26,21 +26,21 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from phasedsft.evaluation.generation import Answers, Checkpoint, Run, answers_for, discover_runs
-from phasedsft.evaluation.report import (
+from phasedsft.evaluate.generation import Answers, Checkpoint, Run, answers_for, discover_runs
+from phasedsft.evaluate.judges import Pair, Reviews
+from phasedsft.evaluate.report import (
     Comparison,
     plot_stage_curves,
     write_alpacaeval,
     write_categories,
     write_tables,
 )
-from phasedsft.evaluation.sets import EvalSet, build_eval_set
+from phasedsft.evaluate.sets import EvalSet, build_eval_set
+from phasedsft.evaluate.winrate import Judged, WinRate, by_category, judge_item, summarize
 from phasedsft.io import atomic_write_json, atomic_write_text, sha256_json
-from phasedsft.judges import Pair, Reviews
+from phasedsft.llm.cache import ScoreCache
+from phasedsft.llm.engine import ScoringAborted
 from phasedsft.records import DataError
-from phasedsft.scoring.cache import ScoreCache
-from phasedsft.scoring.engine import ScoringAborted
-from phasedsft.winrate import Judged, WinRate, by_category, judge_item, summarize
 
 log = logging.getLogger(__name__)
 # (data label, model, seed): the label is the dataset's name, plus what tells its group apart
@@ -255,7 +255,7 @@ def category_accuracy(judge: Any, pairs: list[Pair]) -> dict[str, dict[str, dict
 def write_replay(
     path: Path, pairs: list[Pair], reviews: list[Reviews], judged: list[Judged], judge: Any
 ) -> None:
-    """The comparison in the replay format of ``python -m phasedsft.winrate`` (+ parsed fields);
+    """The comparison in the replay format of ``python -m phasedsft.evaluate.winrate`` (+ parsed fields);
     ``instruction`` is the question as the judge was shown it."""
     lines = []
     for p, r, j in zip(pairs, reviews, judged, strict=True):

@@ -41,7 +41,7 @@ position consistency and mean scores are over the non-void items.
 
 Replay judgments you already have::
 
-    python -m phasedsft.winrate reviews.jsonl [--rule paper|fastchat|authors] [--json]
+    python -m phasedsft.evaluate.winrate reviews.jsonl [--rule paper|fastchat|authors] [--json]
 
 one JSON object per line: ``id``, ``instruction``, ``answer_a``, ``answer_b``,
 ``review_ab`` (raw judge text, answer_a shown first), ``review_ba`` (answer_b shown first).
@@ -477,7 +477,7 @@ def positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m phasedsft.winrate",
+        prog="python -m phasedsft.evaluate.winrate",
         description="Win rate of answer A over answer B from pairwise reviews in both orders.",
     )
     parser.add_argument(

@@ -1,14 +1,14 @@
 """What every OpenAI-compatible caller shares: the client, errors, pacing, budget and cache.
 
-The difficulty scorer (:class:`~phasedsft.scoring.api.OpenAIScorer`) and the pairwise
-judge (:class:`~phasedsft.judges.OpenAIJudge`) both subclass
+The difficulty scorer (:class:`~phasedsft.score.api.OpenAIScorer`) and the pairwise
+judge (:class:`~phasedsft.evaluate.judges.OpenAIJudge`) both subclass
 :class:`ChatEndpoint`, so they make the client the same way (the key from the environment
 only), classify failures the same way (the endpoint is down -> stop the run cleanly and
 resumably; this one request was rejected -> record it as failed; a 200 reply that is not a
 chat completion -> one failed attempt, retried like an unparseable one) and run their
 requests through the same engine (worker pool, rate limits, a budget reservation per
 request, a cache write per result, progress bar). Every error text is redacted
-(:func:`~phasedsft.scoring.engine.redact`) before it is kept.
+(:func:`~phasedsft.llm.engine.redact`) before it is kept.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from phasedsft.llm.cache import Result, ScoreCache
+from phasedsft.llm.cost import Price
+from phasedsft.llm.engine import EndpointError, Job, RunStats, redact, run_jobs
 from phasedsft.records import DataError
-from phasedsft.scoring.cache import Result, ScoreCache
-from phasedsft.scoring.cost import Price
-from phasedsft.scoring.engine import EndpointError, Job, RunStats, redact, run_jobs
 
 RETRY_STATUS = (408, 409, 429)  # and 5xx: retried with backoff, as the openai client does
 MAX_RETRY_AFTER_S = 60.0
@@ -125,7 +125,7 @@ class ChatEndpoint:
             self.price = Price(**{str(k): float(v) for k, v in dict(self.price).items()})
 
     def secrets(self) -> tuple[str, ...]:
-        """What :func:`~phasedsft.scoring.engine.redact` removes besides key-shaped text."""
+        """What :func:`~phasedsft.llm.engine.redact` removes besides key-shaped text."""
         key = os.environ.get(self.api_key_env)
         return (key,) if key else ()
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from phasedsft.scoring.cache import Result, ScoreCache
+from phasedsft.llm.cache import Result, ScoreCache
 
 log = logging.getLogger(__name__)
 

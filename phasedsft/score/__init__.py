@@ -1,7 +1,8 @@
-"""Difficulty scoring (the paper's IDC step): LLM judges, local LMs and cheap baselines.
+"""Step 1, score (the paper's IDC): a difficulty from 1 to 5 for every training triplet.
 
-Every scorer caches each result in one SQLite file as it arrives (:mod:`.cache`), so a
-crash, Ctrl-C or ``kill -9`` loses nothing already answered and a rerun asks for nothing
-twice. API scorers run through :mod:`.engine`: a bounded pool of in-flight requests,
-rate limits, retries, a cost estimate and a hard budget.
+:mod:`.run` is ``score.py``'s job; :mod:`.base` the scorer protocol and the cheap baselines
+(oracle, length); :mod:`.api` LLM judges through an OpenAI-compatible API; :mod:`.local`
+local LMs (IFD, perplexity, a local judge); :mod:`.prompt` the scoring prompt and its
+parser; :mod:`.report` the summary; :mod:`.agree` agreement between two scorers.
+Requests, caching and budgets live in :mod:`phasedsft.llm`.
 """

@@ -1,7 +1,7 @@
 """Compare two score files: rank correlation and agreement of stage assignment.
 
-    python -m phasedsft.scoring.agree runs/score/a/scored.jsonl runs/score/b/scored.jsonl
-    python -m phasedsft.scoring.agree A.jsonl B.jsonl --thresholds 1.5 3.5 --json
+    python -m phasedsft.score.agree runs/score/a/scored.jsonl runs/score/b/scored.jsonl
+    python -m phasedsft.score.agree A.jsonl B.jsonl --thresholds 1.5 3.5 --json
 
 Files: our ``scored.jsonl`` ({id, instruction, input, output, score}) or the Phased IFT
 authors' format ({id, score, data}); examples are matched by id.
@@ -17,7 +17,7 @@ from typing import Any
 
 from phasedsft.data.loaders import load_jsonl
 from phasedsft.records import DataError
-from phasedsft.stages import stage_of
+from phasedsft.segment.manifest import stage_of
 
 
 def _scores(path: str) -> dict[str, float]:

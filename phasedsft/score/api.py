@@ -13,13 +13,13 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from phasedsft.llm.cache import Result, cache_key
+from phasedsft.llm.cost import count_tokens, prompt_tokens, tiktoken_knows
+from phasedsft.llm.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
+from phasedsft.llm.engine import Job, RunStats
 from phasedsft.records import DataError, Example
-from phasedsft.scoring.cache import Result, cache_key
-from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.cost import count_tokens, prompt_tokens, tiktoken_knows
-from phasedsft.scoring.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
-from phasedsft.scoring.engine import Job, RunStats
-from phasedsft.scoring.prompt import (
+from phasedsft.score.context import ScoreContext
+from phasedsft.score.prompt import (
     PROMPT_VERSION,
     ParseError,
     combine,

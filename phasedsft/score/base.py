@@ -7,7 +7,7 @@ range:
 - ``OracleScorer``: the score the data already carries (graded suite level, the authors'
   GPT-4 scores, the output of ``score.py``), as is.
 - ``LengthScorer``: token length, mapped to 1-5 by rank (:func:`rank_to_scale`).
-- LLM scorers (``phasedsft.scoring.api.OpenAIScorer``, ``phasedsft.scoring.local``):
+- LLM scorers (``phasedsft.score.api.OpenAIScorer``, ``phasedsft.score.local``):
   ratings on the 1-5 scale itself; IFD and perplexity mapped to 1-5 by rank.
 """
 
@@ -62,8 +62,8 @@ class _Computed:
         return raw
 
     def run(self, examples: Sequence[Example], ctx: Any) -> Any:
-        from phasedsft.scoring.cache import Result
-        from phasedsft.scoring.engine import RunStats
+        from phasedsft.llm.cache import Result
+        from phasedsft.llm.engine import RunStats
 
         results: list[Result | None] = [
             Result(ex.id, ex.id, self.name, "ok" if s is not None else "failed", s)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from phasedsft.scoring.cache import ScoreCache
+from phasedsft.llm.cache import ScoreCache
 
 
 @dataclass

@@ -6,7 +6,7 @@ difficulty of Cherry LLM / Superfiltering: the loss of the output given the inst
 divided by the loss of the output alone. ``PerplexityScorer`` is the perplexity of the
 output given the instruction. IFD and perplexity are not on a 1-5 scale: their raw
 values are cached and reported, and the score is the raw value mapped to 1-5 by rank
-(see :func:`phasedsft.scorers.rank_to_scale`) over the examples being scored.
+(see :func:`phasedsft.score.base.rank_to_scale`) over the examples being scored.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from phasedsft.llm.cache import Result, cache_key
+from phasedsft.llm.engine import RunStats
 from phasedsft.prompts import AlpacaTemplate, pad_batch
 from phasedsft.records import DataError, Example
-from phasedsft.scorers import rank_to_scale
-from phasedsft.scoring.cache import Result, cache_key
-from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.engine import RunStats
-from phasedsft.scoring.prompt import (
+from phasedsft.score.base import rank_to_scale
+from phasedsft.score.context import ScoreContext
+from phasedsft.score.prompt import (
     PROMPT_VERSION,
     ParseError,
     combine,

@@ -18,19 +18,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from phasedsft.io import atomic_write_json, atomic_write_text
+from phasedsft.llm.cache import ScoreCache
+from phasedsft.llm.engine import ScoringAborted, redact
 from phasedsft.models import BuildContext
-from phasedsft.recipe import run_dir_for, subsample, tokenizer_corpus
 from phasedsft.records import Example
-from phasedsft.scoring.cache import ScoreCache
-from phasedsft.scoring.context import ScoreContext
-from phasedsft.scoring.engine import ScoringAborted, redact
-from phasedsft.scoring.report import (
+from phasedsft.score.context import ScoreContext
+from phasedsft.score.report import (
     check_summary,
     plot_histogram,
     score_counts,
     summary_lines,
     text_histogram,
 )
+from phasedsft.train.run import run_dir_for, subsample, tokenizer_corpus
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Threshold methods for segmenting difficulty scores into k >= 2 stages (the paper's IDS step).
 
-Every method returns increasing thresholds; :mod:`phasedsft.stages` turns them into stages
+Every method returns increasing thresholds; :mod:`phasedsft.segment.manifest` turns them into stages
 (a score on a threshold goes to the upper stage). The data-driven methods put every
 threshold at the midpoint between two adjacent distinct scores, so no score ever sits on
 one of their thresholds and the same scores always give the same cut.
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from phasedsft.records import DataError
-from phasedsft.stages import ManualThresholds, stage_of
+from phasedsft.segment.manifest import ManualThresholds, stage_of
 
 __all__ = [
     "Balanced",

@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.models import BuildContext
-from phasedsft.recipe import run_dir_for, score_context, subsample, tokenizer_corpus
 from phasedsft.records import Example
-from phasedsft.scorers import apply_scores
-from phasedsft.segmentation import KDEValleys, sizes_for
-from phasedsft.stages import build_manifest, stage_of
+from phasedsft.score.base import apply_scores
+from phasedsft.segment.manifest import build_manifest, stage_of
+from phasedsft.segment.methods import KDEValleys, sizes_for
+from phasedsft.train.run import run_dir_for, score_context, subsample, tokenizer_corpus
 
 log = logging.getLogger(__name__)
 

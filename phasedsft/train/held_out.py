@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from phasedsft.prompts import Encoded, PromptTemplate, pad_batch
 from phasedsft.records import Example
-from phasedsft.training import SequenceDataset
+from phasedsft.train.stage import SequenceDataset
 
 
 def level_of(ex: Example) -> str:

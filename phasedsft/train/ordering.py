@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from phasedsft.records import DataError, Example
-from phasedsft.stages import StageManifest
+from phasedsft.segment.manifest import StageManifest
 
 
 @dataclass(frozen=True)

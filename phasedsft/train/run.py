@@ -27,8 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from phasedsft import __version__
 from phasedsft.cli import USER_ERRORS
 from phasedsft.data.loaders import Loaded
-from phasedsft.distributed import export_slurm_ranks, is_main, rank, world_size
-from phasedsft.evaluate import eval_datasets, generate_answers, judge_answers
 from phasedsft.io import (
     atomic_write_json,
     atomic_write_text,
@@ -37,17 +35,19 @@ from phasedsft.io import (
     replace_dir,
     sha256_lines,
 )
+from phasedsft.llm.cache import ScoreCache
 from phasedsft.models import BuildContext
-from phasedsft.ordering import Phase, group_by_length
-from phasedsft.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
 from phasedsft.prompts import AlpacaTemplate, Encoded, encode
 from phasedsft.records import DataError, Example
-from phasedsft.scorers import apply_scores
-from phasedsft.scoring.cache import ScoreCache
-from phasedsft.scoring.context import ScoreContext
-from phasedsft.stages import StageManifest, load_or_build_manifest
-from phasedsft.tracking import NullTracker
-from phasedsft.training import StageSpec, train_stage
+from phasedsft.score.base import apply_scores
+from phasedsft.score.context import ScoreContext
+from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
+from phasedsft.train.distributed import export_slurm_ranks, is_main, rank, world_size
+from phasedsft.train.held_out import eval_datasets, generate_answers, judge_answers
+from phasedsft.train.ordering import Phase, group_by_length
+from phasedsft.train.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
+from phasedsft.train.stage import StageSpec, train_stage
+from phasedsft.train.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Trainer reads the data sequentially. Every rank appends what it actually fed to 
 its own, one line per micro-batch with the optimizer step and the planned positions and
 ids: ``fed_ids.jsonl`` for rank 0 (the only log of a single-process run),
 ``fed_ids.rank<r>.jsonl`` for rank r > 0. After training, rank 0 audits the union of the
-logs against the plan (:mod:`phasedsft.audit`, which also describes how the Trainer shares
+logs against the plan (:mod:`phasedsft.train.audit`, which also describes how the Trainer shares
 the order among ranks); a stage whose fed order differs from the plan fails with
 :class:`AuditError` on every rank and is not marked done. A resumed stage truncates every
 log at the step it resumes from, so the logs stay a consistent record.
@@ -29,7 +29,15 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from phasedsft.audit import (
+from phasedsft.io import (
+    atomic_write_json,
+    atomic_write_text,
+    follow_umask,
+    replace_dir,
+    sha256_lines,
+)
+from phasedsft.prompts import Encoded, pad_batch
+from phasedsft.train.audit import (
     AuditError,
     FedLog,
     FeedShape,
@@ -38,16 +46,8 @@ from phasedsft.audit import (
     fed_log_ranks,
     stage_train_loss,
 )
-from phasedsft.distributed import rank, world_size
-from phasedsft.io import (
-    atomic_write_json,
-    atomic_write_text,
-    follow_umask,
-    replace_dir,
-    sha256_lines,
-)
-from phasedsft.precision import guard_master_weights, resolve_half
-from phasedsft.prompts import Encoded, pad_batch
+from phasedsft.train.distributed import rank, world_size
+from phasedsft.train.precision import guard_master_weights, resolve_half
 
 log = logging.getLogger(__name__)
 

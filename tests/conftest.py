@@ -58,8 +58,8 @@ def ref_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     from phasedsft.data.graded import generate_suite
+    from phasedsft.jobs import tokenizer_corpus
     from phasedsft.models import BuildContext, train_bpe_tokenizer
-    from phasedsft.train.run import tokenizer_corpus
 
     examples = generate_suite(400, seed=0).examples
     ctx = BuildContext(tmp_path_factory.mktemp("cache"), 0, lambda: tokenizer_corpus(examples))

@@ -1,7 +1,7 @@
 import pytest
 
+from phasedsft.jobs import subsample
 from phasedsft.records import DataError, Example
-from phasedsft.train.run import subsample
 
 EXAMPLES = [Example(str(i), "q", "", "a") for i in range(100)]
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
 from phasedsft.llm.cache import ScoreCache
+from phasedsft.models import BuildContext
 
 
 @dataclass
@@ -15,3 +20,14 @@ class ScoreContext:
     tokenizer: Any = None
     load_model: Callable[[], Any] | None = None
     model_name: str | None = None
+
+
+def score_context(cfg: DictConfig, cache_dir: Path, tokenizer: Any) -> ScoreContext:
+    """The shared score cache, plus the configured model for scorers that run a local LM."""
+    build = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=list)
+    return ScoreContext(
+        cache=ScoreCache(cache_dir / "scores.sqlite"),
+        tokenizer=tokenizer,
+        load_model=lambda: instantiate(cfg.model.loader, context=build, tokenizer=tokenizer),
+        model_name=cfg.model.name,
+    )

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
+from phasedsft.jobs import build_context, load_examples, start_job
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.llm.engine import ScoringAborted, redact
-from phasedsft.models import BuildContext
 from phasedsft.records import Example
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.report import (
@@ -30,7 +30,6 @@ from phasedsft.score.report import (
     summary_lines,
     text_histogram,
 )
-from phasedsft.train.run import run_dir_for, subsample, tokenizer_corpus
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def context(
 ) -> ScoreContext:
     if not getattr(scorer, "uses_model", False):
         return ScoreContext(cache=cache)
-    build = BuildContext(Path(cfg.run.cache_dir), cfg.seed, lambda: tokenizer_corpus(examples))
+    build = build_context(cfg, examples)
     tokenizer = instantiate(cfg.model.tokenizer, context=build)
     return ScoreContext(
         cache=cache,
@@ -51,11 +50,8 @@ def context(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = run_dir_for(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loaded = instantiate(cfg.dataset.source)
-    examples = subsample(loaded.examples, cfg.dataset.max_examples, cfg.dataset.subsample_seed)
+    run_dir = start_job(cfg)
+    _loaded, examples = load_examples(cfg)
     scorer = instantiate(cfg.scorer)
     cache = ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite")
     ctx = context(cfg, scorer, examples, cache)

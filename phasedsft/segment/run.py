@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
-from phasedsft.models import BuildContext
+from phasedsft.jobs import load_examples, load_tokenizer, start_job
 from phasedsft.records import Example
 from phasedsft.score.base import apply_scores
+from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import build_manifest, stage_of
 from phasedsft.segment.methods import KDEValleys, sizes_for
-from phasedsft.train.run import run_dir_for, score_context, subsample, tokenizer_corpus
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +129,12 @@ def plot_density(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = run_dir_for(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = start_job(cfg)
     cache_dir = Path(cfg.run.cache_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     # --- setup
-    loaded = instantiate(cfg.dataset.source)
-    examples = subsample(loaded.examples, cfg.dataset.max_examples, cfg.dataset.subsample_seed)
-    build = BuildContext(cache_dir, cfg.seed, lambda: tokenizer_corpus(examples))
-    tokenizer = instantiate(cfg.model.tokenizer, context=build)
+    loaded, examples = load_examples(cfg)
+    tokenizer = load_tokenizer(cfg, examples)
     scorer = instantiate(cfg.scorer)
     examples = apply_scores(
         examples, scorer.score(examples, score_context(cfg, cache_dir, tokenizer)), scorer.name

@@ -12,7 +12,6 @@ stages are skipped, an interrupted one continues from its last checkpoint.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,18 +28,17 @@ from phasedsft.cli import USER_ERRORS
 from phasedsft.data.loaders import Loaded
 from phasedsft.io import (
     atomic_write_json,
-    atomic_write_text,
     follow_umask,
     git_revision,
     replace_dir,
     sha256_lines,
 )
-from phasedsft.llm.cache import ScoreCache
+from phasedsft.jobs import build_context, load_examples, load_tokenizer, run_dir_for, start_job
 from phasedsft.models import BuildContext
-from phasedsft.prompts import AlpacaTemplate, Encoded, encode
+from phasedsft.prompts import Encoded, encode
 from phasedsft.records import DataError, Example
 from phasedsft.score.base import apply_scores
-from phasedsft.score.context import ScoreContext
+from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
 from phasedsft.train.distributed import export_slurm_ranks, is_main, rank, world_size
 from phasedsft.train.held_out import eval_datasets, generate_answers, judge_answers
@@ -53,22 +51,6 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ setup steps
-
-
-def subsample(examples: Sequence[Example], max_examples: int | None, seed: int) -> list[Example]:
-    """A seeded random subset of ``max_examples`` examples, in their original order."""
-    if max_examples is None or max_examples >= len(examples):
-        return list(examples)
-    if max_examples <= 0:
-        raise DataError(f"dataset.max_examples must be positive, got {max_examples}")
-    keep = set(random.Random(f"subsample-{seed}").sample(range(len(examples)), max_examples))
-    return [ex for i, ex in enumerate(examples) if i in keep]
-
-
-def tokenizer_corpus(examples: Sequence[Example]) -> list[str]:
-    """Texts a from-scratch tokenizer is trained on: every prompt (Alpaca layout) and output."""
-    template = AlpacaTemplate()
-    return [template.prompt_text(ex) + ex.output for ex in examples]
 
 
 def encode_all(
@@ -114,17 +96,6 @@ def stage_manifest(
     return manifest, str(path)
 
 
-def score_context(cfg: DictConfig, cache_dir: Path, tokenizer: Any) -> ScoreContext:
-    """The shared score cache, plus the configured model for scorers that run a local LM."""
-    build = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=list)
-    return ScoreContext(
-        cache=ScoreCache(cache_dir / "scores.sqlite"),
-        tokenizer=tokenizer,
-        load_model=lambda: instantiate(cfg.model.loader, context=build, tokenizer=tokenizer),
-        model_name=cfg.model.name,
-    )
-
-
 @dataclass
 class Setup:
     examples: list[Example]
@@ -144,9 +115,8 @@ class UnscoredPlan(Exception):
 
 
 def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
-    train: Loaded = instantiate(cfg.dataset.source)
+    train, examples = load_examples(cfg)
     held_out: Loaded | None = instantiate(cfg.dataset.eval) if cfg.dataset.eval else None
-    examples = subsample(train.examples, cfg.dataset.max_examples, cfg.dataset.subsample_seed)
     report: dict[str, Any] = {
         "loaded": len(train.examples),
         "used": len(examples),
@@ -154,10 +124,7 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         "notes": train.notes,
     }
     template = instantiate(cfg.prompt)
-    ctx = BuildContext(
-        cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(examples)
-    )
-    tokenizer = instantiate(cfg.model.tokenizer, context=ctx)
+    tokenizer = load_tokenizer(cfg, examples)
     max_len = cfg.trainer.max_seq_length
     examples, encoded = encode_all(examples, template, tokenizer, max_len, report)
     eval_examples: list[Example] = []
@@ -280,12 +247,6 @@ def job_environment() -> dict[str, Any]:
     return {"host": socket.gethostname(), "world_size": world_size(), "slurm": slurm or None}
 
 
-def run_dir_for(cfg: DictConfig) -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.run.root) / cfg.run.name
-
-
 # ------------------------------------------------------------------ the recipe
 
 
@@ -314,19 +275,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return plan(cfg)
     started = time.time()
     export_slurm_ranks()  # one SLURM task per GPU -> torch.distributed ranks (no-op otherwise)
-    run_dir = run_dir_for(cfg)
-    cache_dir = Path(cfg.run.cache_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = start_job(cfg)
 
-    # --- setup
-    s = setup(cfg, cache_dir)
-    specs = [
+    # --- setup: data, tokenizer, scores, stages; the run's record; the tracker
+    s = setup(cfg, Path(cfg.run.cache_dir))
+    specs = stage_specs(cfg, s, run_dir)
+    run_info = write_run_record(cfg, s, specs, run_dir)
+    tracker = start_tracker(cfg, run_dir, run_info)
+
+    # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
+    records = uptrain(cfg, s, specs, tracker)
+    if not is_main():  # rank 0 evaluates and writes the run-level files
+        return {"rank": rank(), "run_dir": str(run_dir)}
+
+    # --- evaluate the final weights
+    final = evaluate_last_stage(cfg, s, specs, run_dir)
+    summary = summarize_run(run_info, records, final, started)
+    atomic_write_json(run_dir / "summary.json", summary)
+    tracker.finish(summary)
+    print_summary(summary, run_dir)
+    return summary
+
+
+def stage_specs(cfg: DictConfig, s: Setup, run_dir: Path) -> list[StageSpec]:
+    """One spec per stage of the ordering: its examples, its planned fed order, its folder."""
+    return [
         StageSpec(
             i, p.name, p.ids, planned_order(cfg, p, s.encoded), run_dir / f"stage_{i}_{p.name}"
         )
         for i, p in enumerate(s.phases, start=1)
     ]
+
+
+def write_run_record(
+    cfg: DictConfig, s: Setup, specs: Sequence[StageSpec], run_dir: Path
+) -> dict[str, Any]:
+    """``run.json`` (where, what code, which stages in which order) and the stage manifest."""
     run_info = {
         "phasedsft_version": __version__,
         "git": git_revision(),
@@ -352,22 +336,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(run_dir / "run.json", run_info)
     if s.manifest is not None:
         atomic_write_json(run_dir / "stage_manifest.json", s.manifest.to_json())
-    tracker = instantiate(cfg.logger.tracker) if cfg.logger.tracker and is_main() else NullTracker()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    tracker.start({str(k): v for k, v in resolved.items()}, run_dir, run_info)
     log.info("run directory: %s", run_dir)
     log.info(
         "stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs)
     )
+    return run_info
 
-    # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
-    ctx = BuildContext(
-        cache_dir=cache_dir, seed=cfg.seed, corpus=lambda: tokenizer_corpus(s.examples)
-    )
+
+def start_tracker(cfg: DictConfig, run_dir: Path, run_info: dict[str, Any]) -> Any:
+    tracker = instantiate(cfg.logger.tracker) if cfg.logger.tracker and is_main() else NullTracker()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    tracker.start({str(k): v for k, v in resolved.items()}, run_dir, run_info)
+    return tracker
+
+
+def uptrain(
+    cfg: DictConfig, s: Setup, specs: Sequence[StageSpec], tracker: Any
+) -> list[dict[str, Any]]:
+    """Train the stages in order, each from the previous stage's weights; their records."""
+    ctx = build_context(cfg, s.examples)
     evals = eval_datasets(s.eval_examples, s.eval_encoded) if cfg.eval.after_each_stage else {}
     report_to = list(cfg.logger.report_to)
-    records, previous = [], None
     adapter = instantiate(cfg.trainer.peft) if cfg.trainer.peft else None
     export = None
     if adapter is not None:
@@ -377,6 +367,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             s.tokenizer,
             bool(cfg.trainer.deepspeed),
         )
+    records: list[dict[str, Any]] = []
+    previous: Path | None = None
     for spec in specs:
         load = model_loader(cfg, ctx, s.tokenizer, previous, adapter)
         records.append(
@@ -386,19 +378,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         tracker.stage_done(records[-1])
         previous = spec.dir
+    return records
 
-    # --- evaluate the final weights
-    final: dict[str, Any] | None = None
-    if not is_main():  # rank 0 evaluates and writes the run-level files
-        return {"rank": rank(), "run_dir": str(run_dir)}
-    if cfg.eval.generate and s.eval_examples and previous is not None:
-        judge = instantiate(cfg.judge)
-        if hasattr(judge, "correct"):
-            final = evaluate_final(cfg, s, previous, run_dir, judge, key=specs[-1].order_hash)
-        else:
-            log.info("judge=%s compares two models: run evaluate.py after training", judge.name)
 
-    summary = {
+def evaluate_last_stage(
+    cfg: DictConfig, s: Setup, specs: Sequence[StageSpec], run_dir: Path
+) -> dict[str, Any] | None:
+    """The in-run check of the final weights on the held-out items, when the judge can mark them."""
+    if not (cfg.eval.generate and s.eval_examples and specs):
+        return None
+    judge = instantiate(cfg.judge)
+    if not hasattr(judge, "correct"):
+        log.info("judge=%s compares two models: run evaluate.py after training", judge.name)
+        return None
+    return evaluate_final(cfg, s, specs[-1].dir, run_dir, judge, key=specs[-1].order_hash)
+
+
+def summarize_run(
+    run_info: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    final: dict[str, Any] | None,
+    started: float,
+) -> dict[str, Any]:
+    return {
         **run_info,
         "per_stage": [
             {
@@ -416,10 +418,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "final_accuracy": final["accuracy"] if final else None,
         "wall_seconds": round(time.time() - started, 1),
     }
-    atomic_write_json(run_dir / "summary.json", summary)
-    tracker.finish(summary)
-    print_summary(summary, run_dir)
-    return summary
 
 
 def evaluate_final(

@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from phasedsft.records import Example
-from phasedsft.segment.manifest import ManualThresholds, build_manifest
-from phasedsft.segment.methods import Balanced, GMMThresholds, Jenks, KDEValleys, QuantileThresholds
+from phasedsft.segment.manifest import build_manifest
+from phasedsft.segment.methods import (
+    Balanced,
+    GMMThresholds,
+    Jenks,
+    KDEValleys,
+    ManualThresholds,
+    QuantileThresholds,
+)
 from phasedsft.segment.run import plot_density
 
 N = 52002

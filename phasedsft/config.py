@@ -94,7 +94,7 @@ class DatasetConfig:
 
 @dataclass
 class SegmentConfig:
-    method: Any = MISSING  # node with _target_ (phasedsft.segment.manifest.ManualThresholds, ...)
+    method: Any = MISSING  # node with _target_ (phasedsft.segment.methods.ManualThresholds, ...)
     random_seed: int = "${seed}"  # type: ignore[assignment]
     manifest: str | None = None  # use this stage manifest instead of segmenting
 
@@ -335,22 +335,29 @@ MOVED_MODULES = {
     "phasedsft.evaluation.generation": "phasedsft.evaluate.generation",
     "phasedsft.evaluation.sets": "phasedsft.evaluate.sets",
 }
+# Components that moved to another module than their own module's (old -> new target).
+MOVED_TARGETS = {
+    "phasedsft.stages.ManualThresholds": "phasedsft.segment.methods.ManualThresholds",
+}
 _FIRST_NAMES = {new: old for old, new in MOVED_MODULES.items()}
+_FIRST_TARGETS = {new: old for old, new in MOVED_TARGETS.items()}
 
 
-def _rename_module(target: str, table: dict[str, str]) -> str:
+def _rename(target: str, targets: dict[str, str], modules: dict[str, str]) -> str:
+    if target in targets:
+        return targets[target]
     module, _, name = target.rpartition(".")
-    return f"{table.get(module, module)}.{name}" if module else target
+    return f"{modules.get(module, module)}.{name}" if module else target
 
 
 def first_target(target: str) -> str:
-    """``target`` with its module under the name it had first (for run identity)."""
-    return _rename_module(target, _FIRST_NAMES)
+    """``target`` under the name it had first (for run identity)."""
+    return _rename(target, _FIRST_TARGETS, _FIRST_NAMES)
 
 
 def current_target(target: str) -> str:
-    """``target`` with a moved module under its current name (to load an old saved config)."""
-    return _rename_module(target, MOVED_MODULES)
+    """``target`` under its current name (to load an old saved config)."""
+    return _rename(target, MOVED_TARGETS, MOVED_MODULES)
 
 
 def with_first_targets(node: Any) -> Any:

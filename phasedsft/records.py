@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,3 +66,9 @@ class SkipReport:
             "by_reason": dict(reasons),
             "first": self.skipped[:20],
         }
+
+
+def stage_of(score: float, thresholds: Sequence[float]) -> int:
+    """1-based stage of ``score`` under increasing ``thresholds``; ties go to the upper stage
+    (paper: [1, 1.5), [1.5, 3.5), [3.5, 5]). The one boundary rule every step uses."""
+    return bisect.bisect_right(thresholds, score) + 1

@@ -70,3 +70,26 @@ def test_a_run_made_before_the_move_resumes_after_it(tmp_path):
     assert "reusing stage manifest" in log
     assert {p: p.stat().st_mtime_ns for p in run.glob("stage_*/stage.json")} == stamps
     assert not list(run.glob("stage_*/checkpoints"))
+
+
+def test_a_config_saved_before_the_move_is_read_through_the_new_modules():
+    from omegaconf import OmegaConf
+
+    from phasedsft.config import current_target, first_target
+    from phasedsft.evaluate.generation import Run
+
+    (run,) = [p for p in (FIXTURE.parent / "run_v1").iterdir() if (p / "run.json").is_file()]
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.ordering._target_ == "phasedsft.ordering.Phased"  # as the old code wrote it
+    assert current_target(saved.ordering._target_) == "phasedsft.train.ordering.Phased"
+    assert (
+        first_target("phasedsft.segment.methods.ManualThresholds")
+        == "phasedsft.stages.ManualThresholds"
+    )
+    old = Run(run, saved, [])
+    now = Run(
+        run,
+        OmegaConf.merge(saved, {"ordering": {"_target_": "phasedsft.train.ordering.Phased"}}),
+        [],
+    )
+    assert old.unused == now.unused and old.identity == now.identity

@@ -6,7 +6,8 @@ from conftest import ref_path
 
 from phasedsft.data.loaders import load_hub, load_json, load_jsonl
 from phasedsft.records import DataError
-from phasedsft.segment.manifest import ManualThresholds, split_by_thresholds
+from phasedsft.segment.manifest import split_by_thresholds
+from phasedsft.segment.methods import ManualThresholds
 
 
 def write(path, text, mode="w"):

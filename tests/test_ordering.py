@@ -3,7 +3,8 @@ from collections import Counter
 import pytest
 
 from phasedsft.records import DataError, Example
-from phasedsft.segment.manifest import ManualThresholds, build_manifest
+from phasedsft.segment.manifest import build_manifest
+from phasedsft.segment.methods import ManualThresholds
 from phasedsft.train.ordering import OneOff, Phase, Phased, RandomPhased, Sorted
 
 EXAMPLES = [

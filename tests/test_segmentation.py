@@ -7,12 +7,12 @@ import pytest
 from conftest import compose, ref_path
 
 from phasedsft.records import DataError
-from phasedsft.segment.manifest import ManualThresholds
 from phasedsft.segment.methods import (
     Balanced,
     GMMThresholds,
     Jenks,
     KDEValleys,
+    ManualThresholds,
     QuantileThresholds,
     optimal_breaks,
     sizes_for,

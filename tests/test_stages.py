@@ -2,16 +2,15 @@ import json
 
 import pytest
 
-from phasedsft.records import DataError, Example
+from phasedsft.records import DataError, Example, stage_of
 from phasedsft.segment.manifest import (
-    ManualThresholds,
     StageManifest,
     build_manifest,
     load_or_build_manifest,
     random_stages,
     split_by_thresholds,
-    stage_of,
 )
+from phasedsft.segment.methods import ManualThresholds
 
 
 def scored(scores):

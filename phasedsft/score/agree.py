@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from phasedsft.data.loaders import load_jsonl
-from phasedsft.records import DataError
-from phasedsft.segment.manifest import stage_of
+from phasedsft.records import DataError, stage_of
 
 
 def _scores(path: str) -> dict[str, float]:

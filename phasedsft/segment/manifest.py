@@ -11,60 +11,21 @@ seeded: ``random_stages`` with the sizes of the difficulty stages, and
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import json
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from phasedsft.io import atomic_write_json, sha256_json
-from phasedsft.records import DataError, Example
+from phasedsft.records import DataError, Example, stage_of
+from phasedsft.segment.methods import Segmenter
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 2
-
-
-class Segmenter(Protocol):
-    """A segmentation method: scores in, increasing thresholds out."""
-
-    name: str
-
-    def thresholds_for(self, scores: Sequence[float]) -> list[float]: ...
-
-    def params(self) -> dict[str, Any]: ...
-
-
-@dataclass
-class ManualThresholds:
-    """Thresholds given by hand (paper: 1.5 and 3.5, read off the KDE/CDF of the scores)."""
-
-    thresholds: list[float] = field(default_factory=lambda: [1.5, 3.5])
-    name: str = "manual"
-
-    def __post_init__(self) -> None:
-        ts = [float(t) for t in self.thresholds]
-        if not ts:
-            raise DataError("segment.thresholds is empty: give at least one threshold")
-        if any(b <= a for a, b in itertools.pairwise(ts)):
-            raise DataError(f"segment.thresholds must be strictly increasing, got {ts}")
-        self.thresholds = ts
-
-    def thresholds_for(self, scores: Sequence[float]) -> list[float]:
-        return list(self.thresholds)
-
-    # Segmenter protocol
-    def params(self) -> dict[str, Any]:
-        return {"method": self.name, "thresholds": list(self.thresholds)}
-
-
-def stage_of(score: float, thresholds: Sequence[float]) -> int:
-    """1-based stage of ``score``; ties at a threshold go to the upper stage."""
-    return bisect.bisect_right(thresholds, score) + 1
 
 
 def split_by_thresholds(

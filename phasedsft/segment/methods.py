@@ -26,15 +26,15 @@ flat density) raises :class:`DataError` saying why.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from phasedsft.records import DataError
-from phasedsft.segment.manifest import ManualThresholds, stage_of
+from phasedsft.records import DataError, stage_of
 
 __all__ = [
     "Balanced",
@@ -44,6 +44,39 @@ __all__ = [
     "ManualThresholds",
     "QuantileThresholds",
 ]
+
+
+class Segmenter(Protocol):
+    """A segmentation method: scores in, increasing thresholds out."""
+
+    name: str
+
+    def thresholds_for(self, scores: Sequence[float]) -> list[float]: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ManualThresholds:
+    """Thresholds given by hand (paper: 1.5 and 3.5, read off the KDE/CDF of the scores)."""
+
+    thresholds: list[float] = field(default_factory=lambda: [1.5, 3.5])
+    name: str = "manual"
+
+    def __post_init__(self) -> None:
+        ts = [float(t) for t in self.thresholds]
+        if not ts:
+            raise DataError("segment.thresholds is empty: give at least one threshold")
+        if any(b <= a for a, b in itertools.pairwise(ts)):
+            raise DataError(f"segment.thresholds must be strictly increasing, got {ts}")
+        self.thresholds = ts
+
+    def thresholds_for(self, scores: Sequence[float]) -> list[float]:
+        return list(self.thresholds)
+
+    # Segmenter protocol
+    def params(self) -> dict[str, Any]:
+        return {"method": self.name, "thresholds": list(self.thresholds)}
 
 
 def distinct(scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import load_examples, load_tokenizer, start_job
-from phasedsft.records import Example
+from phasedsft.records import Example, stage_of
 from phasedsft.score.base import apply_scores
 from phasedsft.score.context import score_context
-from phasedsft.segment.manifest import build_manifest, stage_of
+from phasedsft.segment.manifest import build_manifest
 from phasedsft.segment.methods import KDEValleys, sizes_for
 
 log = logging.getLogger(__name__)

@@ -17,14 +17,12 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from phasedsft.models import ModelError
-from phasedsft.records import DataError
-from phasedsft.train.audit import AuditError
-from phasedsft.train.precision import PrecisionError
+from phasedsft.records import DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelError, PrecisionError, AuditError)
+# DataError, ModelError, PrecisionError, AuditError, ...: whatever the steps define on UserError
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 INTERRUPTED = (

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from phasedsft.io import current_umask, sha256_lines
+from phasedsft.records import UserError
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_VERSION = 1
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model or tokenizer could not be built or loaded; the message says which and why."""
 
 

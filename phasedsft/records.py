@@ -27,7 +27,12 @@ class Example:
         )
 
 
-class DataError(ValueError):
+class UserError(Exception):
+    """An error in what the user gave (data, config, model, environment), not in the code:
+    every entrypoint ends it as ``error: <message>`` with exit code 2, no traceback."""
+
+
+class DataError(UserError, ValueError):
     """Bad input data. The message always names where (file and line, or dataset and row).
 
     ``skippable``: ``on_error=skip`` on the data source would have skipped (and counted) this

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from phasedsft.io import atomic_write_text, sha256_lines
+from phasedsft.records import UserError
 
 FED_LOG = "fed_ids.jsonl"
 
 
-class AuditError(RuntimeError):
+class AuditError(UserError, RuntimeError):
     """The data a stage fed differs from its planned order: the stage is not marked done."""
 
 

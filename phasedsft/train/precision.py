@@ -25,12 +25,14 @@ from typing import Any
 
 import torch
 
+from phasedsft.records import UserError
+
 log = logging.getLogger(__name__)
 
 HALF = (torch.bfloat16, torch.float16)
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(UserError, RuntimeError):
     """Half-precision weights would be trained without fp32 master weights."""
 
 

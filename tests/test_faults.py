@@ -22,7 +22,7 @@ from faultproxy import GARBAGE, FaultProxy
 
 from phasedsft.evaluate.judges import OpenAIJudge, Pair
 from phasedsft.llm.cache import ScoreCache
-from phasedsft.llm.engine import ScoringAborted
+from phasedsft.llm.engine import RequestsAborted
 from phasedsft.records import Example
 from phasedsft.score.api import OpenAIScorer
 from phasedsft.score.context import ScoreContext
@@ -119,7 +119,7 @@ def test_an_echoed_key_is_redacted_before_it_is_kept(tmp_path, monkeypatch):
     cache = ScoreCache(tmp_path / "s.sqlite")
     with FaultProxy(NOWHERE, ["echo_400", "echo_401"]) as proxy:
         scorer = OpenAIScorer(model="m", base_url=proxy.base_url, concurrency=1, max_retries=0)
-        with pytest.raises(ScoringAborted) as err:
+        with pytest.raises(RequestsAborted) as err:
             scorer.run(examples(2), ScoreContext(cache=cache))
     assert proxy.keys_seen == {KEY}
     (failed,) = err.value.stats.results.values()
@@ -128,6 +128,14 @@ def test_an_echoed_key_is_redacted_before_it_is_kept(tmp_path, monkeypatch):
     assert "[REDACTED]" in (failed.error or "")
     cache.close()
     assert b"SECRET123" not in b"".join(p.read_bytes() for p in tmp_path.iterdir())
+
+
+def test_a_stopped_judge_says_judging_stopped(tmp_path):
+    cache = ScoreCache(tmp_path / "j.sqlite")
+    with FaultProxy(NOWHERE, ["echo_401"], cycle=True) as proxy:
+        judge = OpenAIJudge(model="m", base_url=proxy.base_url, concurrency=1, max_retries=0)
+        with pytest.raises(RequestsAborted, match=r"^judging stopped: the endpoint failed"):
+            judge.judge_pairs([Pair("p", "Say hi.", "hi", "hello")], cache)
 
 
 # ------------------------------------------------------------------ the real server, via score.py

@@ -13,7 +13,7 @@ from phasedsft.llm.engine import (
     EndpointError,
     Job,
     RateLimiter,
-    ScoringAborted,
+    RequestsAborted,
     redact,
     run_jobs,
 )
@@ -145,7 +145,7 @@ def test_budget_stops_cleanly_and_resumably(tmp_path):
         return Result(job.key, job.example.id, "t", "ok", 1.0, cost_usd=0.08, requests=1)
 
     # each call is estimated at $0.10 and costs $0.08: a third would risk $0.26 > $0.25
-    with pytest.raises(ScoringAborted, match=r"budget of \$0.25 reached.*2 of 6 examples") as err:
+    with pytest.raises(RequestsAborted, match=r"budget of \$0.25 reached.*2 of 6 items") as err:
         run_jobs(jobs(6, cost=0.1), call, cache, concurrency=1, budget_usd=0.25)
     assert err.value.stats.cost_usd == pytest.approx(0.16) and cache.count() == 2
     stats = run_jobs(jobs(6, cost=0.1), call, cache, concurrency=1, budget_usd=1.0)
@@ -160,7 +160,7 @@ def test_endpoint_failure_stops_the_run_keeping_what_was_answered(tmp_path):
             raise EndpointError("APIConnectionError: connection refused")
         return Result(job.key, job.example.id, "t", "ok", 1.0, requests=1)
 
-    with pytest.raises(ScoringAborted, match="the endpoint failed: APIConnectionError") as err:
+    with pytest.raises(RequestsAborted, match="the endpoint failed: APIConnectionError") as err:
         run_jobs(jobs(5), call, cache, concurrency=1)
     assert "Rerun the same command" in str(err.value) and cache.count() == 2
 
@@ -267,7 +267,7 @@ def test_every_request_reserves_its_worst_case_retries_included(tmp_path):
             job.account.end(0.1)  # each costs its worst case
         return Result(job.key, job.example.id, "t", "failed", None)
 
-    with pytest.raises(ScoringAborted, match=r"budget of \$0.25 reached") as err:
+    with pytest.raises(RequestsAborted, match=r"budget of \$0.25 reached") as err:
         run_jobs(jobs(3, cost=0.1), call, cache, concurrency=2, budget_usd=0.25)
     stats = err.value.stats
     assert len(sent) == 2 and stats.requests == 2 and stats.cost_usd == pytest.approx(0.2)
@@ -282,7 +282,7 @@ def test_an_unexpected_error_stops_the_run_cleanly_and_keeps_the_rest(tmp_path):
             raise AttributeError("'str' object has no attribute 'usage' (sk-abcdefgh1234)")
         return Result(job.key, job.example.id, "t", "ok", 1.0, requests=1)
 
-    with pytest.raises(ScoringAborted, match="unexpected AttributeError") as err:
+    with pytest.raises(RequestsAborted, match="unexpected AttributeError") as err:
         run_jobs(jobs(5), call, cache, concurrency=1)
     assert cache.count() == 2 and "sk-abcdefgh1234" not in str(err.value)
 

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from phasedsft.evaluate.winrate import ParseError, parse_scores
 from phasedsft.io import sha256_json
@@ -212,6 +212,8 @@ def judge_messages(
 @dataclass
 class OpenAIJudge(ChatEndpoint):
     """Score both answers 1-10, once in each order, through an OpenAI-compatible endpoint."""
+
+    task: ClassVar[str] = "judging"
 
     max_tokens: int = 512  # the first line holds the scores; the explanation follows
     style: str = "vicuna"  # the prompt: "authors" (their eval.py) or "vicuna" (see STYLES)

@@ -39,7 +39,7 @@ from phasedsft.evaluate.sets import EvalSet, build_eval_set
 from phasedsft.evaluate.winrate import Judged, WinRate, by_category, judge_item, summarize
 from phasedsft.io import atomic_write_json, atomic_write_text, sha256_json
 from phasedsft.llm.cache import ScoreCache
-from phasedsft.llm.engine import ScoringAborted
+from phasedsft.llm.engine import RequestsAborted
 from phasedsft.records import DataError
 
 log = logging.getLogger(__name__)
@@ -341,11 +341,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     comparisons: list[Comparison] = []
     pooled_items: dict[tuple, list[Judged]] = defaultdict(list)
     judge_stats: dict[str, Any] = {"requests": 0, "cost_usd": 0.0}
-    aborted: ScoringAborted | None = None
+    aborted: RequestsAborted | None = None
     for group, r, ckpt, es, base, pairs in todo:
         try:
             result = judge.judge_pairs(pairs, cache, desc=f"judge {es.name}")
-        except ScoringAborted as e:
+        except RequestsAborted as e:
             aborted = e
             break
         for k in ("requests", "cost_usd"):

@@ -21,7 +21,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.cost import Price
@@ -102,6 +102,7 @@ def retry_delay(retry: int, headers: Any = None) -> float:
 
 @dataclass
 class ChatEndpoint:
+    task: ClassVar[str] = "scoring"  # what a stopped run says stopped ("judging" for judges)
     model: str = "gpt-4-0613"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -276,4 +277,5 @@ class ChatEndpoint:
             retry_failed=self.retry_failed,
             desc=desc,
             secrets=self.secrets(),
+            task=self.task,
         )

@@ -6,7 +6,7 @@ job gets an :class:`Account`: every HTTP request the call sends (parse retries a
 of failed requests included) first waits on the requests- and tokens-per-minute limits and
 reserves its worst-case cost against the budget, then settles what it cost. The run stops
 cleanly, and resumably, when the next request would pass the budget, the endpoint stops
-answering or a call fails unexpectedly (:class:`ScoringAborted` names what happened).
+answering or a call fails unexpectedly (:class:`RequestsAborted` names what happened).
 
 Processes that share one cache file never ask the same item twice: before a job's call
 starts, the worker claims its key in the cache (:meth:`ScoreCache.try_claim`). An item that
@@ -70,8 +70,8 @@ class OutOfBudget(RuntimeError):
     """The next request's worst-case cost would take this run's spend past ``budget_usd``."""
 
 
-class ScoringAborted(RuntimeError):
-    """The run stopped before the end; everything answered so far is in the cache."""
+class RequestsAborted(RuntimeError):
+    """A scoring or judging run stopped before the end; everything answered so far is cached."""
 
     def __init__(self, message: str, stats: RunStats):
         super().__init__(message)
@@ -367,6 +367,7 @@ def run_jobs(
     desc: str = "score",
     secrets: Sequence[str | None] = (),
     claim_poll_s: float = CLAIM_POLL_S,
+    task: str = "scoring",
 ) -> RunStats:
     """Answer every job not already in the cache (or cached as failed, with ``retry_failed``).
 
@@ -404,8 +405,8 @@ def run_jobs(
     stats.ordered = [stats.results.get(j.key) for j in jobs]
     if stats.stopped:
         left = stats.total - stats.cached - stats.done
-        raise ScoringAborted(
-            f"scoring stopped: {stats.stopped}. {stats.cached + stats.done} of {stats.total} examples are "
+        raise RequestsAborted(
+            f"{task} stopped: {stats.stopped}. {stats.cached + stats.done} of {stats.total} items are "
             f"answered and cached ({stats.done} in this run, ${stats.cost_usd:.4f}); {left} remain. "
             "Rerun the same command to continue from here.",
             stats,

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import build_context, load_examples, start_job
 from phasedsft.llm.cache import ScoreCache
-from phasedsft.llm.engine import ScoringAborted, redact
+from phasedsft.llm.engine import RequestsAborted, redact
 from phasedsft.records import Example
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.report import (
@@ -63,10 +63,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.dry_run:
             return {"estimate": estimate, "run_dir": str(run_dir)}
 
-    aborted: ScoringAborted | None = None
+    aborted: RequestsAborted | None = None
     try:
         stats = scorer.run(examples, ctx)
-    except ScoringAborted as e:
+    except RequestsAborted as e:
         aborted, stats = e, e.stats
         if not stats.ordered:
             stats.ordered = [None] * len(examples)

@@ -57,3 +57,49 @@ def test_every_step_has_its_folder_and_its_job():
     for step in ("score", "segment", "train", "evaluate"):
         assert (PACKAGE / step / "run.py").is_file()
         assert (ROOT / f"{step}.py").is_file()
+
+
+SCORERS = sorted(p.stem for p in (ROOT / "conf" / "scorer").glob("*.yaml"))
+JUDGES = sorted(p.stem for p in (ROOT / "conf" / "judge").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_every_scorer_implements_the_scorer_protocol(name):
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    from phasedsft.score.base import Scorer
+
+    assert isinstance(instantiate(compose([f"scorer={name}"], "score").scorer), Scorer)
+
+
+@pytest.mark.parametrize("name", JUDGES)
+def test_every_judge_implements_the_judge_protocol(name):
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    from phasedsft.evaluate.judges import Judge, MarksAnswers
+
+    judge = instantiate(compose([f"judge={name}"], "evaluate").judge)
+    assert isinstance(judge, Judge)
+    assert isinstance(judge, MarksAnswers) == (name == "reference")
+
+
+def test_a_component_missing_part_of_its_protocol_is_a_plain_error():
+    from phasedsft.evaluate.judges import checked_judge
+    from phasedsft.records import DataError
+    from phasedsft.score.base import checked_scorer
+
+    class OnlyScore:
+        name = "mine"
+
+        def score(self, examples, ctx):
+            return []
+
+    with pytest.raises(
+        DataError,
+        match="lacks uses_model, costs_nothing, run, finalize, estimate, secrets: subclass",
+    ):
+        checked_scorer(OnlyScore())
+    with pytest.raises(DataError, match="lacks judge_pairs, estimate"):
+        checked_judge(OnlyScore())

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from phasedsft.evaluate.winrate import ParseError, parse_scores
 from phasedsft.io import sha256_json
@@ -71,6 +71,38 @@ class Reviews:
 class JudgeRun:
     reviews: list[Reviews]
     stats: dict[str, Any]
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """What ``evaluate.py`` calls on a judge: both orders of every pair reviewed, and (for
+    ``dry_run``) what that will send and cost, or ``None`` when it sends nothing.
+
+    Each review's first line holds the two scores, so :mod:`.winrate` folds any judge's
+    reviews the same way.
+    """
+
+    name: str
+
+    def judge_pairs(self, pairs: Sequence[Pair], cache: Any, desc: str = "judge") -> JudgeRun: ...
+
+    def estimate(self, pairs: Sequence[Pair], cache: Any) -> dict[str, Any] | None: ...
+
+
+@runtime_checkable
+class MarksAnswers(Protocol):
+    """A judge that knows a right answer from a wrong one, against the reference (known-answer
+    sets): ``evaluate.py`` then also reports accuracy per category."""
+
+    def correct(self, answer: str, reference: str) -> bool: ...
+
+
+def checked_judge(obj: Any) -> Judge:
+    """``obj`` if it implements :class:`Judge`; else a plain error naming what it lacks."""
+    if isinstance(obj, Judge):
+        return obj
+    missing = [m for m in ("name", "judge_pairs", "estimate") if not hasattr(obj, m)]
+    raise DataError(f"judge {type(obj).__name__} lacks {', '.join(missing)} (see judges.Judge)")
 
 
 # ------------------------------------------------------------------ the pairwise prompts
@@ -417,6 +449,9 @@ class ReferenceJudge:
         if self.first_line_only:
             answer = answer.strip().split("\n", 1)[0]
         return normalise(answer) == normalise(reference)
+
+    def estimate(self, pairs: Sequence[Pair], cache: Any) -> None:
+        return None  # sends no request
 
     def review(self, first: str, second: str, reference: str) -> str:
         a, b = (int(self.correct(x, reference)) for x in (first, second))

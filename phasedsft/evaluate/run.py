@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from phasedsft.evaluate.generation import Answers, Checkpoint, Run, answers_for, discover_runs
-from phasedsft.evaluate.judges import Pair, Reviews
+from phasedsft.evaluate.judges import MarksAnswers, Pair, Reviews, checked_judge
 from phasedsft.evaluate.report import (
     Comparison,
     plot_stage_curves,
@@ -286,7 +286,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     runs = discover_runs(cfg.sweep_dir, list(cfg.select))
     groups = groups_of(runs, cfg.baseline)
     generator = instantiate(cfg.generator)
-    judge = instantiate(cfg.judge)
+    judge = checked_judge(instantiate(cfg.judge))
     cache = ScoreCache(Path(cfg.cache_dir) / "judgments.sqlite")
     log.info(
         "%d groups; comparing %s against %s",
@@ -329,11 +329,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     )
                     todo.append((group, r, ckpt, es, base, pairs))
     if cfg.dry_run:
-        if not hasattr(judge, "estimate"):
-            print(f"judge={judge.name} sends no request: nothing to estimate")
-            return {"estimate": None}
         every = [p for *_, pairs in todo for p in pairs]
         estimate = judge.estimate(every, cache)
+        if estimate is None:
+            print(f"judge={judge.name} sends no request: nothing to estimate")
+            return {"estimate": None}
         atomic_write_json(out / "estimate.json", estimate)
         print("judge cost estimate: " + json.dumps(estimate, indent=2))
         return {"estimate": estimate}
@@ -361,7 +361,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
         authors = summarize(judged, "authors", cfg.bootstrap, cfg.seed)
         accuracy = None
-        if es.has_references and hasattr(judge, "correct"):
+        if es.has_references and isinstance(judge, MarksAnswers):
             accuracy = {
                 "candidate": sum(judge.correct(p.answer_a, p.reference) for p in pairs)
                 / len(pairs),

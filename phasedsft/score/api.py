@@ -18,6 +18,7 @@ from phasedsft.llm.cost import count_tokens, prompt_tokens, tiktoken_knows
 from phasedsft.llm.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
 from phasedsft.llm.engine import Job, RunStats
 from phasedsft.records import DataError, Example
+from phasedsft.score.base import ScorerBase
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.prompt import (
     PROMPT_VERSION,
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class OpenAIScorer(ChatEndpoint):
+class OpenAIScorer(ChatEndpoint, ScorerBase):
     """Ask an LLM for the two difficulty ratings; average ``samples`` draws (and/or use logprobs)."""
 
     samples: int = 1

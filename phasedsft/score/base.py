@@ -15,15 +15,76 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from phasedsft.records import DataError, Example
 
 
+@runtime_checkable
 class Scorer(Protocol):
+    """What the jobs call on a scorer.
+
+    ``score.py`` calls :meth:`estimate` (what the run will send and cost, or ``None`` when
+    it spends nothing), then :meth:`run` (results per example, cached as they come) and
+    :meth:`finalize` (raw values to the 1-5 scale); ``train.py`` and ``segment.py`` call
+    :meth:`score` (all of that, at once). :class:`ScorerBase` gives the defaults; a new
+    scorer subclasses :class:`ComputedScorer` (scores computed at once) or
+    :class:`~phasedsft.llm.endpoint.ChatEndpoint` (requests to an OpenAI-compatible API).
+    """
+
     name: str
+    uses_model: ClassVar[bool]  # needs the configured tokenizer and model (ctx.load_model)
+    costs_nothing: ClassVar[bool]  # no request, no forward pass: plan_only may score
 
     def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]: ...
+
+    def run(self, examples: Sequence[Example], ctx: Any) -> Any: ...
+
+    def finalize(self, raw: list[float | None]) -> list[float | None]: ...
+
+    def estimate(self, examples: list[Example], ctx: Any) -> dict[str, Any] | None: ...
+
+    def secrets(self) -> tuple[str, ...]: ...
+
+
+class ScorerBase:
+    """Defaults of the :class:`Scorer` protocol: spends nothing, needs no model, keeps raw values."""
+
+    uses_model: ClassVar[bool] = False
+    costs_nothing: ClassVar[bool] = False
+
+    def finalize(self, raw: list[float | None]) -> list[float | None]:
+        return raw
+
+    def estimate(self, examples: list[Example], ctx: Any) -> dict[str, Any] | None:
+        return None
+
+    def secrets(self) -> tuple[str, ...]:
+        return ()
+
+
+def checked_scorer(obj: Any) -> Scorer:
+    """``obj`` if it implements :class:`Scorer`; else a plain error naming what it lacks."""
+    if isinstance(obj, Scorer):
+        return obj
+    missing = [
+        m
+        for m in (
+            "name",
+            "uses_model",
+            "costs_nothing",
+            "score",
+            "run",
+            "finalize",
+            "estimate",
+            "secrets",
+        )
+        if not hasattr(obj, m)
+    ]
+    raise DataError(
+        f"scorer {type(obj).__name__} lacks {', '.join(missing)}: subclass "
+        "phasedsft.score.base.ComputedScorer (or ScorerBase) to get the defaults"
+    )
 
 
 def rank_to_scale(
@@ -48,18 +109,14 @@ def rank_to_scale(
     return out
 
 
-class _Computed:
+class ComputedScorer(ScorerBase):
     """Scorers computed at once, with nothing to cache: ``run`` wraps ``score`` in run stats."""
 
     name: str
-    uses_model: ClassVar[bool] = False
     costs_nothing: ClassVar[bool] = True  # no request, no model forward: a plan may score
 
     def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]:
         raise NotImplementedError
-
-    def finalize(self, raw: list[float | None]) -> list[float | None]:
-        return raw
 
     def run(self, examples: Sequence[Example], ctx: Any) -> Any:
         from phasedsft.llm.cache import Result
@@ -73,7 +130,7 @@ class _Computed:
 
 
 @dataclass
-class OracleScorer(_Computed):
+class OracleScorer(ComputedScorer):
     """Use the ``score`` each example already has; fail clearly if any is missing."""
 
     name: str = "oracle"
@@ -90,7 +147,7 @@ class OracleScorer(_Computed):
 
 
 @dataclass
-class LengthScorer(_Computed):
+class LengthScorer(ComputedScorer):
     """Token length of instruction + input + output, mapped to 1-5 by rank."""
 
     name: str = "length"

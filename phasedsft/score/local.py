@@ -26,7 +26,7 @@ from phasedsft.llm.cache import Result, cache_key
 from phasedsft.llm.engine import RunStats
 from phasedsft.prompts import AlpacaTemplate, pad_batch
 from phasedsft.records import DataError, Example
-from phasedsft.score.base import rank_to_scale
+from phasedsft.score.base import ScorerBase, rank_to_scale
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.prompt import (
     PROMPT_VERSION,
@@ -85,7 +85,7 @@ def _lazy_model(ctx: ScoreContext) -> Callable[[], Any]:
 
 
 @dataclass
-class LocalLMScorer:
+class LocalLMScorer(ScorerBase):
     """A local causal LM answers the scoring prompt (through its chat template)."""
 
     samples: int = 1
@@ -222,7 +222,7 @@ def output_losses(
 
 
 @dataclass
-class IFDScorer:
+class IFDScorer(ScorerBase):
     """Instruction-following difficulty: loss(output | instruction) / loss(output), rank-mapped to 1-5."""
 
     batch_size: int = 8

@@ -22,6 +22,7 @@ from phasedsft.jobs import build_context, load_examples, start_job
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.llm.engine import RequestsAborted, redact
 from phasedsft.records import Example
+from phasedsft.score.base import checked_scorer
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.report import (
     check_summary,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 def context(
     cfg: DictConfig, scorer: Any, examples: list[Example], cache: ScoreCache
 ) -> ScoreContext:
-    if not getattr(scorer, "uses_model", False):
+    if not scorer.uses_model:
         return ScoreContext(cache=cache)
     build = build_context(cfg, examples)
     tokenizer = instantiate(cfg.model.tokenizer, context=build)
@@ -52,12 +53,12 @@ def context(
 def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_job(cfg)
     _loaded, examples = load_examples(cfg)
-    scorer = instantiate(cfg.scorer)
+    scorer = checked_scorer(instantiate(cfg.scorer))
     cache = ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite")
     ctx = context(cfg, scorer, examples, cache)
 
-    if hasattr(scorer, "estimate"):
-        estimate = scorer.estimate(examples, ctx)
+    estimate = scorer.estimate(examples, ctx)
+    if estimate is not None:  # the scorer spends money: what it will send and cost
         atomic_write_json(run_dir / "estimate.json", estimate)
         print("cost estimate: " + json.dumps(estimate, indent=2), flush=True)
         if cfg.dry_run:
@@ -73,7 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scores = scorer.finalize(stats.raw_scores())
     results = stats.ordered
     # rows cached by an older version may hold an echoed key: redact on the way out too
-    secrets = scorer.secrets() if hasattr(scorer, "secrets") else ()
+    secrets = scorer.secrets()
 
     scored, failures = [], []
     for ex, score, r in zip(examples, scores, results, strict=True):

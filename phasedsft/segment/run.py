@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import load_examples, load_tokenizer, start_job
 from phasedsft.records import Example, stage_of
-from phasedsft.score.base import apply_scores
+from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import build_manifest
 from phasedsft.segment.methods import KDEValleys, sizes_for
@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # --- setup
     loaded, examples = load_examples(cfg)
     tokenizer = load_tokenizer(cfg, examples)
-    scorer = instantiate(cfg.scorer)
+    scorer = checked_scorer(instantiate(cfg.scorer))
     examples = apply_scores(
         examples, scorer.score(examples, score_context(cfg, cache_dir, tokenizer)), scorer.name
     )

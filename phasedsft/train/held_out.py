@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -69,8 +69,17 @@ def generate_answers(
     return answers
 
 
+@runtime_checkable
+class MarksAnswers(Protocol):
+    """What the in-run check needs of ``judge``: right or wrong against the reference."""
+
+    name: str
+
+    def correct(self, answer: str, reference: str) -> bool: ...
+
+
 def judge_answers(
-    judge: Any, examples: Sequence[Example], answers: Sequence[str]
+    judge: MarksAnswers, examples: Sequence[Example], answers: Sequence[str]
 ) -> dict[str, Any]:
     """Accuracy overall, per difficulty level and per task family, plus every item."""
     items: list[dict[str, Any]] = []

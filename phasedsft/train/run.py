@@ -37,11 +37,16 @@ from phasedsft.jobs import build_context, load_examples, load_tokenizer, run_dir
 from phasedsft.models import BuildContext
 from phasedsft.prompts import Encoded, encode
 from phasedsft.records import DataError, Example
-from phasedsft.score.base import apply_scores
+from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
 from phasedsft.train.distributed import export_slurm_ranks, is_main, rank, world_size
-from phasedsft.train.held_out import eval_datasets, generate_answers, judge_answers
+from phasedsft.train.held_out import (
+    MarksAnswers,
+    eval_datasets,
+    generate_answers,
+    judge_answers,
+)
 from phasedsft.train.ordering import Phase, group_by_length
 from phasedsft.train.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
 from phasedsft.train.stage import StageSpec, train_stage
@@ -138,8 +143,8 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
     ordering = instantiate(cfg.ordering)
     manifest, manifest_path = None, None
     if ordering.needs_scores:
-        scorer = instantiate(cfg.scorer)
-        if plan and not getattr(scorer, "costs_nothing", False):
+        scorer = checked_scorer(instantiate(cfg.scorer))
+        if plan and not scorer.costs_nothing:
             raise UnscoredPlan(
                 f"stage sizes need scores from scorer={scorer.name}: score first (score.py), "
                 "then plan with dataset=jsonl scorer=oracle"
@@ -388,7 +393,7 @@ def evaluate_last_stage(
     if not (cfg.eval.generate and s.eval_examples and specs):
         return None
     judge = instantiate(cfg.judge)
-    if not hasattr(judge, "correct"):
+    if not isinstance(judge, MarksAnswers):
         log.info("judge=%s compares two models: run evaluate.py after training", judge.name)
         return None
     return evaluate_final(cfg, s, specs[-1].dir, run_dir, judge, key=specs[-1].order_hash)

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, TINY, compose
 
 from phasedsft.train.audit import AuditError, FedLog, FeedShape, audit_fed, fed_log_path
-from phasedsft.train.stage import STAGE_FILE, SequenceDataset, StageSpec, train_stage
+from phasedsft.train.stage import STAGE_FILE, SequenceDataset, StageInputs, StageSpec, train_stage
 
 # ------------------------------------------------------------------ how ranks share a pass
 
@@ -170,7 +170,7 @@ def tiny_stage(tiny_tokenizer, tmp_path):
     spec = StageSpec(1, "difficulty-1", sequence, sequence, tmp_path / "stage_1_difficulty-1")
 
     def train() -> dict:
-        return train_stage(spec, load_model, tiny_tokenizer, encoded, {}, tcfg, 0, [])
+        return train_stage(spec, StageInputs(load_model, tiny_tokenizer, encoded, {}, tcfg, 0, []))
 
     return spec, train
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -277,15 +278,12 @@ def write_replay(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Find the runs -> generate answers from their checkpoints -> judge each candidate
+    checkpoint against the baseline's final weights, both orders -> tables and figures."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rule, which = (
-        str(cfg.rule.value if hasattr(cfg.rule, "value") else cfg.rule),
-        str(cfg.checkpoints.value if hasattr(cfg.checkpoints, "value") else cfg.checkpoints),
-    )
-    runs = discover_runs(cfg.sweep_dir, list(cfg.select))
-    groups = groups_of(runs, cfg.baseline)
-    generator = instantiate(cfg.generator)
+    rule, which = _value(cfg.rule), _value(cfg.checkpoints)
+    groups = groups_of(discover_runs(cfg.sweep_dir, list(cfg.select)), cfg.baseline)
     judge = checked_judge(instantiate(cfg.judge))
     cache = ScoreCache(Path(cfg.cache_dir) / "judgments.sqlite")
     log.info(
@@ -296,22 +294,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
 
     # --- generate: every compared checkpoint, every test set
-    answers: dict[tuple[str, str], Answers] = {}
-    sets_of: dict[Group, list[EvalSet]] = {}
-    for group, (base, cands) in groups.items():
-        sets_of[group] = load_sets(cfg, base)
-        for r in [base, *cands]:
-            for ckpt in checkpoints_of(r, "final" if r is base else which):
-                loaded: dict[str, Any] = {}
-                for es in sets_of[group]:
-                    answers[(ckpt.label, es.name)] = answers_for(
-                        ckpt, es, generator, r.config, loaded
-                    )
-                    if cfg.export_alpacaeval:
-                        write_alpacaeval(
-                            out, ckpt.label, es.name, answers[(ckpt.label, es.name)].items
-                        )
-                loaded.clear()
+    sets_of = {group: load_sets(cfg, base) for group, (base, _) in groups.items()}
+    answers = generate_all(cfg, groups, sets_of, which, out)
     if cfg.generate_only:
         print(
             f"answers written beside each checkpoint ({len(answers)} files); stopping (generate_only)"
@@ -319,88 +303,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {"answers": {f"{k[0]}:{k[1]}": str(v.path) for k, v in answers.items()}}
 
     # --- judge: candidate checkpoint vs the baseline's final weights, both orders
-    todo = []
-    for group, (base, cands) in groups.items():
-        for r in cands:
-            for ckpt in checkpoints_of(r, which):
-                for es in sets_of[group]:
-                    pairs = pairs_for(
-                        answers[(ckpt.label, es.name)], answers[(base.final.label, es.name)], es
-                    )
-                    todo.append((group, r, ckpt, es, base, pairs))
+    todo = comparisons_to_judge(groups, sets_of, answers, which)
     if cfg.dry_run:
-        every = [p for *_, pairs in todo for p in pairs]
-        estimate = judge.estimate(every, cache)
-        if estimate is None:
-            print(f"judge={judge.name} sends no request: nothing to estimate")
-            return {"estimate": None}
-        atomic_write_json(out / "estimate.json", estimate)
-        print("judge cost estimate: " + json.dumps(estimate, indent=2))
-        return {"estimate": estimate}
-
+        return estimate_judging(judge, todo, cache, out)
     comparisons: list[Comparison] = []
     pooled_items: dict[tuple, list[Judged]] = defaultdict(list)
-    judge_stats: dict[str, Any] = {"requests": 0, "cost_usd": 0.0}
+    judge_stats: Counter[str] = Counter()
     aborted: RequestsAborted | None = None
-    for group, r, ckpt, es, base, pairs in todo:
+    for task in todo:
         try:
-            result = judge.judge_pairs(pairs, cache, desc=f"judge {es.name}")
+            comp, judged, stats = judge_comparison(cfg, judge, cache, task, rule, out)
         except RequestsAborted as e:
             aborted = e
             break
-        for k in ("requests", "cost_usd"):
-            judge_stats[k] += result.stats.get(k, 0)
-        judged = [
-            judge_item(p.id, rv.review_ab, rv.review_ba, p.category)
-            for p, rv in zip(pairs, result.reviews, strict=True)
-        ]
-        label = f"{ckpt.run}__stage_{ckpt.index}_{ckpt.stage}__vs__{base.name}"
-        write_replay(
-            out / "comparisons" / es.name / f"{label}.jsonl", pairs, result.reviews, judged, judge
-        )
-        win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
-        authors = summarize(judged, "authors", cfg.bootstrap, cfg.seed)
-        accuracy = None
-        if es.has_references and isinstance(judge, MarksAnswers):
-            accuracy = {
-                "candidate": sum(judge.correct(p.answer_a, p.reference) for p in pairs)
-                / len(pairs),
-                "baseline": sum(judge.correct(p.answer_b, p.reference) for p in pairs) / len(pairs),
-            }
-        cat_acc = category_accuracy(judge, pairs) if accuracy is not None else {}
-        comp = Comparison(
-            group,
-            r.ordering,
-            r.name,
-            ckpt.index,
-            ckpt.n_stages,
-            es.name,
-            base.name,
-            win,
-            by_category(judged, rule, cfg.bootstrap, cfg.seed) if es.categories else {},
-            accuracy,
-            cat_acc,
-            authors,
-        )
-        atomic_write_json(
-            out / "comparisons" / es.name / f"{label}.json",
-            {
-                **win.to_json(),
-                "candidate": ckpt.label,
-                "baseline": base.final.label,
-                "judge": judge.name,
-                "by_category": {
-                    k: {v: w.to_json() for v, w in g.items()} for k, g in comp.categories.items()
-                },
-                "accuracy": accuracy,
-                "category_accuracy": cat_acc,
-                "judge_run": result.stats,
-                "authors_rule": authors.to_json(),
-            },
-        )
+        judge_stats.update({k: stats.get(k, 0) for k in ("requests", "cost_usd")})
         comparisons.append(comp)
         pooled_items[comp.row].extend(judged)
 
+    # --- report
     pooled: dict[tuple, WinRate] = {
         k: summarize(v, rule, cfg.bootstrap, cfg.seed) for k, v in pooled_items.items()
     }
@@ -415,7 +335,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "baseline": cfg.baseline,
         "comparisons": len(comparisons),
         "of": len(todo),
-        "judge_requests": judge_stats,
+        "judge_requests": {
+            "requests": judge_stats["requests"],
+            "cost_usd": judge_stats["cost_usd"],
+        },
         "figure": str(figure) if figure else None,
         "stopped": str(aborted) if aborted else None,
     }
@@ -427,3 +350,138 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"error: {aborted}", file=sys.stderr, flush=True)
         raise SystemExit(3)
     return summary
+
+
+def _value(node: Any) -> str:
+    """An enum config value as its string."""
+    return str(node.value if hasattr(node, "value") else node)
+
+
+Groups = dict[Group, tuple[Run, list[Run]]]
+
+
+@dataclass
+class ToJudge:
+    """One comparison: a candidate checkpoint against the baseline's final weights on one set."""
+
+    group: Group
+    run: Run
+    ckpt: Checkpoint
+    es: EvalSet
+    base: Run
+    pairs: list[Pair]
+
+    @property
+    def label(self) -> str:
+        return f"{self.ckpt.run}__stage_{self.ckpt.index}_{self.ckpt.stage}__vs__{self.base.name}"
+
+
+def generate_all(
+    cfg: DictConfig,
+    groups: Groups,
+    sets_of: dict[Group, list[EvalSet]],
+    which: str,
+    out: Path,
+) -> dict[tuple[str, str], Answers]:
+    """Answers of every compared checkpoint (the baseline's final one) on every test set."""
+    generator = instantiate(cfg.generator)
+    answers: dict[tuple[str, str], Answers] = {}
+    for group, (base, cands) in groups.items():
+        for r in [base, *cands]:
+            for ckpt in checkpoints_of(r, "final" if r is base else which):
+                loaded: dict[str, Any] = {}
+                for es in sets_of[group]:
+                    answers[(ckpt.label, es.name)] = answers_for(
+                        ckpt, es, generator, r.config, loaded
+                    )
+                    if cfg.export_alpacaeval:
+                        write_alpacaeval(
+                            out, ckpt.label, es.name, answers[(ckpt.label, es.name)].items
+                        )
+                loaded.clear()
+    return answers
+
+
+def comparisons_to_judge(
+    groups: Groups,
+    sets_of: dict[Group, list[EvalSet]],
+    answers: dict[tuple[str, str], Answers],
+    which: str,
+) -> list[ToJudge]:
+    todo = []
+    for group, (base, cands) in groups.items():
+        for r in cands:
+            for ckpt in checkpoints_of(r, which):
+                for es in sets_of[group]:
+                    pairs = pairs_for(
+                        answers[(ckpt.label, es.name)], answers[(base.final.label, es.name)], es
+                    )
+                    todo.append(ToJudge(group, r, ckpt, es, base, pairs))
+    return todo
+
+
+def estimate_judging(
+    judge: Any, todo: list[ToJudge], cache: ScoreCache, out: Path
+) -> dict[str, Any]:
+    """``dry_run=true``: what judging every comparison would send and cost; no request."""
+    estimate = judge.estimate([p for t in todo for p in t.pairs], cache)
+    if estimate is None:
+        print(f"judge={judge.name} sends no request: nothing to estimate")
+        return {"estimate": None}
+    atomic_write_json(out / "estimate.json", estimate)
+    print("judge cost estimate: " + json.dumps(estimate, indent=2))
+    return {"estimate": estimate}
+
+
+def judge_comparison(
+    cfg: DictConfig, judge: Any, cache: ScoreCache, t: ToJudge, rule: str, out: Path
+) -> tuple[Comparison, list[Judged], dict[str, Any]]:
+    """Judge one comparison in both orders, fold each item, write its replay and figures."""
+    result = judge.judge_pairs(t.pairs, cache, desc=f"judge {t.es.name}")
+    judged = [
+        judge_item(p.id, rv.review_ab, rv.review_ba, p.category)
+        for p, rv in zip(t.pairs, result.reviews, strict=True)
+    ]
+    folder = out / "comparisons" / t.es.name
+    write_replay(folder / f"{t.label}.jsonl", t.pairs, result.reviews, judged, judge)
+    win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
+    authors = summarize(judged, "authors", cfg.bootstrap, cfg.seed)
+    accuracy = None
+    if t.es.has_references and isinstance(judge, MarksAnswers):
+        n = len(t.pairs)
+        accuracy = {
+            "candidate": sum(judge.correct(p.answer_a, p.reference) for p in t.pairs) / n,
+            "baseline": sum(judge.correct(p.answer_b, p.reference) for p in t.pairs) / n,
+        }
+    cat_acc = category_accuracy(judge, t.pairs) if accuracy is not None else {}
+    comp = Comparison(
+        t.group,
+        t.run.ordering,
+        t.run.name,
+        t.ckpt.index,
+        t.ckpt.n_stages,
+        t.es.name,
+        t.base.name,
+        win,
+        by_category(judged, rule, cfg.bootstrap, cfg.seed) if t.es.categories else {},
+        accuracy,
+        cat_acc,
+        authors,
+    )
+    atomic_write_json(
+        folder / f"{t.label}.json",
+        {
+            **win.to_json(),
+            "candidate": t.ckpt.label,
+            "baseline": t.base.final.label,
+            "judge": judge.name,
+            "by_category": {
+                k: {v: w.to_json() for v, w in g.items()} for k, g in comp.categories.items()
+            },
+            "accuracy": accuracy,
+            "category_accuracy": cat_acc,
+            "judge_run": result.stats,
+            "authors_rule": authors.to_json(),
+        },
+    )
+    return comp, judged, result.stats

@@ -49,7 +49,7 @@ from phasedsft.train.held_out import (
 )
 from phasedsft.train.ordering import Phase, group_by_length
 from phasedsft.train.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
-from phasedsft.train.stage import StageSpec, train_stage
+from phasedsft.train.stage import StageInputs, StageSpec, train_stage
 from phasedsft.train.tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -375,12 +375,17 @@ def uptrain(
     records: list[dict[str, Any]] = []
     previous: Path | None = None
     for spec in specs:
-        load = model_loader(cfg, ctx, s.tokenizer, previous, adapter)
-        records.append(
-            train_stage(
-                spec, load, s.tokenizer, s.encoded, evals, cfg.trainer, cfg.seed, report_to, export
-            )
+        inputs = StageInputs(
+            model_loader(cfg, ctx, s.tokenizer, previous, adapter),
+            s.tokenizer,
+            s.encoded,
+            evals,
+            cfg.trainer,
+            cfg.seed,
+            report_to,
+            export,
         )
+        records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
     return records

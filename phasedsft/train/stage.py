@@ -239,36 +239,61 @@ def audit_stage(trainer: Trainer, spec: StageSpec) -> dict[str, Any]:
     )
 
 
-def train_stage(
-    spec: StageSpec,
-    load_model: Callable[[], Any],
-    tokenizer: Any,
-    encoded: Mapping[str, Encoded],
-    eval_datasets: Mapping[str, torch.utils.data.Dataset],
-    tcfg: Any,
-    seed: int,
-    report_to: list[str],
-    export: Callable[[Path, Path], None] | None = None,
-) -> dict[str, Any]:
+@dataclass
+class StageInputs:
+    """What every stage of a run trains with (the same for each stage: same hyper-parameters)."""
+
+    load_model: Callable[[], Any]  # the previous stage's weights (or the base model)
+    tokenizer: Any
+    encoded: Mapping[str, Encoded]  # every example of the run, by id
+    eval_datasets: Mapping[str, torch.utils.data.Dataset]  # held-out loss after the stage
+    tcfg: Any  # the trainer config node
+    seed: int
+    report_to: list[str]
+    export: Callable[[Path, Path], None] | None = None  # lays out what the Trainer saved
+
+
+def train_stage(spec: StageSpec, inputs: StageInputs) -> dict[str, Any]:
     """Train one stage (or resume it, or skip it if done); return its record.
 
-    ``export(saved_dir, stage_dir)`` lays out what the Trainer saved (rank 0); by default the
-    saved weights become ``stage_dir/model``.
+    Done stages are skipped; a stage in progress resumes from its last complete checkpoint;
+    the Trainer feeds the planned order and the audit checks it did; the weights are saved
+    (``inputs.export(saved_dir, stage_dir)`` lays them out, by default as ``stage_dir/model``),
+    then ``stage.json`` marks the stage done, and every rank writes its completion marker.
     """
-    done = read_stage(spec.dir)
-    if done is not None and done.get("status") == "done":
-        if done.get("order_sha256") != spec.order_hash:
-            raise RuntimeError(
-                f"{spec.dir / STAGE_FILE}: this stage was trained on a different data order "
-                "(data or config changed under the same run directory); use a new run.name"
-            )
-        log.info("stage %d (%s) already done: skipping", spec.index, spec.name)
+    done = finished_record(spec)
+    if done is not None:
         return done
+    resume, fed_log = prepare_stage_dir(spec)
+    trainer = stage_trainer(spec, inputs, fed_log)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    audit = audit_stage(trainer, spec)  # every rank; raises AuditError on every rank on a mismatch
+    save_stage_model(trainer, spec, inputs)
+    record = stage_record(trainer, spec, inputs, result, audit, resume)
+    mark_stage_done(trainer, spec, inputs, record)
+    return record
 
+
+def finished_record(spec: StageSpec) -> dict[str, Any] | None:
+    """The record of a stage already done (same planned order), or ``None`` to train it."""
+    done = read_stage(spec.dir)
+    if done is None or done.get("status") != "done":
+        return None
+    if done.get("order_sha256") != spec.order_hash:
+        raise RuntimeError(
+            f"{spec.dir / STAGE_FILE}: this stage was trained on a different data order "
+            "(data or config changed under the same run directory); use a new run.name"
+        )
+    log.info("stage %d (%s) already done: skipping", spec.index, spec.name)
+    return done
+
+
+def prepare_stage_dir(spec: StageSpec) -> tuple[Path | None, FedLog]:
+    """The stage's folder with its plan; the checkpoint to resume from; this rank's fed log
+    with what follows that checkpoint forgotten (it is about to be redone)."""
     spec.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.dir / "data_order.txt", "".join(f"{i}\n" for i in spec.sequence))
-    checkpoints = spec.dir / "checkpoints"
-    resume = last_complete_checkpoint(checkpoints)
+    resume = last_complete_checkpoint(spec.dir / "checkpoints")
     my_rank, n_ranks = rank(), world_size()
     fed_log = FedLog(fed_log_path(spec.dir, my_rank), spec.sequence, my_rank)
     step = 0
@@ -280,39 +305,55 @@ def train_stage(
         for r in fed_log_ranks(spec.dir):
             if r >= n_ranks:
                 fed_log_path(spec.dir, r).unlink(missing_ok=True)
+    return resume, fed_log
 
+
+def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> CurriculumTrainer:
+    """A Trainer over the stage's planned order, from the previous weights (fp32 masters)."""
+    tcfg = inputs.tcfg
     bf16, fp16 = resolve_half(tcfg.bf16, tcfg.fp16, tcfg.use_cpu)
     model = guard_master_weights(
-        load_model(),
+        inputs.load_model(),
         deepspeed=deepspeed_config(tcfg.deepspeed),
         bf16=bf16,
         fp16=fp16,
         upcast=tcfg.upcast_half_weights,
     )
-    trainer = CurriculumTrainer(
+    return CurriculumTrainer(
         model=model,
-        args=training_arguments(tcfg, checkpoints, seed, report_to),
-        train_dataset=SequenceDataset(encoded, spec.sequence),
-        data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
+        args=training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to),
+        train_dataset=SequenceDataset(inputs.encoded, spec.sequence),
+        data_collator=Collator(inputs.tokenizer.pad_token_id),
+        processing_class=inputs.tokenizer,
         fed_log=fed_log,
     )
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    audit = audit_stage(trainer, spec)  # every rank; raises AuditError on every rank on a mismatch
 
+
+def save_stage_model(trainer: Trainer, spec: StageSpec, inputs: StageInputs) -> None:
+    """Every rank saves (ZeRO-3 gathers the weights); rank 0 writes and moves them into place."""
     final, tmp = spec.dir / "model", spec.dir / "model.tmp"
     if trainer.args.should_save:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
+    trainer.save_model(str(tmp))
     if trainer.args.should_save:
-        tokenizer.save_pretrained(str(tmp))
+        inputs.tokenizer.save_pretrained(str(tmp))
         follow_umask(tmp)  # the weights file is written 0600 by transformers
-        if export is None:
+        if inputs.export is None:
             replace_dir(tmp, final)
         else:
-            export(tmp, spec.dir)
+            inputs.export(tmp, spec.dir)
 
+
+def stage_record(
+    trainer: Trainer,
+    spec: StageSpec,
+    inputs: StageInputs,
+    result: Any,
+    audit: dict[str, Any],
+    resume: Path | None,
+) -> dict[str, Any]:
+    """``stage.json``: what the stage trained on, what it fed (the audit), its losses, metrics."""
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
     # HF's train_loss covers this process's steps only (after a resume, the steps since it);
     # the fed logs hold every step's loss, so the stage's figure is the same either way
@@ -320,15 +361,15 @@ def train_stage(
     if whole is not None:
         metrics["train"]["train_loss_this_run"] = metrics["train"].get("train_loss")
         metrics["train"]["train_loss"] = whole
-    if eval_datasets:
-        metrics["eval"] = trainer.evaluate(eval_dataset=dict(eval_datasets))
+    if inputs.eval_datasets:
+        metrics["eval"] = trainer.evaluate(eval_dataset=dict(inputs.eval_datasets))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    record = {
+    return {
         "status": "done",
         "index": spec.index,
         "name": spec.name,
         "n_examples": len(spec.ids),
-        "n_target_tokens": sum(encoded[i].n_target for i in spec.sequence),
+        "n_target_tokens": sum(inputs.encoded[i].n_target for i in spec.sequence),
         "order_sha256": spec.order_hash,
         **audit,
         "global_step": trainer.state.global_step,
@@ -338,11 +379,17 @@ def train_stage(
         "metrics": metrics,
         "log_history": trainer.state.log_history,
     }
+
+
+def mark_stage_done(
+    trainer: Trainer, spec: StageSpec, inputs: StageInputs, record: dict[str, Any]
+) -> None:
+    """``stage.json`` last (rank 0), then each rank's completion marker."""
     if trainer.args.should_save:
-        atomic_write_json(spec.dir / "metrics.json", metrics)
+        atomic_write_json(spec.dir / "metrics.json", record["metrics"])
         atomic_write_json(spec.dir / STAGE_FILE, record)  # the completion marker: written last
-        if not tcfg.keep_checkpoints:
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        if not inputs.tcfg.keep_checkpoints:
+            shutil.rmtree(spec.dir / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()  # the next stage loads what rank 0 just wrote
     # Per-rank completion marker: multi-process runs are judged by these, not by exit codes alone
     # (a process may still abort while tearing down after a successful stage).
@@ -354,5 +401,3 @@ def train_stage(
             "world_size": trainer.args.world_size,
         },
     )
-    del trainer, model
-    return record

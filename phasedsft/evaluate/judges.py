@@ -30,7 +30,7 @@ from phasedsft.evaluate.winrate import ParseError, parse_scores
 from phasedsft.io import sha256_json
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.cost import prompt_tokens
-from phasedsft.llm.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
+from phasedsft.llm.endpoint import ChatEndpoint, Rejected, Tally
 from phasedsft.llm.engine import Job, RunStats
 from phasedsft.records import DataError
 
@@ -337,51 +337,30 @@ class OpenAIJudge(ChatEndpoint):
 
         async def call(job: Job) -> Result:
             pair, order = job.example
-            item_id = f"{pair.id}:{order}"
-            raws: list[str | None] = []
-            tokens_in = tokens_out = requests = 0
-            reason = ""
+            item, tally = f"{pair.id}:{order}", Tally()
             for attempt in range(1 + self.parse_retries):
                 try:
-                    resp = await self.complete(
-                        client, job, self.messages(pair, order), **self.request_options(attempt)
+                    resp = await self.ask(
+                        client,
+                        job,
+                        self.messages(pair, order),
+                        tally,
+                        **self.request_options(attempt),
                     )
                 except Rejected as e:
-                    return self.failed(job, item_id, raws, str(e), requests, tokens_in, tokens_out)
-                except BadReply as e:  # not a completion at all: a failed attempt
-                    requests += 1
-                    raws.append(e.raw)
-                    reason = str(e)
+                    return self.failed(job, item, tally, str(e))
+                if resp is None:  # not a completion at all: a failed attempt
                     continue
-                requests += 1
-                usage = usage_of(resp)
-                if usage is not None:
-                    tokens_in += usage[0]
-                    tokens_out += usage[1]
                 text = resp.choices[0].message.content
-                raws.append(text)
+                tally.raws.append(text)
                 try:
                     first, second = parse_scores(text)
                 except ParseError as e:
-                    reason = str(e)
+                    tally.reason = str(e)
                     continue
-                return Result(
-                    job.key,
-                    item_id,
-                    self.name,
-                    "ok",
-                    first - second,
-                    {"scores": [first, second], "attempts": len(raws)},
-                    text,
-                    None,
-                    self.price.cost(tokens_in, tokens_out),
-                    tokens_in,
-                    tokens_out,
-                    requests,
-                )
-            return self.failed(
-                job, item_id, raws, f"unparseable review: {reason}", requests, tokens_in, tokens_out
-            )
+                detail = {"scores": [first, second], "attempts": len(tally.raws)}
+                return self.succeeded(job, item, tally, first - second, detail, text)
+            return self.failed(job, item, tally, f"unparseable review: {tally.reason}")
 
         jobs = self.jobs(pairs)
         # one request per distinct prompt: the two orders of a pair whose answers are equal

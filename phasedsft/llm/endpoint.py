@@ -101,6 +101,18 @@ def retry_delay(retry: int, headers: Any = None) -> float:
 
 
 @dataclass
+class Tally:
+    """What one item's requests sent and got back: every raw reply, tokens, requests, and the
+    reason the last attempt failed (for the record when every attempt fails)."""
+
+    raws: list[str | None] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+    reason: str = ""
+
+
+@dataclass
 class ChatEndpoint:
     task: ClassVar[str] = "scoring"  # what a stopped run says stopped ("judging" for judges)
     model: str = "gpt-4-0613"
@@ -234,29 +246,59 @@ class ChatEndpoint:
             if account is not None:
                 account.end(cost)
 
-    def failed(
+    async def ask(
+        self, client: Any, job: Job, messages: list[dict[str, str]], tally: Tally, **kwargs: Any
+    ) -> Any | None:
+        """One attempt of ``job``: the completion, or ``None`` when the reply was not a chat
+        completion (a failed attempt, its raw text kept). :class:`Rejected` propagates: the
+        item is then recorded as failed. What was sent and used is added to ``tally``."""
+        try:
+            resp = await self.complete(client, job, messages, **kwargs)
+        except BadReply as e:
+            tally.requests += 1
+            tally.raws.append(e.raw)
+            tally.reason = str(e)
+            return None
+        tally.requests += 1
+        usage = usage_of(resp)
+        if usage is not None:
+            tally.tokens_in += usage[0]
+            tally.tokens_out += usage[1]
+        return resp
+
+    def failed(self, job: Job, item_id: str, tally: Tally, reason: str) -> Result:
+        """The item's failure, with every raw reply and what its requests cost."""
+        return self._result(job, item_id, tally, "failed", None, {}, json.dumps(tally.raws), reason)
+
+    def succeeded(
+        self, job: Job, item_id: str, tally: Tally, score: float, detail: dict[str, Any], raw: str
+    ) -> Result:
+        return self._result(job, item_id, tally, "ok", score, detail, raw, None)
+
+    def _result(
         self,
         job: Job,
         item_id: str,
-        raws: Sequence[str | None],
-        reason: str,
-        requests: int,
-        tokens_in: int,
-        tokens_out: int,
+        tally: Tally,
+        status: str,
+        score: float | None,
+        detail: dict[str, Any],
+        raw: str | None,
+        error: str | None,
     ) -> Result:
         return Result(
             job.key,
             item_id,
             self.name,
-            "failed",
-            None,
-            {},
-            json.dumps(list(raws)),
-            reason,
-            self.price.cost(tokens_in, tokens_out),
-            tokens_in,
-            tokens_out,
-            requests,
+            status,
+            score,
+            detail,
+            raw,
+            error,
+            self.price.cost(tally.tokens_in, tally.tokens_out),
+            tally.tokens_in,
+            tally.tokens_out,
+            tally.requests,
         )
 
     def run_requests(

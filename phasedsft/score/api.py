@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from phasedsft.llm.cache import Result, cache_key
 from phasedsft.llm.cost import count_tokens, prompt_tokens, tiktoken_knows
-from phasedsft.llm.endpoint import BadReply, ChatEndpoint, Rejected, usage_of
+from phasedsft.llm.endpoint import ChatEndpoint, Rejected, Tally
 from phasedsft.llm.engine import Job, RunStats
 from phasedsft.records import DataError, Example
 from phasedsft.score.base import ScorerBase
@@ -128,56 +128,45 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
             extra["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
 
         async def call(job: Job) -> Result:
-            raws: list[str | None] = []
+            item, tally = job.example.id, Tally()
             parsed: list[tuple[float, float]] = []
-            tokens_in = tokens_out = requests = 0
             expected = None
-            reason = ""
             for attempt in range(1 + self.parse_retries):
                 try:
-                    resp = await self.complete(
+                    resp = await self.ask(
                         client,
                         job,
                         messages(job.example),
+                        tally,
                         n=self.samples,
                         temperature=self.attempt_temperature(attempt),
                         seed=self.attempt_seed(attempt),
                         **extra,
                     )
                 except Rejected as e:
-                    return self._failed(job, raws, str(e), requests, tokens_in, tokens_out)
-                except BadReply as e:  # not a completion at all: a failed attempt
-                    requests += 1
-                    raws.append(e.raw)
-                    reason = str(e)
+                    return self.failed(job, item, tally, str(e))
+                if resp is None:  # not a completion at all: a failed attempt
                     continue
-                requests += 1
-                usage = usage_of(resp)
-                if usage is not None:
-                    tokens_in += usage[0]
-                    tokens_out += usage[1]
                 for choice in resp.choices:
-                    raws.append(choice.message.content)
+                    tally.raws.append(choice.message.content)
                     try:
                         parsed.append(parse_reply(choice.message.content))
                     except ParseError as e:
-                        reason = str(e)
+                        tally.reason = str(e)
                 logprobs = getattr(resp.choices[0], "logprobs", None)
                 if self.logprobs and logprobs is not None:
                     expected = expected_scores(getattr(logprobs, "content", None) or [])
                 if parsed and (self.score_from == "samples" or expected is not None):
                     break
             if not parsed:
-                return self._failed(
-                    job, raws, f"unparseable reply: {reason}", requests, tokens_in, tokens_out
-                )
+                return self.failed(job, item, tally, f"unparseable reply: {tally.reason}")
             values = [combine(self.combine, t, r) for t, r in parsed]
             detail: dict[str, Any] = {
                 "task": statistics.mean(t for t, _ in parsed),
                 "response": statistics.mean(r for _, r in parsed),
                 "samples": values,
                 "n_valid": len(parsed),
-                "n_requested": self.samples * requests,
+                "n_requested": self.samples * tally.requests,
                 "spread": spread(values),
             }
             score = statistics.mean(values)
@@ -186,35 +175,10 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
                 if self.score_from == "logprobs":
                     score = combine(self.combine, *expected)
             elif self.score_from == "logprobs":
-                return self._failed(
-                    job,
-                    raws,
-                    "the server returned no usable logprobs",
-                    requests,
-                    tokens_in,
-                    tokens_out,
-                )
-            return Result(
-                job.key,
-                job.example.id,
-                self.name,
-                "ok",
-                score,
-                detail,
-                json.dumps(raws),
-                None,
-                self.price.cost(tokens_in, tokens_out),
-                tokens_in,
-                tokens_out,
-                requests,
-            )
+                return self.failed(job, item, tally, "the server returned no usable logprobs")
+            return self.succeeded(job, item, tally, score, detail, json.dumps(tally.raws))
 
         return self.run_requests(self.jobs(examples), call, ctx.cache, f"score ({self.model})")
-
-    def _failed(
-        self, job: Job, raws: list[str | None], reason: str, requests: int, t_in: int, t_out: int
-    ) -> Result:
-        return self.failed(job, job.example.id, raws, reason, requests, t_in, t_out)
 
     def finalize(self, raw: list[float | None]) -> list[float | None]:
         return raw

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from phasedsft.llm.cache import Result
+from phasedsft.llm.engine import RunStats
 from phasedsft.records import DataError, Example
 
 
@@ -119,9 +121,6 @@ class ComputedScorer(ScorerBase):
         raise NotImplementedError
 
     def run(self, examples: Sequence[Example], ctx: Any) -> Any:
-        from phasedsft.llm.cache import Result
-        from phasedsft.llm.engine import RunStats
-
         results: list[Result | None] = [
             Result(ex.id, ex.id, self.name, "ok" if s is not None else "failed", s)
             for ex, s in zip(examples, self.score(examples, ctx), strict=True)

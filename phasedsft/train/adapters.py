@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasedsft.records import DataError
+
 
 @dataclass
 class LoraSettings:
@@ -23,8 +25,6 @@ class LoraSettings:
     bias: str = "none"
 
     def __post_init__(self) -> None:
-        from phasedsft.records import DataError
-
         if self.bias not in ("none", "all", "lora_only"):
             raise DataError(f"trainer.peft.bias must be none, all or lora_only; got {self.bias!r}")
         if not self.target_modules:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -228,11 +227,10 @@ runpy.run_path(TRAIN, run_name="__main__")
 
 
 def torchrun(script: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # a fresh rendezvous port per launch
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", str(port), str(script), *SETTINGS, f"run.root={root}", *extra]
+    # --standalone: the rendezvous binds a free port itself (a port picked here and bound later
+    # could be taken meanwhile by another launch or server: a race under parallel test runs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(script), *SETTINGS, f"run.root={root}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

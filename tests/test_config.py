@@ -2,12 +2,12 @@
 
 import inspect
 import json
-import subprocess
 import sys
 from functools import cache
 
 import pytest
-from conftest import ROOT, compose
+from conftest import compose
+from helpers import run_command
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
@@ -217,13 +217,7 @@ def test_run_name_is_stable_and_tracks_the_config():
 
 
 def test_cfg_job_prints_the_composed_config():
-    out = subprocess.run(
-        [sys.executable, "train.py", "--cfg", "job", "ordering=3-2-1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_command([sys.executable, "train.py", "--cfg", "job", "ordering=3-2-1"]).stdout
     cfg = OmegaConf.create(out)
     assert list(cfg.ordering.stages) == [3, 2, 1] and cfg.model.name == "tiny"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY
+from helpers import run_command, run_dir, stage_dirs, weights
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.integration
@@ -46,21 +46,14 @@ def env() -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def torchrun(root: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # the rendezvous binds a free port itself: no port race, none reused
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(free_port()),  # a fresh port per launch: a killed run's rendezvous may linger
         "train.py",
         *SETTINGS,
         f"run.root={root}",
@@ -68,40 +61,31 @@ def torchrun(root: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_dir(root: Path) -> Path:
-    [run] = [p for p in root.iterdir() if (p / "run.json").is_file()]
-    return run
-
-
 def assert_all_ranks_finished(run: Path, stages: int = 2, log: str = "") -> None:
-    for st in sorted(run.glob("stage_*_*/"))[:stages]:
+    for st in stage_dirs(run)[:stages]:
         ranks = {p.stem: json.loads(p.read_text()) for p in (st / "ranks").glob("*.json")}
         assert set(ranks) == {"0", "1"}, (st, ranks, log[-3000:])
         assert all(r["status"] == "done" and r["world_size"] == 2 for r in ranks.values())
         assert json.loads((st / "stage.json").read_text())["status"] == "done"
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("zero3")
-    out = subprocess.run(
-        torchrun(root), cwd=ROOT, capture_output=True, text=True, env=env(), timeout=1200
-    )
+def train(root: Path, *extra: str) -> Path:
+    """Train under ``root`` with torchrun; judged by the per-rank markers, then the exit code."""
+    out = run_command(torchrun(root, *extra), env=env(), timeout=1200, check=False)
     run = run_dir(root)
-    assert_all_ranks_finished(run, log=out.stderr)  # judged by the markers; then the exit code
+    assert_all_ranks_finished(run, log=out.stderr)
     assert out.returncode == 0, out.stderr[-3000:]
     return run
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    return train(tmp_path_factory.mktemp("zero3"))
+
+
 def test_zero3_two_ranks_train_two_stages(uninterrupted):
     run = uninterrupted
-    stages = sorted(run.glob("stage_*_*/"))
+    stages = stage_dirs(run)
     assert [s.name for s in stages] == ["stage_1_difficulty-1", "stage_2_difficulty-2"]
     w1, w2 = weights(stages[0] / "model"), weights(stages[1] / "model")
     # whole (gathered) weights were saved, not rank shards, and stage 2 changed them
@@ -136,11 +120,7 @@ def test_zero3_killed_mid_stage_resumes_to_the_same_weights(uninterrupted, tmp_p
     run = run_dir(tmp_path)
     assert not (run / "stage_2_difficulty-2" / "stage.json").exists()
 
-    out = subprocess.run(
-        torchrun(tmp_path), cwd=ROOT, capture_output=True, text=True, env=env(), timeout=1200
-    )
-    assert_all_ranks_finished(run, log=out.stderr)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert train(tmp_path) == run
     record = json.loads((run / "stage_2_difficulty-2" / "stage.json").read_text())
     assert record["resumed_from"] is not None and int(record["resumed_from"].split("-")[1]) >= 4
     a = weights(uninterrupted / "stage_2_difficulty-2" / "model")
@@ -151,18 +131,7 @@ def test_zero3_killed_mid_stage_resumes_to_the_same_weights(uninterrupted, tmp_p
 
 
 def test_zero3_with_lora_saves_and_reloads_adapters(tmp_path):
-    out = subprocess.run(
-        torchrun(tmp_path, "trainer/peft=lora", "trainer.peft.r=4"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=1200,
-    )
-    run = run_dir(tmp_path)
-    assert_all_ranks_finished(run, log=out.stderr)
-    assert out.returncode == 0, out.stderr[-3000:]
-    check_adapters(run)
+    check_adapters(train(tmp_path, "trainer/peft=lora", "trainer.peft.r=4"))
 
 
 def check_adapters(run: Path) -> None:
@@ -175,7 +144,7 @@ def check_adapters(run: Path) -> None:
     from phasedsft.models import BuildContext, scratch_llama
 
     cfg = OmegaConf.load(run / "config.yaml")
-    stages = sorted(run.glob("stage_*_*/"))
+    stages = stage_dirs(run)
     adapters = [load_file(str(s / "adapter" / "adapter_model.safetensors")) for s in stages]
     assert all(k for k in adapters[0] if "lora_" in k)
     assert any(not torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])

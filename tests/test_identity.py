@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import run_command, run_dir, run_dirs
 from identity_fixture import FIXTURE, current
 
 LEGACY_RUN = [
@@ -48,9 +47,9 @@ def test_identity_is_what_it_was_before_the_code_moved(now, part):
 def test_a_run_made_before_the_move_resumes_after_it(tmp_path):
     root = tmp_path / "run_v1"
     shutil.copytree(FIXTURE.parent / "run_v1", root)
-    (run,) = [p for p in root.iterdir() if (p / "run.json").is_file()]
+    run = run_dir(root)
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("stage_*/stage.json")}
-    out = subprocess.run(
+    out = run_command(
         [
             sys.executable,
             "train.py",
@@ -58,14 +57,10 @@ def test_a_run_made_before_the_move_resumes_after_it(tmp_path):
             f"run.root={root}",
             f"run.cache_dir={root / 'cache'}",
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
-    assert [p.name for p in root.iterdir() if (p / "run.json").is_file()] == [run.name]
+    assert run_dirs(root) == [run]
     assert log.count("already done: skipping") == 2, log[-3000:]
     assert "reusing stage manifest" in log
     assert {p: p.stat().st_mtime_ns for p in run.glob("stage_*/stage.json")} == stamps
@@ -78,7 +73,7 @@ def test_a_config_saved_before_the_move_is_read_through_the_new_modules():
     from phasedsft.config import current_target, first_target
     from phasedsft.evaluate.generation import Run
 
-    (run,) = [p for p in (FIXTURE.parent / "run_v1").iterdir() if (p / "run.json").is_file()]
+    run = run_dir(FIXTURE.parent / "run_v1")
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.ordering._target_ == "phasedsft.ordering.Phased"  # as the old code wrote it
     assert current_target(saved.ordering._target_) == "phasedsft.train.ordering.Phased"

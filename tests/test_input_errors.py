@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import ROOT, ref_path
+from helpers import run_command
 
 from phasedsft.cli import user_error
 from phasedsft.llm.cache import ScoreCache
@@ -33,7 +34,7 @@ def test_a_user_error_wrapped_by_a_library_is_found():
 def test_data_error_inside_instantiate_is_a_plain_error(tmp_path):
     """The authors' own scored file has empty outputs (first at line 2161): a located error."""
     scored = ref_path("phasedsft_scores", "en-alpaca52k-stage3.jsonl")
-    proc = subprocess.run(
+    proc = run_command(
         [
             sys.executable,
             "segment.py",
@@ -41,10 +42,8 @@ def test_data_error_inside_instantiate_is_a_plain_error(tmp_path):
             f"dataset.source.path={scored}",
             f"run.root={tmp_path}",
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
+from helpers import run_command
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -15,19 +15,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_analysis_notebook_runs_on_a_sweep(tiny_sweep, monkeypatch):
-    out = subprocess.run(
+    run_command(
         [
             sys.executable,
             "evaluate.py",
             f"sweep_dir={tiny_sweep}",
             "checkpoints=every_stage",
             "generator.max_new_tokens=6",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ]
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     path = ROOT / "notebooks" / "analysis.ipynb"
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (

@@ -9,6 +9,7 @@ import sys
 from types import SimpleNamespace
 
 from conftest import ROOT
+from helpers import run_command
 
 from phasedsft.train.plan import stage_steps
 
@@ -24,20 +25,17 @@ def readme_command(marker: str) -> list[str]:
     raise AssertionError(f"README has no 'python train.py' line with {marker!r}")
 
 
-def plan(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def plan(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedProcess:
+    return run_command(
         [sys.executable, "train.py", *args, "plan_only=true", *SMALL, f"run.root={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
+        check=check,
     )
 
 
 def test_readme_permutation_sweep_plans_exactly_the_six_orders_of_three_stages(tmp_path):
     args = readme_command("every permutation")
     proc = plan(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = re.findall(r"^  #\d+ (\S+)", proc.stdout, re.M)
     assert sorted(jobs) == ["1-2-3", "1-3-2", "2-1-3", "2-3-1", "3-1-2", "3-2-1"], proc.stdout
     assert "0 invalid, nothing trained" in proc.stdout
@@ -46,7 +44,7 @@ def test_readme_permutation_sweep_plans_exactly_the_six_orders_of_three_stages(t
 
 
 def test_invalid_job_fails_the_plan_and_names_the_reason(tmp_path):
-    proc = plan(["-m", "ordering=1-2-3,1-2-4"], tmp_path)
+    proc = plan(["-m", "ordering=1-2-3,1-2-4"], tmp_path, check=False)
     assert proc.returncode == 1
     assert "1 of 2 jobs are invalid" in proc.stderr
     assert re.search(r"1-2-4 .*INVALID: ordering asks for difficulty stage 4", proc.stdout)
@@ -54,7 +52,7 @@ def test_invalid_job_fails_the_plan_and_names_the_reason(tmp_path):
 
 
 def test_single_invalid_plan_ends_like_any_run(tmp_path):
-    proc = plan(["ordering=only-4"], tmp_path)
+    proc = plan(["ordering=only-4"], tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ordering asks for")
     assert "Traceback" not in proc.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compose
+from helpers import run_command
 
 
 def test_score_app_with_length_scorer_writes_a_trainable_file(tmp_path):
@@ -90,14 +91,9 @@ def test_lm_scorers_on_real_smollm2(tmp_path):
 
 
 def test_missing_api_key_is_a_plain_error(tmp_path):
-    import os
-    import subprocess
     import sys
 
-    from conftest import ROOT
-
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    out = subprocess.run(
+    out = run_command(
         [
             sys.executable,
             "score.py",
@@ -106,10 +102,8 @@ def test_missing_api_key_is_a_plain_error(tmp_path):
             f"run.root={tmp_path}",
             f"run.cache_dir={tmp_path}/c",
         ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+        env={"OPENAI_API_KEY": None},  # removed from the environment
+        check=False,
     )
     assert out.returncode == 2
     assert (

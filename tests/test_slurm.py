@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY
+from helpers import run_command, run_dir, run_dirs, stage_dirs
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +39,6 @@ def train_cmd(root: Path, *extra: str) -> list[str]:
     return [sys.executable, "train.py", "-m", *SMALL, f"run.root={root}", *extra]
 
 
-def stage_dirs(run: Path) -> list[Path]:
-    return sorted(run.glob("stage_*_*/"))
-
-
 def done(stage: Path) -> dict:
     return json.loads((stage / "stage.json").read_text())
 
@@ -61,15 +58,8 @@ def sacct_state(job_id: str) -> str:
 
 
 def test_sweep_of_two_orderings_runs_as_slurm_jobs(tmp_path):
-    out = subprocess.run(
-        train_cmd(tmp_path, "ordering=1-2-3,3-2-1", "trainer.max_steps=8"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = sorted(p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
+    run_command(train_cmd(tmp_path, "ordering=1-2-3,3-2-1", "trainer.max_steps=8"), timeout=900)
+    runs = run_dirs(tmp_path, "summary.json")
     assert [r.name.split("-s0-")[0] for r in runs] == ["graded-tiny-1-2-3", "graded-tiny-3-2-1"]
     for run in runs:
         stages = stage_dirs(run)
@@ -85,7 +75,7 @@ def test_sweep_of_two_orderings_runs_as_slurm_jobs(tmp_path):
 
 
 def test_two_tasks_of_one_job_train_as_two_ranks(tmp_path):
-    out = subprocess.run(
+    run_command(
         train_cmd(
             tmp_path,
             "ordering=1-2",
@@ -94,13 +84,9 @@ def test_two_tasks_of_one_job_train_as_two_ranks(tmp_path):
             "hydra.launcher.tasks_per_node=2",
             "hydra.launcher.mem_gb=8",
         ),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    [run] = [p for p in tmp_path.iterdir() if (p / "summary.json").is_file()]
+    run = run_dir(tmp_path, "summary.json")
     assert json.loads((run / "run.json").read_text())["job"]["world_size"] == 2
     for st in stage_dirs(run):
         record = done(st)
@@ -150,8 +136,7 @@ def test_cancelled_job_relaunched_resumes_mid_stage(tmp_path):
     assert not (run / "stage_2_difficulty-2" / "stage.json").exists()
     stage1 = done(run / "stage_1_difficulty-1")
 
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_command(cmd, timeout=900)
     assert done(run / "stage_1_difficulty-1") == stage1  # finished stage: not trained again
     stage2 = done(run / "stage_2_difficulty-2")
     assert stage2["resumed_from"] and stage2["resumed_from"].startswith("checkpoint-")

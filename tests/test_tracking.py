@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY
+from conftest import TINY
+from helpers import run_command, run_dir
 
 pytest.importorskip("wandb")
 pytestmark = pytest.mark.integration
@@ -26,10 +25,9 @@ def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path
         "trainer.max_steps=6",
         "ordering=1-2",
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **SECRETS}
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    [run] = [p for p in tmp_path.iterdir() if (p / "summary.json").is_file()]
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **SECRETS}
+    run_command(cmd, env=env)
+    run = run_dir(tmp_path, "summary.json")
     [offline] = list((run / "wandb").glob("offline-run-*"))
     [record_file] = list(offline.glob("run-*.wandb"))
     data = record_file.read_bytes()
@@ -46,8 +44,7 @@ def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path
         assert expected in data, expected
 
     # rerun (as a requeued job would): same W&B run id, resumed
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_command(cmd, env=env)
     ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
     assert len(ids) == 1 and len(list((run / "wandb").glob("offline-run-*"))) >= 1
 

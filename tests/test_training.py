@@ -14,17 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY, compose
-from safetensors.torch import load_file
+from helpers import run_command, run_dirs, stage_dirs, weights
 
 pytestmark = pytest.mark.integration
-
-
-def weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(model_dir / "model.safetensors"))
-
-
-def stage_dirs(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("stage_*_*/"), key=lambda p: int(p.name.split("_")[1]))
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +135,8 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     (run_a,) = [p for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")]
     assert not (run_a / "stage_2_difficulty-1" / "stage.json").exists()
 
-    subprocess.run(
-        train_cmd(tmp_path / "a", ordering), cwd=ROOT, env=env, check=True, capture_output=True
-    )
-    subprocess.run(
-        train_cmd(tmp_path / "b", ordering), cwd=ROOT, env=env, check=True, capture_output=True
-    )
+    run_command(train_cmd(tmp_path / "a", ordering), env=env)
+    run_command(train_cmd(tmp_path / "b", ordering), env=env)
     (run_b,) = [p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")]
     assert run_a.name == run_b.name  # same config -> same run directory name
 
@@ -170,7 +158,7 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
 
 def test_multirun_sweep_of_orderings(tmp_path):
     """`python train.py -m ordering=...`: one run directory per ordering, each complete."""
-    out = subprocess.run(
+    run_command(
         [
             sys.executable,
             "train.py",
@@ -180,15 +168,9 @@ def test_multirun_sweep_of_orderings(tmp_path):
             f"run.root={tmp_path}",
             "eval.generate=false",
             "trainer.num_train_epochs=1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ]
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = {
-        p.name.split("-s0-")[0]: p for p in tmp_path.iterdir() if (p / "summary.json").is_file()
-    }
+    runs = {p.name.split("-s0-")[0]: p for p in run_dirs(tmp_path, "summary.json")}
     assert set(runs) == {"graded-tiny-only-1", "graded-tiny-one_off", "graded-tiny-random"}
     stages = {k: sorted(d.name for d in v.glob("stage_*_*/")) for k, v in runs.items()}
     assert stages["graded-tiny-only-1"] == ["stage_1_difficulty-1"]

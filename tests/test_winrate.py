@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, ref_path
+from conftest import ref_path
+from helpers import run_command
 
 from phasedsft.evaluate.winrate import (
     LOSE,
@@ -204,15 +204,13 @@ def test_replay_errors_name_file_and_line(tmp_path, content, message):
 
 
 def test_replay_module_exits_2_with_a_plain_message(tmp_path):
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "-m", "phasedsft.evaluate.winrate", str(tmp_path / "missing.jsonl")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+        check=False,
+        no_traceback=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "file not found" in proc.stderr
-    assert "Traceback" not in proc.stderr
 
 
 SETS = ["koala", "lima", "sinstruct", "vicuna", "wizardlm"]
@@ -402,14 +400,13 @@ def test_reports_show_the_authors_figure_where_it_differs(tmp_path):
 )
 def test_replay_bad_input_is_a_plain_error(tmp_path, content, args, message):
     (tmp_path / "r.jsonl").write_bytes(content)
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "-m", "phasedsft.evaluate.winrate", str(tmp_path / "r.jsonl"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+        check=False,
+        no_traceback=True,
     )
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert message in proc.stderr
 
 
 def test_numeric_category_values_are_broken_down(tmp_path, capsys):

@@ -14,7 +14,7 @@ from phasedsft.cli import plain_errors
 from phasedsft.segment.run import run
 
 
-@hydra.main(config_path="conf", config_name="segmentation", version_base="1.3")
+@hydra.main(config_path="conf", config_name="segment", version_base="1.3")
 @plain_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)

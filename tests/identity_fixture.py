@@ -53,7 +53,7 @@ RUN_NAMES: dict[str, tuple[str, list[str]]] = {
         for s in ("oracle", "length", "gpt4", "openai", "local", "ifd", "perplexity")
     },
     **{
-        f"segment segment={s}": ("segmentation", [f"segment={s}"])
+        f"segment segment={s}": ("segment", [f"segment={s}"])
         for s in ("manual", "quantile", "balanced", "gmm", "jenks", "kde_valleys")
     },
 }

@@ -321,10 +321,10 @@ def test_segment_records_the_rows_it_skipped_and_bad_scores_stop_it(tmp_path, ca
         "compare={}",
     ]
     with pytest.raises(SystemExit) as end:
-        plain_errors(run)(compose(base, config_name="segmentation"))
+        plain_errors(run)(compose(base, config_name="segment"))
     assert end.value.code == 2
     assert f"error: {data}:6: score 7 is outside the scale 1-5" in capsys.readouterr().err
-    summary = run(compose([*base, "dataset.source.on_error=skip"], config_name="segmentation"))
+    summary = run(compose([*base, "dataset.source.on_error=skip"], config_name="segment"))
     skipped = summary["data"]["skipped_rows"]
     assert summary["data"]["examples"] == 38 and skipped["skipped"] == 2
     assert [s["where"] for s in skipped["first"]] == [f"{data}:6", f"{data}:7"]

@@ -114,7 +114,7 @@ def run_app(overrides, tmp_path):
             "model.tokenizer.vocab_size=300",
             *overrides,
         ],
-        config_name="segmentation",
+        config_name="segment",
     )
     return run(cfg)
 

@@ -124,6 +124,11 @@ class TrainerConfig:
     # Batches of similar lengths inside windows of the planned order (less padding, same data
     # per stage); off in the paper's recipe, which fed plain shuffled batches.
     group_by_length: bool = False
+    # Padding-free packing of consecutive planned examples into rows of at most
+    # packing_max_tokens tokens (null: max_seq_length), attention kept per example
+    # (phasedsft/train/packing.py); off in the paper's recipe.
+    packing: bool = False
+    packing_max_tokens: int | None = None
     save_steps: int = 200
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # keep mid-stage checkpoints after a stage completes

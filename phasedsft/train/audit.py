@@ -105,36 +105,52 @@ class FeedShape:
     ``max_steps`` past the end of the plan, the next pass starts again at position 0.
     """
 
-    n_planned: int
+    n_planned: int  # dataset items: plan positions, or packs of them (``units``)
     ranks: int
     batch_size: int  # per rank and micro-batch
     grad_accum: int = 1
     even_batches: bool = True
     split_batches: bool = False
     drop_last: bool = False
+    # trainer.packing: the plan positions each dataset item holds (a pack of consecutive ones);
+    # None: item i is plan position i
+    units: Sequence[Sequence[int]] | None = None
+
+    def unit(self, i: int) -> Sequence[int]:
+        return self.units[i] if self.units is not None else (i,)
 
     @property
     def global_batch(self) -> int:
         """Items per global micro-batch (all ranks together)."""
         return self.batch_size if self.split_batches else self.batch_size * self.ranks
 
-    def pass_positions(self) -> list[int]:
-        """The plan positions one pass feeds, in the sampler's global order (padding included)."""
+    def pass_length(self) -> int:
+        """Dataset items one pass feeds over all ranks, the sampler's padding included."""
         n, g = self.n_planned, self.global_batch
         if n == 0:
-            return []
+            return 0
         if self.drop_last:
-            length = n // g * g
-        elif self.ranks > 1 and self.even_batches:
-            length = -(-n // g) * g
-        else:
-            length = n
-        return [i % n for i in range(length)]
+            return n // g * g
+        if self.ranks > 1 and self.even_batches:
+            return -(-n // g) * g
+        return n
+
+    def pass_positions(self) -> list[int]:
+        """The plan positions one pass feeds, in the sampler's global order (padding included)."""
+        return [p for i in range(self.pass_length()) for p in self.unit(i % self.n_planned)]
+
+    def _step_items(self) -> list[range]:
+        size, length = self.global_batch * self.grad_accum, self.pass_length()
+        return [range(i, min(i + size, length)) for i in range(0, length, size)]
 
     def steps(self) -> list[list[int]]:
         """The plan positions of each optimizer step of one pass."""
-        positions, size = self.pass_positions(), self.global_batch * self.grad_accum
-        return [positions[i : i + size] for i in range(0, len(positions), size)]
+        return [[p for i in r for p in self.unit(i % self.n_planned)] for r in self._step_items()]
+
+    def padding(self) -> list[int]:
+        """Per optimizer step of a pass: plan positions fed again to even out the ranks."""
+        n = self.n_planned
+        return [sum(len(self.unit(i % n)) for i in r if i >= n) for r in self._step_items()]
 
 
 @dataclass
@@ -190,12 +206,7 @@ def audit_fed(logs: Mapping[int, FedLog], shape: FeedShape, n_steps: int) -> Aud
         items.sort(key=lambda t: (t[0], t[1]))  # stable: a micro-batch keeps its own order
     sequence = next(iter(logs.values())).sequence if logs else []
     pass_steps = shape.steps()
-    # padding per step of a pass: items whose index in the pass is past the plan's end
-    size, pass_length = shape.global_batch * shape.grad_accum, len(shape.pass_positions())
-    padding = [
-        max(0, min((j + 1) * size, pass_length) - max(j * size, shape.n_planned))
-        for j in range(len(pass_steps))
-    ]
+    padding = shape.padding()  # per step of a pass: items past the plan's end, fed again
 
     def where(r: int) -> str:
         return f"by rank {r} ({logs[r].path.name})" if r in logs else f"by rank {r}"

@@ -62,7 +62,8 @@ def _record(cfg: DictConfig, run_dir: Path, **fields: Any) -> dict[str, Any]:
 def plan_record(
     cfg: DictConfig, run_dir: Path, stages: Sequence[tuple[str, int, int]], note: str | None
 ) -> dict[str, Any]:
-    """``stages``: (name, examples, items fed over all epochs) per stage, in training order."""
+    """``stages``: (name, examples, items the Trainer iterates over all epochs: planned
+    examples, or packed rows with ``trainer.packing``) per stage, in training order."""
     world = world_size_for(cfg)
     rows = [
         {"name": name, "examples": n, "fed": fed, "steps": stage_steps(fed, cfg.trainer, world)}

@@ -48,6 +48,7 @@ from phasedsft.train.held_out import (
     judge_answers,
 )
 from phasedsft.train.ordering import Phase, group_by_length
+from phasedsft.train.packing import stage_packs
 from phasedsft.train.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
 from phasedsft.train.stage import StageInputs, StageSpec, train_stage
 from phasedsft.train.tracking import NullTracker
@@ -234,6 +235,12 @@ def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) ->
     return order
 
 
+def trainer_items(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) -> int:
+    """What the Trainer iterates over for a stage: planned items, or packed rows of them."""
+    order = planned_order(cfg, phase, encoded)
+    return len(stage_packs(cfg.trainer, encoded, order)) if cfg.trainer.packing else len(order)
+
+
 def job_environment() -> dict[str, Any]:
     """Where this run executes: host, ranks, and the SLURM job when there is one."""
     import os
@@ -261,7 +268,7 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     existed = (run_dir / "run.json").exists()
     try:
         s = setup(cfg, Path(cfg.run.cache_dir), plan=True)
-        stages = [(p.name, len(p.ids), len(planned_order(cfg, p, s.encoded))) for p in s.phases]
+        stages = [(p.name, len(p.ids), trainer_items(cfg, p, s.encoded)) for p in s.phases]
         record = plan_record(cfg, run_dir, stages, None)
     except UnscoredPlan as e:
         record = plan_record(cfg, run_dir, [], str(e))

@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from phasedsft.train.audit import (
     stage_train_loss,
 )
 from phasedsft.train.distributed import rank, world_size
+from phasedsft.train.packing import PackedCollator, PackedDataset, stage_packs
 from phasedsft.train.precision import guard_master_weights, resolve_half
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class StageSpec:
     ids: Sequence[str]  # the stage's examples
     sequence: Sequence[str]  # the planned fed order (epochs unrolled)
     dir: Path
+    packs: Sequence[Sequence[int]] | None = None  # trainer.packing: the rows, as plan positions
 
     @property
     def order_hash(self) -> str:
@@ -187,11 +189,12 @@ def read_stage(stage_dir: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def feed_shape(trainer: Trainer, n_planned: int) -> FeedShape:
-    """How this trainer feeds a plan of ``n_planned`` items (its ranks, batches, sampler)."""
+def feed_shape(trainer: Trainer, spec: StageSpec) -> FeedShape:
+    """How this trainer feeds the stage's plan (its ranks, batches, sampler, packs)."""
     acc = trainer.accelerator
     return FeedShape(
-        n_planned=n_planned,
+        n_planned=len(spec.packs) if spec.packs is not None else len(spec.sequence),
+        units=spec.packs,
         ranks=acc.num_processes,
         batch_size=trainer.args.per_device_train_batch_size,
         grad_accum=trainer.args.gradient_accumulation_steps,
@@ -209,7 +212,7 @@ def audit_stage(trainer: Trainer, spec: StageSpec) -> dict[str, Any]:
     ``stage.json`` or every rank raises :class:`AuditError`: no rank is left waiting.
     """
     n_ranks = trainer.accelerator.num_processes
-    shape = feed_shape(trainer, len(spec.sequence))
+    shape = feed_shape(trainer, spec)
     max_steps = trainer.args.max_steps
     n_steps = max_steps if max_steps > 0 else len(shape.steps())
     logs = {r: FedLog(fed_log_path(spec.dir, r), spec.sequence, r) for r in range(n_ranks)}
@@ -264,6 +267,8 @@ def train_stage(spec: StageSpec, inputs: StageInputs) -> dict[str, Any]:
     done = finished_record(spec)
     if done is not None:
         return done
+    if inputs.tcfg.packing:
+        spec = replace(spec, packs=stage_packs(inputs.tcfg, inputs.encoded, spec.sequence))
     resume, fed_log = prepare_stage_dir(spec)
     trainer = stage_trainer(spec, inputs, fed_log)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -319,11 +324,17 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
         fp16=fp16,
         upcast=tcfg.upcast_half_weights,
     )
+    dataset: torch.utils.data.Dataset = SequenceDataset(inputs.encoded, spec.sequence)
+    collator: Any = Collator(inputs.tokenizer.pad_token_id)
+    if spec.packs is not None:
+        dataset = PackedDataset(inputs.encoded, spec.sequence, spec.packs)
+        collator = PackedCollator(inputs.tokenizer.pad_token_id, unpacked=collator)
+        model.config.use_cache = False  # with a cache, the per-example mask is not built
     return CurriculumTrainer(
         model=model,
         args=training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to),
-        train_dataset=SequenceDataset(inputs.encoded, spec.sequence),
-        data_collator=Collator(inputs.tokenizer.pad_token_id),
+        train_dataset=dataset,
+        data_collator=collator,
         processing_class=inputs.tokenizer,
         fed_log=fed_log,
     )
@@ -370,6 +381,7 @@ def stage_record(
         "name": spec.name,
         "n_examples": len(spec.ids),
         "n_target_tokens": sum(inputs.encoded[i].n_target for i in spec.sequence),
+        "packed_rows": len(spec.packs) if spec.packs is not None else None,
         "order_sha256": spec.order_hash,
         **audit,
         "global_step": trainer.state.global_step,

@@ -1,0 +1,117 @@
+"""Padding-free packing in the planned order (``trainer.packing=true``).
+
+Consecutive examples of a stage's planned sequence are packed into rows of at most
+``trainer.packing_max_tokens`` tokens (``null``: ``trainer.max_seq_length``): greedily, in
+order, never reordered, so the curriculum and every epoch of it are fed exactly as planned
+(packing whose rows take the best-fitting example, as bin-packing does, would not be).
+Each row carries per-example position ids that restart at 0; with no attention mask and no
+cache, transformers builds a block-diagonal causal mask from them (sdpa / eager; flash
+attention's variable-length kernels on GPUs), so no token attends across examples. Labels
+stay masked per example (the prompt's -100s), and the first token of every example is never
+a target, so no loss crosses a boundary either.
+
+The Trainer then sees one dataset item per row; the fed-order audit expands every row to the
+plan positions it holds (:class:`~phasedsft.train.audit.FeedShape` ``units``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from phasedsft.prompts import IGNORE_INDEX, Encoded
+
+
+def pack_plan(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Plan positions ``0..n-1`` cut into consecutive packs of at most ``max_tokens`` tokens.
+
+    An example longer than the budget gets a pack of its own (encoding already cut it to
+    ``max_seq_length``); otherwise a pack closes when the next example would not fit.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"packing budget must be positive, got {max_tokens}")
+    packs: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if current and used + n > max_tokens:
+            packs.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        packs.append(current)
+    return packs
+
+
+def packed_row(items: Sequence[Encoded]) -> dict[str, list[int]]:
+    """One row: the examples' tokens end to end, labels per example, positions from 0 each."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for e in items:
+        input_ids += e.input_ids
+        labels += [IGNORE_INDEX, *e.labels[1:]]  # an example's first token is never a target
+        position_ids += range(len(e.input_ids))
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """One item per pack of the planned order; each carries the plan positions it holds."""
+
+    def __init__(
+        self,
+        encoded: Mapping[str, Encoded],
+        sequence: Sequence[str],
+        packs: Sequence[Sequence[int]],
+    ):
+        self.encoded, self.sequence, self.packs = encoded, list(sequence), packs
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        positions = list(self.packs[j])
+        row = packed_row([self.encoded[self.sequence[p]] for p in positions])
+        return {**row, "positions": positions}
+
+
+@dataclass
+class PackedCollator:
+    """Rows padded to the longest (padding: its own segment, never a target); no attention
+    mask, so the model builds the per-example causal mask from the position ids."""
+
+    pad_token_id: int
+    unpacked: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] | None = None  # eval batches
+
+    def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if "position_ids" not in batch[0]:  # a held-out set's examples: batched as unpacked
+            assert self.unpacked is not None, "PackedCollator got unpacked items"
+            return self.unpacked(batch)
+        width = max(len(b["input_ids"]) for b in batch)
+        ids, labels, pos = [], [], []
+        for b in batch:
+            pad = width - len(b["input_ids"])
+            ids.append(b["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(b["labels"] + [IGNORE_INDEX] * pad)
+            pos.append(b["position_ids"] + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(pos, dtype=torch.long),
+            "positions": torch.tensor([p for b in batch for p in b["positions"]], dtype=torch.long),
+        }
+
+
+def packing_budget(tcfg: Any) -> int:
+    return int(tcfg.packing_max_tokens or tcfg.max_seq_length)
+
+
+def stage_packs(
+    tcfg: Any, encoded: Mapping[str, Encoded], sequence: Sequence[str]
+) -> list[list[int]]:
+    """The packs a stage feeds under ``tcfg`` (``trainer.packing``, its budget)."""
+    return pack_plan([len(encoded[i].input_ids) for i in sequence], packing_budget(tcfg))

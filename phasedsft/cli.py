@@ -130,5 +130,23 @@ def plain_errors(fn: F) -> F:
             cfg = args[0] if args else None
             print(f"error: {user_error_message(e, found, cfg)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        finally:
+            end_distributed()
 
     return wrapper  # type: ignore[return-value]
+
+
+def end_distributed() -> None:
+    """Tear down the process group of a multi-process job before the interpreter exits.
+
+    Left to interpreter shutdown, a rank can abort in gloo's or NCCL's threads ("terminate
+    called without an active exception", SIGABRT) instead of exiting with its code: seen on a
+    rank that had just printed its plain error, which then exited -6, not 2.
+    """
+    dist = sys.modules.get("torch.distributed")  # never imported for a job that did not use it
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception as e:  # the job's own outcome matters more than a failed teardown
+        logging.getLogger("phasedsft").debug("process group teardown failed: %s", e)

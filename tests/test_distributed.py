@@ -31,3 +31,24 @@ def test_first_host_of_common_node_lists():
     assert first_host("node7") == "node7"
     assert first_host("gpu[003-005,010]") == "gpu003"
     assert first_host("a1,b[2-3]") == "a1"
+
+
+def test_a_job_ending_in_a_plain_error_tears_down_its_process_group(tmp_path):
+    # left to interpreter exit, a rank could abort (SIGABRT) in gloo's threads instead of
+    # exiting with its code 2 (seen in CI: "terminate called without an active exception")
+    import pytest
+    import torch.distributed as dist
+
+    from phasedsft.cli import plain_errors
+    from phasedsft.records import DataError
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+
+    @plain_errors
+    def job() -> None:
+        assert dist.is_initialized()
+        raise DataError("data.jsonl:3: missing field 'output'")
+
+    with pytest.raises(SystemExit) as e:
+        job()
+    assert e.value.code == 2 and not dist.is_initialized()

@@ -377,14 +377,38 @@ def with_first_targets(node: Any) -> Any:
     return node
 
 
+# Options added after run identity was first defined, with the value that means "as before".
+# At that value an option is left out of run identity (the hash in run names, the comparison
+# identity), so adding an option renames no existing run; any other value is hashed as usual.
+# An option added later adds a line here (tests/test_identity.py holds the names to keep).
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "trainer.packing": False,
+    "trainer.packing_max_tokens": None,
+}
+
+
+def without_neutral_options(container: dict[str, Any]) -> dict[str, Any]:
+    """``container`` less the options of :data:`NEUTRAL_DEFAULTS` that are at that value."""
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = container
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return container
+
+
 def config_hash(*, _root_: DictConfig) -> str:
     """Short hash of everything that changes what a run computes (see NON_SEMANTIC_KEYS).
 
-    Components are named by where their code first lived (:data:`MOVED_MODULES`): moving code
-    never renames a run.
+    Components are named by where their code first lived (:data:`MOVED_MODULES`) and options
+    added later are left out at their neutral value (:data:`NEUTRAL_DEFAULTS`): moving code or
+    adding an option never renames a run.
     """
     container = with_first_targets(OmegaConf.to_container(_root_, resolve=False))
     assert isinstance(container, dict)
+    without_neutral_options(container)
     for key in NON_SEMANTIC_KEYS:
         container.pop(key, None)
     if isinstance(container.get("scorer"), dict):

@@ -88,3 +88,12 @@ def test_a_config_saved_before_the_move_is_read_through_the_new_modules():
         [],
     )
     assert old.unused == now.unused and old.identity == now.identity
+
+
+def test_a_new_option_renames_no_run_at_its_neutral_value_and_every_run_otherwise():
+    from conftest import compose
+
+    default = compose([]).run.name
+    assert compose(["trainer.packing=false"]).run.name == default
+    assert compose(["trainer.packing=true"]).run.name != default
+    assert compose(["trainer.packing_max_tokens=4096"]).run.name != default

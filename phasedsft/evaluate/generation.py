@@ -43,6 +43,7 @@ from phasedsft.config import (
     NON_SEMANTIC_SCORER_KEYS,
     current_target,
     with_first_targets,
+    without_neutral_options,
 )
 from phasedsft.evaluate.sets import EvalSet
 from phasedsft.io import atomic_write_json, sha256_json
@@ -121,6 +122,7 @@ class Run:
         """
         ident = with_first_targets(OmegaConf.to_container(self.config, resolve=True))
         assert isinstance(ident, dict)
+        without_neutral_options(ident)  # a run saved before an option existed compares the same
         for key in IDENTITY_SKIP:
             ident.pop(key, None)
         if isinstance(ident.get("scorer"), dict):

@@ -167,8 +167,6 @@ def main() -> None:
             fed_log=FedLog(work / f"{name}.jsonl", feed),
         )
         trainer.args.disable_tqdm = True
-        if dataset is not None:
-            trainer.model.config.use_cache = False
         t0 = time.perf_counter()
         trainer.train()
         return time.perf_counter() - t0

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conftest import ROOT
 
@@ -74,3 +74,42 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(model_dir / "model.safetensors"))
+
+
+def tiny_stage(tokenizer: Any, stage_dir: Path, *overrides: str) -> tuple[Any, Callable[[], dict]]:
+    """A real 40-example stage of a 1-layer Llama (items of 6-13 tokens, 3 prompt tokens each)
+    and the call that trains it with ``train_stage``, under the TINY trainer settings plus
+    ``overrides``: the stage the audit and packing tests train."""
+    import torch
+    from conftest import TINY, compose
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from phasedsft.prompts import IGNORE_INDEX, Encoded
+    from phasedsft.train.stage import StageInputs, StageSpec, train_stage
+
+    g = torch.Generator().manual_seed(0)
+    encoded = {}
+    for i in range(40):
+        n = int(torch.randint(6, 14, (1,), generator=g))
+        ids = torch.randint(3, len(tokenizer), (n,), generator=g).tolist()
+        encoded[f"ex{i:02d}"] = Encoded(ids, [IGNORE_INDEX] * 3 + ids[3:])
+    sequence = sorted(encoded)
+
+    def load_model() -> Any:
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return LlamaForCausalLM(config)
+
+    tcfg = compose([*TINY, "trainer.use_cpu=true", *overrides]).trainer
+    spec = StageSpec(1, "difficulty-1", sequence, sequence, stage_dir)
+    inputs = StageInputs(load_model, tokenizer, encoded, {}, tcfg, 0, [])
+    return spec, lambda: train_stage(spec, inputs)

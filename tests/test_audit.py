@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
-from conftest import ROOT, TINY, compose
+from conftest import ROOT, TINY
 
 from phasedsft.train.audit import AuditError, FedLog, FeedShape, audit_fed, fed_log_path
-from phasedsft.train.stage import STAGE_FILE, SequenceDataset, StageInputs, StageSpec, train_stage
+from phasedsft.train.stage import STAGE_FILE, SequenceDataset
 
 # ------------------------------------------------------------------ how ranks share a pass
 
@@ -137,41 +138,10 @@ def test_truncate_keeps_the_steps_before_the_resume_step_on_every_rank(tmp_path)
 
 @pytest.fixture
 def tiny_stage(tiny_tokenizer, tmp_path):
-    """Everything ``train_stage`` needs for a 40-example stage of a tiny Llama (5 steps of 8)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from phasedsft.prompts import Encoded
-
-    g = torch.Generator().manual_seed(0)
-    encoded = {}
-    for i in range(40):
-        n = int(torch.randint(6, 14, (1,), generator=g))
-        ids = torch.randint(3, len(tiny_tokenizer), (n,), generator=g)
-        encoded[f"ex{i:02d}"] = Encoded(ids.tolist(), [-100] * 3 + ids.tolist()[3:])
-    sequence = sorted(encoded)
-
-    def load_model():
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=len(tiny_tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-            pad_token_id=tiny_tokenizer.pad_token_id,
-        )
-        return LlamaForCausalLM(config)
-
-    tcfg = compose([*TINY, "trainer.use_cpu=true", "trainer.save_steps=100"]).trainer
-    spec = StageSpec(1, "difficulty-1", sequence, sequence, tmp_path / "stage_1_difficulty-1")
-
-    def train() -> dict:
-        return train_stage(spec, StageInputs(load_model, tiny_tokenizer, encoded, {}, tcfg, 0, []))
-
-    return spec, train
+    """A 40-example stage of a tiny Llama (5 steps of 8) and the call that trains it."""
+    return helpers.tiny_stage(
+        tiny_tokenizer, tmp_path / "stage_1_difficulty-1", "trainer.save_steps=100"
+    )
 
 
 def test_a_stage_fed_as_planned_is_done(tiny_stage):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, compose
-from helpers import weights
+from conftest import TINY
+from helpers import tiny_stage, weights
 
 from phasedsft.prompts import IGNORE_INDEX, Encoded
 from phasedsft.train.audit import AuditError, FedLog, FeedShape, audit_fed
@@ -15,9 +15,6 @@ from phasedsft.train.stage import (
     STAGE_FILE,
     Collator,
     SequenceDataset,
-    StageInputs,
-    StageSpec,
-    train_stage,
 )
 
 # ------------------------------------------------------------------ the packs
@@ -45,7 +42,7 @@ def test_a_row_restarts_positions_and_masks_each_examples_first_token():
     batch = PackedCollator(0)([{**row, "positions": [0, 1]}, {**packed_row([a]), "positions": [2]}])
     assert batch["input_ids"].shape == (2, 7) and "attention_mask" not in batch
     assert batch["labels"][1].tolist()[3:] == [IGNORE_INDEX] * 4  # padding is never a target
-    assert batch["positions"].tolist() == [0, 1, 2]
+    assert batch["positions"].tolist() == [0, 1, 2] and batch["use_cache"] is False
 
 
 # ------------------------------------------------------------------ same loss as unpacked
@@ -64,7 +61,6 @@ def tiny_llama(attn: str) -> torch.nn.Module:
         num_key_value_heads=2,
         max_position_embeddings=128,
         pad_token_id=0,
-        use_cache=False,
         attn_implementation=attn,
     )
     return LlamaForCausalLM(config).eval()
@@ -134,37 +130,14 @@ def test_the_audit_expands_packs_and_catches_a_reordered_one(tmp_path):
 
 @pytest.fixture
 def packed_stage(tiny_tokenizer, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    g = torch.Generator().manual_seed(0)
-    encoded = {}
-    for i in range(40):
-        n = int(torch.randint(6, 14, (1,), generator=g))
-        ids = torch.randint(3, len(tiny_tokenizer), (n,), generator=g).tolist()
-        encoded[f"ex{i:02d}"] = Encoded(ids, [IGNORE_INDEX] * 3 + ids[3:])
-    sequence = sorted(encoded)
-
-    def load_model():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=len(tiny_tokenizer),
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-                pad_token_id=tiny_tokenizer.pad_token_id,
-            )
-        )
-
-    overrides = [*TINY, "trainer.use_cpu=true", "trainer.save_steps=2", "trainer.packing=true"]
-    overrides += ["trainer.packing_max_tokens=40", "trainer.per_device_train_batch_size=2"]
-    tcfg = compose(overrides).trainer
-    spec = StageSpec(1, "difficulty-1", sequence, sequence, tmp_path / "stage_1_difficulty-1")
-    return spec, lambda: train_stage(
-        spec, StageInputs(load_model, tiny_tokenizer, encoded, {}, tcfg, 0, [])
+    """The audit tests' stage, packed into rows of at most 40 tokens, 2 rows a step."""
+    return tiny_stage(
+        tiny_tokenizer,
+        tmp_path / "stage_1_difficulty-1",
+        "trainer.save_steps=2",
+        "trainer.packing=true",
+        "trainer.packing_max_tokens=40",
+        "trainer.per_device_train_batch_size=2",
     )
 
 

@@ -82,7 +82,7 @@ class PackedDataset(torch.utils.data.Dataset):
 @dataclass
 class PackedCollator:
     """Rows padded to the longest (padding: its own segment, never a target); no attention
-    mask, so the model builds the per-example causal mask from the position ids."""
+    mask and no cache, so the model builds the per-example causal mask from the position ids."""
 
     pad_token_id: int
     unpacked: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] | None = None  # eval batches
@@ -103,6 +103,9 @@ class PackedCollator:
             "labels": torch.tensor(labels, dtype=torch.long),
             "position_ids": torch.tensor(pos, dtype=torch.long),
             "positions": torch.tensor([p for b in batch for p in b["positions"]], dtype=torch.long),
+            # with a cache the per-example mask is not built; per batch, so the saved config
+            # (and generation from it) is left as the model had it
+            "use_cache": False,
         }
 
 

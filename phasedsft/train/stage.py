@@ -329,7 +329,6 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
     if spec.packs is not None:
         dataset = PackedDataset(inputs.encoded, spec.sequence, spec.packs)
         collator = PackedCollator(inputs.tokenizer.pad_token_id, unpacked=collator)
-        model.config.use_cache = False  # with a cache, the per-example mask is not built
     return CurriculumTrainer(
         model=model,
         args=training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to),

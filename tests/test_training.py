@@ -111,29 +111,25 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
     """kill -9 in the middle of stage 2, rerun the same command: same result as never stopping."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ordering = "ordering=2-1"
-    proc = subprocess.Popen(
-        train_cmd(tmp_path / "a", ordering),
+    # SIGKILL at the end of step 3 of stage 2: checkpoint-2 is complete, step 3 is lost
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "tests/killed_at.py",
+            "stage_2_difficulty-1",
+            "3",
+            *train_cmd(tmp_path / "a", ordering)[1:],
+        ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    deadline = time.time() + 300
-    ckpt = None
-    while time.time() < deadline and ckpt is None:
-        found = sorted(
-            (tmp_path / "a").glob(
-                "*/stage_2_difficulty-1/checkpoints/checkpoint-*/trainer_state.json"
-            )
-        )
-        ckpt = found[0] if found else None
-        time.sleep(0.2)
-    assert ckpt is not None, "no checkpoint appeared in stage 2"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     (run_a,) = [p for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")]
     assert not (run_a / "stage_2_difficulty-1" / "stage.json").exists()
+    assert (run_a / "stage_1_difficulty-2" / "stage.json").exists()
 
     run_command(train_cmd(tmp_path / "a", ordering), env=env)
     run_command(train_cmd(tmp_path / "b", ordering), env=env)
@@ -142,7 +138,7 @@ def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
 
     resumed = json.loads((run_a / "stage_2_difficulty-1" / "stage.json").read_text())
     clean = json.loads((run_b / "stage_2_difficulty-1" / "stage.json").read_text())
-    assert resumed["resumed_from"] is not None and clean["resumed_from"] is None
+    assert resumed["resumed_from"] == "checkpoint-2" and clean["resumed_from"] is None
     assert resumed["fed_matches_plan"] and resumed["fed_sha256"] == clean["fed_sha256"]
     # the whole stage's train_loss (from the fed logs), not the steps after the resume only
     rt, ct = resumed["metrics"]["train"], clean["metrics"]["train"]

@@ -14,6 +14,7 @@ written as files. Any other sequence: ``ordering=phased ordering.stages=[5,4,3,2
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -67,6 +68,7 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    path: str | None = None  # model=hf: the hub id or local directory (its loader reads it)
     tokenizer: Any = MISSING  # node with _target_ (phasedsft.models.*_tokenizer)
     loader: Any = MISSING  # node with _target_ (phasedsft.models.scratch_llama / load_pretrained)
     # LoRA targets for this model family (Llama / Mistral / SmolLM2 names by default)
@@ -384,6 +386,7 @@ def with_first_targets(node: Any) -> Any:
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "trainer.packing": False,
     "trainer.packing_max_tokens": None,
+    "model.path": None,
 }
 
 
@@ -417,6 +420,20 @@ def config_hash(*, _root_: DictConfig) -> str:
     return sha256_json(container)[:8]
 
 
+NAME_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".gguf")
+
+
+def path_name(path: str) -> str:
+    """A run-name part from a hub id, directory or file: its last component, extension dropped
+    (``HuggingFaceH4/ultrachat_200k`` -> ``ultrachat_200k``, ``/data/chats.jsonl`` -> ``chats``)."""
+    last = str(path).rstrip("/").rsplit("/", 1)[-1]
+    for suffix in NAME_SUFFIXES:
+        if last.lower().endswith(suffix) and len(last) > len(suffix):
+            last = last[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.") or "data"
+
+
 def _package_dir(package: str) -> str:
     from phasedsft.models import package_dir
 
@@ -429,6 +446,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("cfg_hash", config_hash)
     if not OmegaConf.has_resolver("pkgdir"):
         OmegaConf.register_new_resolver("pkgdir", _package_dir)
+    if not OmegaConf.has_resolver("path_name"):
+        OmegaConf.register_new_resolver("path_name", path_name)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="score_schema", node=ScoreConfig)

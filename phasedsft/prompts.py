@@ -112,19 +112,32 @@ class UserAssistantTemplate:
         return prompt, [*ids(ex.output), eos]
 
 
+Segments = list[tuple[list[int], bool]]  # token ids, and whether the loss is on them
+
+
 @dataclass
 class ChatTemplate:
-    """The tokenizer's own chat template: user turn = instruction (+ input), assistant = output."""
+    """The tokenizer's own chat template: user turn = instruction (+ input), assistant = output.
+
+    A conversation (:attr:`Example.messages`) is rendered turn by turn, with the loss on every
+    assistant turn (:meth:`conversation_ids`); its prompt, for generation and scoring, is every
+    turn before the last assistant turn.
+    """
 
     name: str = "chat"
     system: str | None = None
 
-    def _messages(self, ex: Example) -> list[dict[str, str]]:
-        user = ex.instruction if not ex.input.strip() else f"{ex.instruction}\n\n{ex.input}"
-        msgs = [{"role": "user", "content": user}]
-        if self.system is not None:
-            msgs.insert(0, {"role": "system", "content": self.system})
+    def _with_system(self, msgs: list[dict[str, str]]) -> list[dict[str, str]]:
+        if self.system is not None and msgs[0]["role"] != "system":
+            return [{"role": "system", "content": self.system}, *msgs]
         return msgs
+
+    def _messages(self, ex: Example) -> list[dict[str, str]]:
+        """The turns before the last assistant turn."""
+        if ex.messages is not None:
+            return self._with_system([{"role": r, "content": c} for r, c in ex.messages[:-1]])
+        user = ex.instruction if not ex.input.strip() else f"{ex.instruction}\n\n{ex.input}"
+        return self._with_system([{"role": "user", "content": user}])
 
     def _check(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -133,19 +146,23 @@ class ChatTemplate:
                 f"{type(tokenizer).__name__} has none (use prompt=alpaca)"
             )
 
-    def prompt_text(self, ex: Example, tokenizer: Any) -> str:
-        self._check(tokenizer)
+    @staticmethod
+    def _render(tokenizer: Any, msgs: list[dict[str, str]], generation_prompt: bool) -> str:
         return str(
             tokenizer.apply_chat_template(
-                self._messages(ex), tokenize=False, add_generation_prompt=True
+                msgs, tokenize=False, add_generation_prompt=generation_prompt
             )
         )
+
+    def prompt_text(self, ex: Example, tokenizer: Any) -> str:
+        self._check(tokenizer)
+        return self._render(tokenizer, self._messages(ex), True)
 
     def split_ids(self, ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
         self._check(tokenizer)
         msgs = self._messages(ex)
-        full_text = tokenizer.apply_chat_template(
-            [*msgs, {"role": "assistant", "content": ex.output}], tokenize=False
+        full_text = self._render(
+            tokenizer, [*msgs, {"role": "assistant", "content": ex.output}], False
         )
         prompt_text = self.prompt_text(ex, tokenizer)
         if not full_text.startswith(prompt_text):
@@ -158,6 +175,56 @@ class ChatTemplate:
             tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
         )
         return prompt, completion
+
+    def conversation_ids(self, ex: Example, tokenizer: Any) -> Segments:
+        """Token ids of the whole conversation in pieces, the loss on each assistant turn.
+
+        The template renders the turns up to each assistant turn with and without it; each
+        rendering must extend the one before (what every template that can be trained through
+        does), else the masking would be wrong and the example is refused, by name.
+        """
+        self._check(tokenizer)
+        msgs = [*self._messages(ex), {"role": "assistant", "content": ex.output}]
+        cuts: list[tuple[int, bool]] = []  # (end offset in the text, trained)
+        text = ""
+        for k, msg in enumerate(msgs):
+            if msg["role"] != "assistant":
+                continue
+            prompt = self._render(tokenizer, msgs[:k], True)
+            full = self._render(tokenizer, msgs[: k + 1], False)
+            if not (prompt.startswith(text) and full.startswith(prompt)):
+                raise DataError(
+                    f"example '{ex.id}': the tokenizer's chat template renders turn {k + 1} so "
+                    "that the conversation before it changes (some templates rewrite earlier "
+                    "turns); the loss on its assistant turns cannot be placed exactly"
+                )
+            cuts += [(len(prompt), False), (len(full), True)]
+            text = full
+        segments: Segments = []
+        start = 0
+        for end, trained in cuts:
+            ids = list(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+            segments.append((ids, trained))
+            start = end
+        return segments
+
+
+def template_segments(ex: Example, template: PromptTemplate, tokenizer: Any) -> Segments:
+    """The pieces of ``ex`` as ``template`` lays it out, each with whether the loss is on it."""
+    if ex.messages is None:
+        prompt, completion = template.split_ids(ex, tokenizer)
+        return [(prompt, False), (completion, True)]
+    conversation_ids = getattr(template, "conversation_ids", None)
+    if conversation_ids is None:
+        kind = f"{ex.meta.get('turns', len(ex.messages))}-turn conversation"
+        if ex.messages[0][0] == "system":
+            kind += " with a system message"
+        raise DataError(
+            f"example '{ex.id}' is a {kind}; prompt={template.name} has no place for that: use "
+            "prompt=chat (the tokenizer's chat template, with the loss on every assistant turn)"
+        )
+    segments: Segments = conversation_ids(ex, tokenizer)
+    return segments
 
 
 @dataclass
@@ -176,16 +243,19 @@ def encode(
 ) -> Encoded | None:
     """Token ids and labels for one example; ``None`` if no output token fits ``max_length``.
 
-    Over-long examples keep the whole prompt and lose the end of the output (truncation
-    is counted by the caller).
+    Labels are -100 on every token the loss is not on (the prompt; in a conversation, every
+    turn but the assistant's). Over-long examples keep the start and lose the end (truncation,
+    when it cuts tokens the loss is on, is counted by the caller).
     """
-    prompt, completion = template.split_ids(ex, tokenizer)
-    if len(prompt) >= max_length:
+    ids: list[int] = []
+    labels: list[int] = []
+    for piece, trained in template_segments(ex, template, tokenizer):
+        ids += piece
+        labels += piece if trained else [IGNORE_INDEX] * len(piece)
+    if all(x == IGNORE_INDEX for x in labels[:max_length]):
         return None
-    room = max_length - len(prompt)
-    truncated = len(completion) > room
-    completion = completion[:room]
-    return Encoded(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion, truncated)
+    truncated = any(x != IGNORE_INDEX for x in labels[max_length:])
+    return Encoded(ids[:max_length], labels[:max_length], truncated)
 
 
 def pad_batch(

@@ -79,6 +79,18 @@ def test_every_group_has_options():
     )
 
 
+# one record of each data format, for the local-file dataset options
+ROW_OF_FORMAT = {
+    "phasedsft_scored": {"id": "1", "score": "2", "data": ["q", "a"]},
+    "alpaca": {"instruction": "q", "output": "a"},
+    "messages": {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    },
+    "sharegpt": {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+    "prompt_completion": {"prompt": "q", "completion": "a"},
+}
+
+
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenizer):
     overrides = [f"{group}={option}", f"run.root={tmp_path}"]
@@ -88,16 +100,14 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tiny_tokenize
         src = compose(overrides).dataset.source
         # a local-file dataset (path: ???): give it a real file of its format
         if OmegaConf.to_container(src).get("path") == "???":
-            row = (
-                {"id": "1", "score": "2", "data": ["q", "a"]}
-                if src.format == "phasedsft_scored"
-                else {"instruction": "q", "output": "a"}
-            )
+            row = ROW_OF_FORMAT[src.format]
             f = tmp_path / "data.json"
             f.write_text(
                 json.dumps([row]) if src._target_.endswith("load_json") else json.dumps(row) + "\n"
             )
             overrides.append(f"dataset.source.path={f}")
+    if group == "model" and option == "hf":
+        overrides.append("model.path=org/some-model")
     cfg = compose(overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     node = OmegaConf.select(cfg, group.replace("/", "."))

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasedsft.records import DataError, Example, SkipReport
+from phasedsft.records import (
+    DataError,
+    Example,
+    SkipReport,
+    Turn,
+    check_turns,
+    conversation_example,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ def from_alpaca(row: Mapping[str, Any], index: int) -> Example:
     Without an ``id`` the row's position in the source is its id, as in the Phased IFT
     authors' score files (their id "46229" is row 46229 of ``alpaca_data.json``).
     """
+    if row.get("messages") is not None:  # a conversation written back by score.py
+        return from_messages(row, index)
     meta = {
         k: v for k, v in row.items() if k not in {"id", "instruction", "input", "output", "score"}
     }
@@ -115,11 +124,111 @@ def from_lima(row: Mapping[str, Any], index: int) -> Example:
     )
 
 
+def _row_id(row: Mapping[str, Any], index: int) -> str:
+    return str(row["id"]) if row.get("id") is not None else str(index)
+
+
+def _turns(
+    value: Any, key: str, role_key: str, content_key: str, roles: Mapping[str, str]
+) -> list[Turn]:
+    """Checked ``(role, content)`` turns from a list of objects; roles renamed by ``roles``."""
+    if not isinstance(value, list) or not value:
+        raise RowError(f"field '{key}' must be a non-empty list of turns")
+    turns: list[Turn] = []
+    for i, turn in enumerate(value, start=1):
+        if not isinstance(turn, Mapping) or role_key not in turn or content_key not in turn:
+            raise RowError(
+                f"{key} turn {i} must be an object with '{role_key}' and '{content_key}'"
+            )
+        role = str(turn[role_key])
+        turns.append((roles.get(role, role), turn[content_key]))
+    why = check_turns(turns)
+    if why is not None:
+        raise RowError(f"field '{key}': {why}")
+    return turns
+
+
+def _conversation(row: Mapping[str, Any], index: int, turns: list[Turn]) -> Example:
+    meta = {k: v for k, v in row.items() if k in {"source", "category"}}
+    return conversation_example(
+        _row_id(row, index), turns, score=_score(row.get("score")), meta=meta
+    )
+
+
+def from_messages(row: Mapping[str, Any], index: int) -> Example:
+    """Conversations as TRL and the chat templates take them:
+    ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``."""
+    return _conversation(row, index, _turns(row.get("messages"), "messages", "role", "content", {}))
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def from_sharegpt(row: Mapping[str, Any], index: int) -> Example:
+    """ShareGPT (as LLaMA-Factory and FastChat read it): ``{"conversations": [{"from": "human"|
+    "gpt"|"system", "value": ...}, ...]}``, optionally with a ``"system"`` string."""
+    turns = _turns(row.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+    system = row.get("system")
+    if system is not None and str(system).strip():
+        if turns[0][0] == "system":
+            raise RowError("both a 'system' field and a system turn")
+        turns = [("system", _text(row, "system")), *turns]
+    return _conversation(row, index, turns)
+
+
+def from_prompt_completion(row: Mapping[str, Any], index: int) -> Example:
+    """TRL's prompt-completion layout: ``{"prompt": str, "completion": str}``, or each a list
+    of ``{"role", "content"}`` messages (conversational prompt-completion)."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) or isinstance(completion, list):
+        if not isinstance(prompt, list) or not isinstance(completion, list):
+            raise RowError("'prompt' and 'completion' must both be strings or both message lists")
+        if not prompt or not completion:
+            raise RowError("'prompt' and 'completion' must not be empty lists")
+        turns = _turns(prompt + completion, "prompt + completion", "role", "content", {})
+        return _conversation(row, index, turns)
+    meta = {k: v for k, v in row.items() if k not in {"id", "prompt", "completion", "score"}}
+    return Example(
+        id=_row_id(row, index),
+        instruction=_text(row, "prompt"),
+        input="",
+        output=_text(row, "completion"),
+        score=_score(row.get("score")),
+        meta=meta,
+    )
+
+
 FORMATS: dict[str, Callable[[Mapping[str, Any], int], Example]] = {
     "alpaca": from_alpaca,
     "phasedsft_scored": from_phasedsft_scored,
     "lima": from_lima,
+    "messages": from_messages,
+    "sharegpt": from_sharegpt,
+    "prompt_completion": from_prompt_completion,
 }
+
+
+def with_columns(
+    convert: Callable[[Mapping[str, Any], int], Example], columns: Mapping[str, str] | None
+) -> Callable[[Mapping[str, Any], int], Example]:
+    """``convert`` reading each field from the column ``columns`` maps it to (e.g.
+    ``{"instruction": "question", "output": "answer"}``); unmapped fields keep their names."""
+    if not columns:
+        return convert
+    mapping = dict(columns)
+
+    def renamed(row: Mapping[str, Any], index: int) -> Example:
+        missing = [
+            f"'{c}' (dataset.source.columns.{f})" for f, c in mapping.items() if c not in row
+        ]
+        if missing:
+            raise RowError(f"missing column {', '.join(missing)}")
+        sources = set(mapping.values())
+        out = {k: v for k, v in row.items() if k not in sources and k not in mapping}
+        out.update({field: row[col] for field, col in mapping.items()})
+        return convert(out, index)
+
+    return renamed
 
 
 def _converter(fmt: str) -> Callable[[Mapping[str, Any], int], Example]:
@@ -207,6 +316,7 @@ def _convert_rows(
     on_error: str,
     require_output: bool = True,
     score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
+    columns: Mapping[str, str] | None = None,
 ) -> Loaded:
     """Convert and check rows; ``require_output=False`` for test sets (answers come later).
 
@@ -216,7 +326,7 @@ def _convert_rows(
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if score_range is not None and (len(score_range) != 2 or score_range[0] > score_range[1]):
         raise DataError(f"score_range must be [low, high], got {list(score_range)}")
-    convert = _converter(fmt)
+    convert = with_columns(_converter(fmt), columns)
     examples: list[Example] = []
     seen: dict[str, str] = {}
     notes: dict[str, int] = {}
@@ -248,9 +358,8 @@ def _convert_rows(
             continue
         seen[ex.id] = where
         if ex.meta.get("turns", 2) > 2:
-            notes["multi_turn_first_exchange_only"] = (
-                notes.get("multi_turn_first_exchange_only", 0) + 1
-            )
+            note = "multi_turn_conversations" if ex.messages else "multi_turn_first_exchange_only"
+            notes[note] = notes.get(note, 0) + 1
         examples.append(ex)
     if not examples:
         raise DataError(f"{source}: no usable examples ({report.count} skipped)")
@@ -308,6 +417,7 @@ def load_hub(
     on_error: str = "raise",
     require_output: bool = True,
     score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
+    columns: Mapping[str, str] | None = None,
 ) -> Loaded:
     """A Hugging Face ``datasets`` dataset, by hub id (``tatsu-lab/alpaca``) or local path."""
     import datasets
@@ -322,4 +432,91 @@ def load_hub(
     source = f"{path}[{split}]"
     report = SkipReport(source)
     rows = ((f"{source} row {i}", row) for i, row in enumerate(ds))
-    return _convert_rows(rows, format, source, report, on_error, require_output, score_range)
+    return _convert_rows(
+        rows, format, source, report, on_error, require_output, score_range, columns
+    )
+
+
+FILE_KINDS = (".json", ".jsonl", ".parquet", ".csv")
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    """Rows of a CSV file with a header, every value a string (as written), with its line."""
+    import csv
+
+    text = _decode(path.read_bytes(), path)
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    start = 2
+    try:
+        for row in reader:
+            if None in row:  # more values than the header has names
+                raise DataError(f"{path}:{start}: more values than columns in the header")
+            yield f"{path}:{start}", {k: (v if v != "" else None) for k, v in row.items()}
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV: {e}") from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's errors name no file: say which and why
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    i = 0
+    for batch in table.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            yield f"{path} row {i}", row
+            i += 1
+
+
+def _file_rows(p: Path, report: SkipReport, on_error: str) -> Iterator[tuple[str, Any]]:
+    suffix = p.suffix.lower()
+    if suffix == ".json":  # a JSON list, or (as the hub often names them) JSON lines
+        with open(p, "rb") as f:
+            head = f.read(4096).lstrip()
+        if head.startswith(b"["):
+            return _read_json_array(p)
+        return _read_jsonl(p, report, on_error)
+    if suffix == ".jsonl":
+        return _read_jsonl(p, report, on_error)
+    if suffix == ".parquet":
+        return _read_parquet(p)
+    if suffix == ".csv":
+        return _read_csv(p)
+    raise DataError(f"{p}: unknown data file type '{p.suffix}'; expected one of {FILE_KINDS}")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or path.lower().endswith(FILE_KINDS)
+
+
+def load_data(
+    path: str,
+    format: str = "alpaca",
+    columns: Mapping[str, str] | None = None,
+    split: str = "train",
+    name: str | None = None,
+    revision: str | None = None,
+    on_error: str = "raise",
+    require_output: bool = True,
+    score_range: Sequence[float] | None = DEFAULT_SCORE_RANGE,
+) -> Loaded:
+    """Records in ``format`` from wherever they are: a local ``.json`` / ``.jsonl`` /
+    ``.parquet`` / ``.csv`` file, a local dataset directory, or a hub id (``datasets``).
+
+    ``columns`` maps the format's field names to the data's column names.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        report = SkipReport(str(p))
+        rows = _file_rows(p, report, on_error)
+        return _convert_rows(
+            rows, format, str(p), report, on_error, require_output, score_range, columns
+        )
+    if not p.exists() and _looks_local(path):
+        raise DataError(f"data file not found: {p} (set dataset.source.path)")
+    return load_hub(
+        path, split, format, name, revision, on_error, require_output, score_range, columns
+    )

@@ -86,6 +86,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "output": ex.output,
                 "score": score,
             }
+            if ex.messages is not None:  # the conversation itself: train.py reads it back
+                row["messages"] = [{"role": role, "content": c} for role, c in ex.messages]
             if r is not None and r.detail:
                 row["score_detail"] = r.detail
             scored.append(row)

@@ -1,4 +1,5 @@
-"""logger=wandb for real, in offline mode: the run file holds config, stage plan and metrics, no secret."""
+"""logger=wandb for real, in offline mode: the run file holds config, stage plan and metrics, no secret;
+logger=tensorboard for real: event files per stage and across stages."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import pytest
 from conftest import TINY
 from helpers import run_command, run_dir
 
-pytest.importorskip("wandb")
 pytestmark = pytest.mark.integration
 
 SECRETS = {"OPENAI_API_KEY": "sk-phasedsft-FAKE-OPENAI-5d41402abc4b2a76", "WANDB_API_KEY": "f" * 40}
 
 
 def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path):
+    pytest.importorskip("wandb")
     cmd = [
         sys.executable,
         "train.py",
@@ -52,3 +53,49 @@ def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path
         content = path.read_bytes()
         for name, secret in SECRETS.items():
             assert secret.encode() not in content, f"{name} leaked into {path}"
+
+
+def test_tensorboard_holds_each_stage_steps_and_the_curve_across_stages(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cmd = [
+        sys.executable,
+        "train.py",
+        "logger=tensorboard",
+        *TINY,
+        f"run.root={tmp_path}",
+        "trainer.max_steps=6",
+        "ordering=1-2",
+        "eval.generate=false",
+    ]
+    run_command(cmd, env=SECRETS, no_traceback=True)
+    run = run_dir(tmp_path, "summary.json")
+    logs = run / "tensorboard"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "stage_1_difficulty-1",
+        "stage_2_difficulty-2",
+        "stages",
+    ]
+
+    def scalars(path):
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+    for stage in ("stage_1_difficulty-1", "stage_2_difficulty-2"):
+        steps = scalars(logs / stage)
+        assert [s for s, _ in steps["train/loss"]] == [2, 4, 6]  # every logging_steps, per stage
+        assert "train/learning_rate" in steps
+    across = scalars(logs / "stages")
+    records = [json.loads(p.read_text()) for p in sorted(run.glob("stage_*_*/stage.json"))]
+    level1 = across["stage/eval_level1_loss"]
+    assert [s for s, _ in level1] == [r["index"] for r in records] == [1, 2]
+    assert [v for _, v in level1] == pytest.approx(
+        [r["metrics"]["eval"]["eval_level1_loss"] for r in records], rel=1e-6
+    )
+    # no secret in anything TensorBoard wrote (it records the Trainer's arguments as text)
+    for f in logs.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert not any(v.encode() in data for v in SECRETS.values()), f

@@ -49,6 +49,7 @@ from phasedsft.train.audit import (
 from phasedsft.train.distributed import rank, world_size
 from phasedsft.train.packing import PackedCollator, PackedDataset, stage_packs
 from phasedsft.train.precision import guard_master_weights, resolve_half
+from phasedsft.train.tracking import tensorboard_dir
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
     if spec.packs is not None:
         dataset = PackedDataset(inputs.encoded, spec.sequence, spec.packs)
         collator = PackedCollator(inputs.tokenizer.pad_token_id, unpacked=collator)
-    return CurriculumTrainer(
+    trainer = CurriculumTrainer(
         model=model,
         args=training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to),
         train_dataset=dataset,
@@ -337,6 +338,14 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
         processing_class=inputs.tokenizer,
         fed_log=fed_log,
     )
+    if "tensorboard" in inputs.report_to:  # one TensorBoard run per stage, beside the others
+        from transformers.integrations import TensorBoardCallback
+
+        callback = next(
+            c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)
+        )
+        callback.logging_dir = str(tensorboard_dir(spec.dir))
+    return trainer
 
 
 def save_stage_model(trainer: Trainer, spec: StageSpec, inputs: StageInputs) -> None:

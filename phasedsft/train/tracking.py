@@ -5,6 +5,11 @@ with a stable id derived from the run directory: a requeued or relaunched job co
 same W&B run. It logs the resolved config (which never holds secrets: API keys are read from
 the environment only), the stage plan with each stage's data-order hash, and per-stage results;
 the Trainer's own W&B callback (``report_to: [wandb]``) logs loss and learning rate as it trains.
+
+:class:`TensorBoardTracker` writes the same per-stage results under ``<run_dir>/tensorboard/
+stages`` (step = stage index: held-out loss per level across stages reads as a forgetting
+curve); the Trainer's TensorBoard callback writes each stage's steps under
+``<run_dir>/tensorboard/<stage directory>`` (:func:`tensorboard_dir`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,53 @@ class NullTracker:
 
     def finish(self, summary: dict[str, Any]) -> None:
         pass
+
+
+def tensorboard_dir(stage_dir: Path) -> Path:
+    """Where the Trainer's TensorBoard callback writes a stage's steps: one TensorBoard run per
+    stage, all of a training run's under ``<run_dir>/tensorboard``."""
+    return stage_dir.parent / "tensorboard" / stage_dir.name
+
+
+def stage_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a finished stage's record worth a curve across stages."""
+    values: dict[str, float] = {}
+    for key in ("first_logged_loss", "last_logged_loss", "global_step", "n_examples", "n_fed"):
+        if isinstance(record.get(key), int | float) and not isinstance(record.get(key), bool):
+            values[f"stage/{key}"] = record[key]
+    for key, value in record.get("metrics", {}).get("eval", {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values[f"stage/{key}"] = value
+    return values
+
+
+@dataclass
+class TensorBoardTracker(NullTracker):
+    """Per-stage results as TensorBoard scalars (``logger=tensorboard``)."""
+
+    def start(self, config: dict[str, Any], run_dir: Path, run_info: dict[str, Any]) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise DataError(
+                "logger=tensorboard needs tensorboard: pip install tensorboard (or .[tensorboard])"
+            ) from e
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard" / "stages"))
+        stages = "\n".join(
+            f"{st['index']}. {st['name']} ({st['n_examples']} examples)"
+            for st in run_info.get("stages", [])
+        )
+        self.writer.add_text("stages", stages or "(none)")
+
+    def stage_done(self, record: dict[str, Any]) -> None:
+        for key, value in stage_scalars(record).items():
+            self.writer.add_scalar(key, value, record["index"])
+        self.writer.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for key, value in (summary.get("final_accuracy") or {}).items():
+            self.writer.add_scalar(f"final/{key}/accuracy", value["accuracy"], 0)
+        self.writer.close()
 
 
 def stable_run_id(run_dir: Path) -> str:
@@ -70,14 +122,7 @@ class WandbTracker(NullTracker):
 
     def stage_done(self, record: dict[str, Any]) -> None:
         i = record["index"]
-        values: dict[str, Any] = {"stage": i}
-        for key in ("first_logged_loss", "last_logged_loss", "global_step", "n_examples", "n_fed"):
-            if isinstance(record.get(key), int | float):
-                values[f"stage/{key}"] = record[key]
-        for key, value in record.get("metrics", {}).get("eval", {}).items():
-            if isinstance(value, int | float):
-                values[f"stage/{key}"] = value
-        self.run.log(values)
+        self.run.log({"stage": i, **stage_scalars(record)})
         self.run.summary[f"stage_{i}/name"] = record["name"]
         self.run.summary[f"stage_{i}/order_sha256"] = record["order_sha256"]
         self.run.summary[f"stage_{i}/fed_matches_plan"] = record.get("fed_matches_plan")

@@ -33,6 +33,7 @@ NON_SEMANTIC_KEYS = (
     "run",
     "launcher",
     "logger",
+    "publish",  # where finished stages are copied: adding it to a finished run retrains nothing
     "dry_run",
     "plan_only",
     "thresholds",
@@ -188,6 +189,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: Any = None
+    publish: Any = None  # node with _target_ (phasedsft.train.publish.*); None: not published
     # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/train/plan.py)
     plan_only: bool = False
 

@@ -50,6 +50,7 @@ from phasedsft.train.held_out import (
 from phasedsft.train.ordering import Phase, group_by_length
 from phasedsft.train.packing import stage_packs
 from phasedsft.train.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
+from phasedsft.train.publish import publish_stages
 from phasedsft.train.stage import StageInputs, StageSpec, train_stage
 from phasedsft.train.tracking import NullTracker
 
@@ -297,8 +298,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
     records = uptrain(cfg, s, specs, tracker)
-    if not is_main():  # rank 0 evaluates and writes the run-level files
+    if not is_main():  # rank 0 publishes, evaluates and writes the run-level files
         return {"rank": rank(), "run_dir": str(run_dir)}
+    if cfg.publish:
+        publish_stages(instantiate(cfg.publish), [spec.dir for spec in specs])
 
     # --- evaluate the final weights
     final = evaluate_last_stage(cfg, s, specs, run_dir)

@@ -396,3 +396,31 @@ def test_score_py_keeps_conversations_for_training(tmp_path):
     # the length scorer read the whole conversation: the multi-turn ones are the longer, harder
     by_id = {e.id: e.score for e in back}
     assert min(by_id[f"c{i}"] for i in (1, 3, 5)) > max(by_id[f"c{i}"] for i in (0, 2, 4))
+
+
+def readme_data_commands() -> list[list[str]]:
+    import shlex
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Data\n", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    lines = [ln.split(" #")[0].strip() for ln in block.splitlines()]
+    return [shlex.split(ln)[2:] for ln in lines if ln.startswith("python train.py")]
+
+
+@pytest.mark.parametrize("words", readme_data_commands(), ids=lambda w: " ".join(w)[:60])
+def test_readme_data_commands_compose(words, tmp_path):
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    cfg = compose([*words, f"run.root={tmp_path}"])
+    OmegaConf.resolve(cfg)  # the dataset and model names come from the paths
+    path = next(w.split("=", 1)[1] for w in words if w.startswith("dataset.source.path="))
+    assert cfg.dataset.source.path == path
+    if cfg.dataset.source._target_.endswith("load_data"):  # named after the data
+        from phasedsft.config import path_name
+
+        assert cfg.dataset.name == path_name(path) != "data"
+    assert cfg.run.name.startswith(f"{cfg.dataset.name}-{cfg.model.name}-")

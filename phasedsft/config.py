@@ -107,6 +107,26 @@ class Shuffle(str, Enum):
     once = "once"
 
 
+class StageSchedule(str, Enum):
+    per_stage = "per_stage"  # each stage its own warmup and decay over its own steps (the paper)
+    spanning = "spanning"  # one warmup and decay over the steps of all stages
+
+
+class OptimizerState(str, Enum):
+    fresh = "fresh"  # each stage a new optimizer (the paper)
+    carried = "carried"  # each stage starts from the previous stage's optimizer moments
+
+
+@dataclass
+class StagePolicy:
+    """How each stage continues from the one before (``trainer/stage_policy=reset|continue|carry``;
+    ``docs/curricula.md``). The default is the paper's: every stage a fresh start."""
+
+    schedule: StageSchedule = StageSchedule.per_stage
+    optimizer_state: OptimizerState = OptimizerState.fresh
+    warmup_each_stage: bool = True  # per_stage: later stages warm up again (false: stage 1 only)
+
+
 @dataclass
 class TrainerConfig:
     """Per-stage hyper-parameters; every stage uses the same ones (paper defaults)."""
@@ -154,6 +174,7 @@ class TrainerConfig:
     deepspeed: Any = None  # a DeepSpeed config (trainer/deepspeed=zero2|zero3|zero3_offload); "auto" fields filled by the Trainer
     peft: Any = None  # adapter settings with _target_ (trainer/peft=lora); None: full fine-tuning
     extra: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments as is
+    stage_policy: StagePolicy = field(default_factory=StagePolicy)
 
 
 @dataclass
@@ -389,6 +410,11 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "trainer.packing": False,
     "trainer.packing_max_tokens": None,
     "model.path": None,
+    "trainer.stage_policy": {
+        "schedule": "per_stage",
+        "optimizer_state": "fresh",
+        "warmup_each_stage": True,
+    },
 }
 
 

@@ -7,6 +7,8 @@ environment variables merged over ``os.environ`` and a timeout; it asserts the e
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -113,3 +115,21 @@ def tiny_stage(tokenizer: Any, stage_dir: Path, *overrides: str) -> tuple[Any, C
     spec = StageSpec(1, "difficulty-1", sequence, sequence, stage_dir)
     inputs = StageInputs(load_model, tokenizer, encoded, {}, tcfg, 0, [])
     return spec, lambda: train_stage(spec, inputs)
+
+
+def logged_lrs(stage: Path) -> list[float]:
+    """The learning rate the Trainer logged at each logging step of a finished stage."""
+    history = json.loads((stage / "stage.json").read_text())["log_history"]
+    return [h["learning_rate"] for h in history if "learning_rate" in h]
+
+
+def expected_lrs(total: int, warmup: int, lr: float) -> list[float]:
+    """Cosine with linear warmup, as logged after each step (transformers' formula)."""
+    out = []
+    for step in range(total):
+        if step < warmup:
+            out.append(lr * step / max(1, warmup))
+        else:
+            progress = (step - warmup) / max(1, total - warmup)
+            out.append(lr * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return out

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY
-from helpers import run_command, run_dir, stage_dirs, weights
+from helpers import expected_lrs, logged_lrs, run_command, run_dir, stage_dirs, weights
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.integration
@@ -159,3 +159,11 @@ def check_adapters(run: Path) -> None:
         # only the LoRA targets moved; everything else is the base model
         changed = {k for k in saved if not torch.equal(saved[k], base_weights[k])}
         assert changed and all(any(t in k for t in cfg.model.lora_target_modules) for k in changed)
+
+
+def test_zero3_continues_one_schedule_across_stages(tmp_path):
+    """trainer/stage_policy=continue under ZeRO-3 (the paper's setting): DeepSpeed takes the
+    Trainer's scheduler, so the stages follow one warmup + cosine over all 16 steps."""
+    run = train(tmp_path, "trainer/stage_policy=continue", "trainer.logging_steps=1")
+    s1, s2 = stage_dirs(run)
+    assert logged_lrs(s1) + logged_lrs(s2) == pytest.approx(expected_lrs(16, 2, 1e-2))

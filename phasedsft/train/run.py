@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from phasedsft import __version__
 from phasedsft.cli import USER_ERRORS
+from phasedsft.config import OptimizerState, StageSchedule
 from phasedsft.data.loaders import Loaded
 from phasedsft.io import (
     atomic_write_json,
@@ -36,7 +37,7 @@ from phasedsft.io import (
 from phasedsft.jobs import build_context, load_examples, load_tokenizer, run_dir_for, start_job
 from phasedsft.models import BuildContext
 from phasedsft.prompts import Encoded, encode
-from phasedsft.records import DataError, Example
+from phasedsft.records import DataError, Example, UserError
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
@@ -49,9 +50,15 @@ from phasedsft.train.held_out import (
 )
 from phasedsft.train.ordering import Phase, group_by_length
 from phasedsft.train.packing import stage_packs
-from phasedsft.train.plan import discard_fresh_run_dir, format_plan, invalid_record, plan_record
+from phasedsft.train.plan import (
+    discard_fresh_run_dir,
+    format_plan,
+    invalid_record,
+    plan_record,
+    stage_steps,
+)
 from phasedsft.train.publish import publish_stages
-from phasedsft.train.stage import StageInputs, StageSpec, train_stage
+from phasedsft.train.stage import Continuity, StageInputs, StageSpec, train_stage
 from phasedsft.train.tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -313,12 +320,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def stage_specs(cfg: DictConfig, s: Setup, run_dir: Path) -> list[StageSpec]:
-    """One spec per stage of the ordering: its examples, its planned fed order, its folder."""
-    return [
+    """One spec per stage of the ordering: its examples, its planned fed order, its folder,
+    and how it continues from the stage before (``trainer.stage_policy``)."""
+    specs = [
         StageSpec(
             i, p.name, p.ids, planned_order(cfg, p, s.encoded), run_dir / f"stage_{i}_{p.name}"
         )
         for i, p in enumerate(s.phases, start=1)
+    ]
+    return [
+        replace(sp, continuity=c) for sp, c in zip(specs, continuities(cfg, s, specs), strict=True)
+    ]
+
+
+def continuities(cfg: DictConfig, s: Setup, specs: Sequence[StageSpec]) -> list[Continuity]:
+    """Per stage: does it warm up, which spanning schedule, whose optimizer state it starts from."""
+    policy = cfg.trainer.stage_policy
+    spanning = policy.schedule == StageSchedule.spanning
+    carried = policy.optimizer_state == OptimizerState.carried
+    if carried and cfg.trainer.deepspeed:
+        raise UserError(
+            "trainer.stage_policy.optimizer_state=carried does not work with DeepSpeed yet "
+            "(DeepSpeed owns the optimizer state); use it without trainer/deepspeed"
+        )
+    steps = []
+    for sp in specs:
+        items = (
+            len(stage_packs(cfg.trainer, s.encoded, sp.sequence))
+            if cfg.trainer.packing
+            else len(sp.sequence)
+        )
+        steps.append(stage_steps(items, cfg.trainer, world_size()))
+    return [
+        Continuity(
+            warmup=spanning or k == 0 or bool(policy.warmup_each_stage),
+            span=(sum(steps[:k]), sum(steps)) if spanning else None,
+            optimizer_from=specs[k - 1].dir if carried and k > 0 else None,
+            keep_optimizer=carried and k < len(specs) - 1,
+        )
+        for k in range(len(specs))
     ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -37,6 +38,7 @@ from phasedsft.io import (
     sha256_lines,
 )
 from phasedsft.prompts import Encoded, pad_batch
+from phasedsft.records import DataError
 from phasedsft.train.audit import (
     AuditError,
     FedLog,
@@ -82,14 +84,69 @@ class Collator:
         return out
 
 
+OPTIMIZER_FILE = "optimizer_state.pt"  # a stage's final optimizer state, for the next stage
+
+
+@dataclass(frozen=True)
+class Continuity:
+    """How one stage continues from the one before (``trainer.stage_policy``).
+
+    ``span``: (optimizer steps of the stages before this one, steps of all stages): the stage
+    follows one schedule spanning every stage, from where the previous stage left it.
+    ``optimizer_from``: the previous stage's final optimizer state (its moments) to start from.
+    ``keep_optimizer``: save this stage's final optimizer state for the next stage.
+    """
+
+    warmup: bool = True
+    span: tuple[int, int] | None = None
+    optimizer_from: Path | None = None
+    keep_optimizer: bool = False
+
+
 class CurriculumTrainer(Trainer):
     """``Trainer`` that logs, on every rank, the planned positions of every training micro-batch
     it trains on, with the loss it reported for it (the record a resumed stage's whole-stage
-    ``train_loss`` is computed from)."""
+    ``train_loss`` is computed from), and continues the optimizer and the learning-rate
+    schedule from the previous stage as ``continuity`` says."""
 
-    def __init__(self, *args: Any, fed_log: FedLog | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        fed_log: FedLog | None = None,
+        continuity: Continuity | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.fed_log = fed_log
+        self.continuity = continuity or Continuity()
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        optimizer = super().create_optimizer(*([model] if model is not None else []))
+        source = self.continuity.optimizer_from
+        if source is not None:  # a resumed stage then loads its own checkpoint's state over it
+            carry_optimizer_state(optimizer, source / OPTIMIZER_FILE)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.continuity.span is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        from transformers import get_scheduler
+
+        before, total = self.continuity.span
+        optimizer = optimizer or self.optimizer
+        kwargs = self.args.lr_scheduler_kwargs  # a dict once TrainingArguments has parsed it
+        whole = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=self.args.get_warmup_steps(total),
+            num_training_steps=total,
+            scheduler_specific_kwargs=kwargs if isinstance(kwargs, dict) else None,
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, spanning_factor(whole.lr_lambdas[0], before)
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         positions = inputs["positions"].tolist()
@@ -177,6 +234,7 @@ class StageSpec:
     sequence: Sequence[str]  # the planned fed order (epochs unrolled)
     dir: Path
     packs: Sequence[Sequence[int]] | None = None  # trainer.packing: the rows, as plan positions
+    continuity: Continuity = Continuity()  # trainer.stage_policy: how it follows the stage before
 
     @property
     def order_hash(self) -> str:
@@ -275,6 +333,8 @@ def train_stage(spec: StageSpec, inputs: StageInputs) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     audit = audit_stage(trainer, spec)  # every rank; raises AuditError on every rank on a mismatch
     save_stage_model(trainer, spec, inputs)
+    if spec.continuity.keep_optimizer:
+        save_optimizer_state(trainer, spec)
     record = stage_record(trainer, spec, inputs, result, audit, resume)
     mark_stage_done(trainer, spec, inputs, record)
     return record
@@ -314,6 +374,41 @@ def prepare_stage_dir(spec: StageSpec) -> tuple[Path | None, FedLog]:
     return resume, fed_log
 
 
+def spanning_factor(whole: Callable[[int], float], before: int) -> Callable[[int], float]:
+    """The learning-rate factor at a stage's step: the spanning schedule's at the run's step
+    ``before + step``. A plain function, so the scheduler's checkpoint stores none of it (a
+    callable object's attributes would be pickled into ``scheduler.pt``, which a resume loads
+    with ``weights_only=True``); a resumed stage rebuilds the same function."""
+
+    def factor(step: int) -> float:
+        return float(whole(before + step))
+
+    return factor
+
+
+def carry_optimizer_state(optimizer: Any, path: Path) -> None:
+    """Start ``optimizer`` from the moments saved at ``path`` (its own hyper-parameters kept)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    fresh = optimizer.state_dict()
+    shapes = [len(g["params"]) for g in fresh["param_groups"]]
+    if [len(g["params"]) for g in saved["param_groups"]] != shapes:
+        raise DataError(
+            f"{path}: the previous stage's optimizer state has other parameter groups "
+            f"({[len(g['params']) for g in saved['param_groups']]} vs {shapes}); "
+            "trainer.stage_policy.optimizer_state=carried needs the same trainable parameters"
+        )
+    optimizer.load_state_dict({**fresh, "state": saved["state"]})
+
+
+def save_optimizer_state(trainer: Trainer, spec: StageSpec) -> None:
+    """The stage's final optimizer state, for a next stage that carries it (rank 0)."""
+    if trainer.args.should_save and trainer.optimizer is not None:
+        path = spec.dir / OPTIMIZER_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(trainer.optimizer.state_dict(), tmp)
+        os.replace(tmp, path)
+
+
 def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> CurriculumTrainer:
     """A Trainer over the stage's planned order, from the previous weights (fp32 masters)."""
     tcfg = inputs.tcfg
@@ -330,13 +425,17 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
     if spec.packs is not None:
         dataset = PackedDataset(inputs.encoded, spec.sequence, spec.packs)
         collator = PackedCollator(inputs.tokenizer.pad_token_id, unpacked=collator)
+    args = training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to)
+    if not spec.continuity.warmup:
+        args.warmup_steps = 0
     trainer = CurriculumTrainer(
         model=model,
-        args=training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to),
+        args=args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=inputs.tokenizer,
         fed_log=fed_log,
+        continuity=spec.continuity,
     )
     if "tensorboard" in inputs.report_to:  # one TensorBoard run per stage, beside the others
         from transformers.integrations import TensorBoardCallback
@@ -394,6 +493,13 @@ def stage_record(
         **audit,
         "global_step": trainer.state.global_step,
         "resumed_from": resume.name if resume else None,
+        "continuity": {  # trainer.stage_policy, as it applied to this stage
+            "warmup": spec.continuity.warmup,
+            "span": list(spec.continuity.span) if spec.continuity.span else None,
+            "optimizer_from": spec.continuity.optimizer_from.name
+            if spec.continuity.optimizer_from
+            else None,
+        },
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "metrics": metrics,

@@ -211,6 +211,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: Any = None
     publish: Any = None  # node with _target_ (phasedsft.train.publish.*); None: not published
+    replay: Any = None  # node with _target_ (phasedsft.train.curricula.Replay); None: no replay
     # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/train/plan.py)
     plan_only: bool = False
 
@@ -336,6 +337,30 @@ class SortedOrdering:
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
+@dataclass
+class PacedOrdering:
+    _target_: str = "phasedsft.train.curricula.Paced"
+    name: str = "paced-${.pacing}"
+    pacing: str = "linear"  # linear | root | geometric | step (docs/curricula.md)
+    start: float = 0.2  # the share of the easiest data available at the first step
+    full_at: float = 0.5  # the share of training after which all data is available
+    growth: float = 2.0  # geometric: factor per increment
+    steps: int = 4  # step: increments
+    anti: bool = False  # hardest first
+    epochs: float = "${trainer.num_train_epochs}"  # type: ignore[assignment]
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class InterleavedOrdering:
+    _target_: str = "phasedsft.train.curricula.Interleaved"
+    name: str = "interleaved"
+    stages: list[int] | None = None  # default: every difficulty stage
+    epochs: float = "${trainer.num_train_epochs}"  # type: ignore[assignment]
+    reshuffle: bool = True
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
 def stage_sequences(max_stages: int = MAX_GENERATED_STAGES) -> list[tuple[int, ...]]:
     """Every ordered selection of distinct stages from 1..max_stages (permutations and subsets)."""
     stages = range(1, max_stages + 1)
@@ -410,6 +435,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "trainer.packing": False,
     "trainer.packing_max_tokens": None,
     "model.path": None,
+    "replay": None,
     "trainer.stage_policy": {
         "schedule": "per_stage",
         "optimizer_state": "fresh",
@@ -489,6 +515,8 @@ def register() -> None:
         node=RandomOrdering(name="random_matched", sizes="matched"),
     )
     cs.store(group="ordering", name="sorted", node=SortedOrdering)
+    cs.store(group="ordering", name="paced", node=PacedOrdering)
+    cs.store(group="ordering", name="interleaved", node=InterleavedOrdering)
     cs.store(group="ordering", name="phased", node=PhasedOrdering)
     for seq in stage_sequences():
         name = "-".join(map(str, seq)) if len(seq) > 1 else f"only-{seq[0]}"

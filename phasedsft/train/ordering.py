@@ -30,6 +30,10 @@ class Phase:
     name: str
     ids: tuple[str, ...]
     shuffle: bool = True
+    # the whole fed order, fixed by the ordering itself (a paced curriculum), epochs included
+    planned: tuple[str, ...] | None = None
+    epochs_scale: float = 1.0  # replay with matched compute: fewer passes over a bigger stage
+    mixture: tuple[tuple[str, int], ...] = ()  # replay: (stage, examples) it holds, own first
 
     def sequence(self, epochs: float, seed: int, reshuffle: bool = True) -> list[str]:
         """The exact order of ids fed to the trainer over ``epochs`` passes.
@@ -37,10 +41,13 @@ class Phase:
         Each full pass is a fresh seeded shuffle (``reshuffle``), or the first pass's shuffle
         again (``reshuffle=False``: the authors' code shuffles a stage once and feeds that order
         every epoch), or the fixed order (``shuffle=False``); a fractional epoch takes the first
-        part of one more pass.
+        part of one more pass. A phase whose ordering planned its whole order feeds that.
         """
         if epochs <= 0:
             raise DataError(f"trainer.num_train_epochs must be positive, got {epochs}")
+        if self.planned is not None:
+            return list(self.planned)
+        epochs *= self.epochs_scale
         out: list[str] = []
         for epoch in range(math.ceil(epochs)):
             order = list(self.ids)

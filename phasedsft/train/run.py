@@ -163,6 +163,8 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
     if ordering.needs_stages:
         manifest, manifest_path = stage_manifest(cfg, examples, cache_dir)
     phases = ordering.phases(examples, manifest)
+    if cfg.replay:
+        phases = instantiate(cfg.replay).apply(phases, len(examples))
     return Setup(
         examples,
         eval_examples,
@@ -382,8 +384,9 @@ def write_run_record(
                 "name": sp.name,
                 "n_examples": len(sp.ids),
                 "order_sha256": sp.order_hash,
+                **({"mixture": dict(p.mixture)} if p.mixture else {}),
             }
-            for sp in specs
+            for sp, p in zip(specs, s.phases, strict=True)
         ],
         "data": s.data_report,
         "eval_examples": len(s.eval_examples),

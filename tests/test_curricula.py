@@ -1,0 +1,182 @@
+"""Replay, paced and interleaved curricula (phasedsft/train/curricula.py): pure transforms,
+then real runs through train.py with the fed-order audit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections import Counter
+
+import pytest
+from conftest import TINY
+from helpers import run_command, run_dir, stage_dirs
+
+from phasedsft.records import DataError, Example
+from phasedsft.train.curricula import (
+    Interleaved,
+    Paced,
+    Replay,
+    allocate,
+    competence,
+    merge_evenly,
+)
+from phasedsft.train.ordering import Phase
+
+
+def stages(*sizes: int) -> list[Phase]:
+    return [
+        Phase(f"difficulty-{k}", tuple(f"s{k}-{i}" for i in range(n)))
+        for k, n in enumerate(sizes, start=1)
+    ]
+
+
+def test_allocate_splits_in_proportion_within_caps():
+    assert allocate(10, [1, 1], [100, 100]) == [5, 5]
+    assert allocate(10, [1, 3], [100, 100]) == [2, 8]  # 2.5 / 7.5: the tie goes to the heavier
+    assert allocate(10, [1, 1], [2, 100]) == [2, 8]  # a small stage gives what it has
+    assert allocate(10, [1, 1], [2, 3]) == [2, 3]  # never more than there is
+    assert sum(allocate(7, [1, 2, 4], [50, 50, 50])) == 7
+
+
+def test_uniform_replay_mixes_earlier_examples_in_proportion():
+    phases = Replay(fraction=0.25, seed=0).apply(stages(40, 40, 80), n_examples=160)
+    first, second, third = phases
+    assert first.ids == stages(40)[0].ids and first.mixture == (("difficulty-1", 40),)
+    assert second.mixture == (("difficulty-2", 40), ("difficulty-1", 10))
+    assert third.mixture == (("difficulty-3", 80), ("difficulty-1", 10), ("difficulty-2", 10))
+    drawn = Counter(i.split("-")[0] for i in third.ids[80:])
+    assert drawn == {"s1": 10, "s2": 10} and len(set(third.ids)) == len(third.ids)
+    # seeded: the same draw every time, another seed another draw
+    assert Replay(fraction=0.25, seed=0).apply(stages(40, 40, 80), 160) == phases
+    assert Replay(fraction=0.25, seed=1).apply(stages(40, 40, 80), 160)[2].ids != third.ids
+
+
+def test_recent_replay_weights_the_last_stage_most():
+    third = Replay(fraction=0.3, weighting="recent").apply(stages(100, 100, 100), 300)[2]
+    assert third.mixture == (("difficulty-3", 100), ("difficulty-1", 10), ("difficulty-2", 20))
+
+
+def test_matched_compute_feeds_as_many_examples_as_one_off():
+    phases = Replay(fraction=0.5, match_one_off_steps=True).apply(stages(40, 40), 80)
+    fed = sum(len(p.sequence(2.0, seed=0)) for p in phases)
+    assert fed == 2 * 80  # one-off: 80 examples x 2 epochs
+    assert phases[1].epochs_scale == pytest.approx(80 / 100)
+
+
+def test_replay_settings_are_checked():
+    with pytest.raises(DataError, match=r"replay.fraction must be in \(0, 1\]"):
+        Replay(fraction=0)
+    with pytest.raises(DataError, match=r"replay\.weighting must be one of"):
+        Replay(weighting="newest")
+
+
+@pytest.mark.parametrize("pacing", ["linear", "root", "geometric", "step"])
+def test_competence_starts_small_grows_and_reaches_everything(pacing):
+    values = [competence(pacing, t / 100, 0.2) for t in range(101)]
+    assert values[0] == pytest.approx(0.2)
+    assert all(b >= a for a, b in itertools.pairwise(values))
+    assert values[-1] == 1.0 and values[99] <= 1.0
+
+
+def scored(n: int) -> list[Example]:
+    return [Example(f"e{i}", f"q{i}", "", "a", score=float(i % 5) + 1) for i in range(n)]
+
+
+def test_paced_order_draws_from_the_easiest_share_so_far():
+    examples = scored(100)
+    paced = Paced(pacing="linear", start=0.2, full_at=0.5, epochs=2, seed=0)
+    (phase,) = paced.phases(examples, None)
+    order = phase.planned
+    assert phase.name == "paced-linear" and len(order) == 200
+    score = {e.id: e.score for e in examples}
+    rank = {i: r for r, i in enumerate(phase.ids)}
+    assert [score[i] for i in phase.ids] == sorted(score.values())  # ranked easiest first
+    for p, i in enumerate(order):
+        c = competence("linear", p / 200 / 0.5, 0.2)
+        assert rank[i] < max(1, -(-c * 100 // 1))  # within the easiest c share
+    assert order[0] in phase.ids[:20]  # at the start: the easiest fifth (score 1) only
+    assert max(score[i] for i in order[:10]) <= 2
+    assert len(set(order[100:])) > 50  # once competent, drawn from everything
+    (anti,) = Paced(pacing="linear", anti=True, epochs=2).phases(examples, None)
+    assert anti.name == "paced-linear-anti" and max(score[i] for i in anti.planned[:20]) == 5.0
+
+
+def test_interleaved_mixes_stages_evenly_keeping_each_order():
+    merged = merge_evenly([["a1", "a2", "a3", "a4"], ["b1", "b2"]])
+    assert merged == ["a1", "b1", "a2", "a3", "b2", "a4"]
+    assert Counter(x[0] for x in merged[:3]) == {"a": 2, "b": 1}
+
+    from phasedsft.segment.manifest import StageManifest
+
+    groups = [[f"x{i}" for i in range(30)], [f"y{i}" for i in range(10)]]
+    manifest = StageManifest(groups, groups, groups, [3.0], {}, [], "data")
+    (phase,) = Interleaved(epochs=1, seed=0).phases([], manifest)
+    order = phase.planned
+    assert sorted(order) == sorted(groups[0] + groups[1])
+    for start in range(0, 40, 8):  # every window of 8 holds about its share of each stage
+        assert Counter(i[0] for i in order[start : start + 8])["y"] == 2
+
+
+# ---------------------------------------------------------------- real runs
+
+
+def train(tmp_path, *extra: str):
+    cmd = [
+        sys.executable,
+        "train.py",
+        *TINY,
+        f"run.root={tmp_path}",
+        "trainer.num_train_epochs=1",
+        "eval.generate=false",
+        *extra,
+    ]
+    run_command(cmd, no_traceback=True)
+    return run_dir(tmp_path, "summary.json")
+
+
+@pytest.mark.integration
+def test_train_py_replays_earlier_stages_and_records_the_mixture(tmp_path):
+    run = train(tmp_path, "ordering=1-2", "replay=uniform", "replay.fraction=0.5")
+    info = json.loads((run / "run.json").read_text())
+    s1, s2 = info["stages"]
+    assert "mixture" in s1 and list(s1["mixture"]) == ["difficulty-1"]
+    own, replayed = s2["mixture"]["difficulty-2"], s2["mixture"]["difficulty-1"]
+    assert replayed == round(0.5 * own) and s2["n_examples"] == own + replayed
+    stage1_ids = set((stage_dirs(run)[0] / "data_order.txt").read_text().split())
+    fed2 = (stage_dirs(run)[1] / "data_order.txt").read_text().split()
+    assert len([i for i in fed2 if i in stage1_ids]) == replayed  # one epoch: each once
+    record = json.loads((stage_dirs(run)[1] / "stage.json").read_text())
+    assert record["fed_matches_plan"] is True and record["n_examples"] == own + replayed
+
+
+@pytest.mark.integration
+def test_train_py_paced_curriculum_feeds_its_planned_order(tmp_path):
+    run = train(tmp_path, "ordering=paced", "ordering.pacing=root")
+    (stage,) = stage_dirs(run)
+    assert stage.name == "stage_1_paced-root"
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["fed_matches_plan"] is True and record["n_fed"] == 160
+    fed = (stage / "data_order.txt").read_text().split()
+    from phasedsft.data.graded import generate_suite
+
+    score = {e.id: e.score for e in generate_suite(160, seed=0).examples}  # TINY's data
+    assert len(fed) == 160 and set(fed) <= set(score)
+    assert max(score[i] for i in fed[:10]) <= 2  # the first steps: the easiest fifth only
+    quarter = len(fed) // 4
+    early, late = fed[:quarter], fed[-quarter:]
+    assert sum(score[i] for i in early) / quarter < sum(score[i] for i in late) / quarter
+
+
+@pytest.mark.integration
+def test_train_py_interleaved_stages_in_one_phase(tmp_path):
+    run = train(tmp_path, "ordering=interleaved")
+    (stage,) = stage_dirs(run)
+    record = json.loads((stage / "stage.json").read_text())
+    assert stage.name == "stage_1_interleaved" and record["fed_matches_plan"] is True
+    manifest = json.loads((run / "stage_manifest.json").read_text())
+    level = {i: k for k, ids in enumerate(manifest["stages"], start=1) for i in ids}
+    fed = (stage / "data_order.txt").read_text().split()
+    assert sorted(fed) == sorted(level)  # one epoch: every example once
+    first_third = Counter(level[i] for i in fed[: len(fed) // 3])
+    assert set(first_third) == {1, 2, 3}  # every stage from the start

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import compose
+from omegaconf import DictConfig, OmegaConf
 
 from phasedsft.data.graded import generate_suite
 from phasedsft.evaluate.generation import (
@@ -223,3 +224,119 @@ def test_answers_file_key_follows_the_sets_lengths(stage_dir):
     es.generation = {}
     same = answers_for(checkpoint(stage_dir, "k3"), es, HFGenerator(max_new_tokens=4), RUN_CONFIG)
     assert same.path.name in keys
+
+
+# ------------------------------------------------------------------ a process per checkpoint
+
+
+def one_group(*runs):
+    """generate_all's groups: the first run is the baseline, the others its candidates."""
+    group = ("graded", "tiny", 0)
+    return group, {group: (runs[0], list(runs[1:]))}
+
+
+def hf_config(**options) -> DictConfig:
+    target = "phasedsft.evaluate.generation.HFGenerator"
+    return OmegaConf.create(
+        {"generator": {"_target_": target, **options}, "export_alpacaeval": False}
+    )
+
+
+def test_generator_vllm_without_vllm_says_how_to_install_it(stage_dir, tmp_path):
+    import importlib.util
+
+    from hydra.utils import instantiate
+
+    from phasedsft.evaluate.generation import Run
+    from phasedsft.evaluate.run import generate_all
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    cfg = compose(["generator=vllm"], "evaluate")
+    generator = instantiate(cfg.generator)
+    assert generator.own_process  # vLLM: a process per checkpoint unless told otherwise
+    with pytest.raises(DataError, match=r"pip install phasedsft\[vllm\]"):
+        generator.load(stage_dir / "model")
+    # evaluate.py says so before any checkpoint loads and before any process starts
+    group, groups = one_group(Run(stage_dir.parent, RUN_CONFIG, [checkpoint(stage_dir, "v")]))
+    job = OmegaConf.create({"generator": cfg.generator, "export_alpacaeval": False})
+    with pytest.raises(DataError, match=r"pip install phasedsft\[vllm\]") as e:
+        generate_all(job, groups, {group: [eval_set(2)]}, "final", tmp_path)
+    assert "own process" not in str(e.value)
+
+
+@pytest.mark.integration
+def test_each_checkpoint_generates_in_a_process_of_its_own(
+    stage_dir, tmp_path, monkeypatch, caplog
+):
+    """The mechanics vLLM uses (generator.own_process), driving generator=hf: the answers
+    come back through the answers files, the same as generated here."""
+    import logging
+    import os
+    import re
+
+    from phasedsft.evaluate.generation import Run
+    from phasedsft.evaluate.run import generate_all
+
+    fresh(stage_dir)
+    sets = [eval_set(6), EvalSet("other", generate_suite(4, seed=5, split="eval").examples)]
+    opts = dict(max_new_tokens=6, batch_size=3, device="cpu")
+    here = {
+        s.name: answers_for(checkpoint(stage_dir, "here"), s, HFGenerator(**opts), RUN_CONFIG)
+        for s in sets
+    }
+
+    def not_here(self, model_dir):
+        raise AssertionError("a model was loaded in the evaluating process")
+
+    monkeypatch.setattr(HFGenerator, "load", not_here)  # only a child process can generate now
+    a = Run(stage_dir.parent, RUN_CONFIG, [Checkpoint("run-a", 1, "all", 1, stage_dir, "p1")])
+    b = Run(stage_dir.parent, RUN_CONFIG, [Checkpoint("run-b", 1, "all", 1, stage_dir, "p2")])
+    group, groups = one_group(a, b)
+    with caplog.at_level(logging.INFO, logger="phasedsft.evaluate.generation"):
+        got = generate_all(
+            hf_config(**opts, own_process=True), groups, {group: sets}, "final", tmp_path
+        )
+    assert sorted(got) == sorted(
+        (r, s.name) for r in ("run-a/stage_1_all", "run-b/stage_1_all") for s in sets
+    )
+    for (_, name), answers in got.items():
+        assert [it["output"] for it in answers.items] == [it["output"] for it in here[name].items]
+        assert json.loads(answers.path.read_text())["complete"]
+    pids = [int(p) for p in re.findall(r"in its own process \(pid (\d+)\)", caplog.text)]
+    assert len(set(pids)) == 2 and os.getpid() not in pids  # one process per checkpoint
+
+    caplog.clear()  # every answer is there: no process is started again
+    with caplog.at_level(logging.INFO, logger="phasedsft.evaluate.generation"):
+        again = generate_all(
+            hf_config(**opts, own_process=True), groups, {group: sets}, "final", tmp_path
+        )
+    assert "own process" not in caplog.text
+    assert {k: v.items for k, v in again.items()} == {k: v.items for k, v in got.items()}
+
+
+@pytest.mark.integration
+def test_a_failure_in_a_checkpoints_own_process_is_a_plain_error_naming_it(stage_dir, tmp_path):
+    from phasedsft.evaluate.generation import checkpoint_answers
+
+    fresh(stage_dir)
+    too_long = HFGenerator(max_new_tokens=510, own_process=True, device="cpu")
+    with pytest.raises(
+        DataError,
+        match=r"generating answers for run-a/stage_1_all failed in its own process: "
+        r"max_new_tokens=510 leaves no room for a prompt",
+    ):
+        checkpoint_answers(checkpoint(stage_dir, "f1"), [eval_set(2)], too_long, RUN_CONFIG)
+
+    broken = tmp_path / "run-x" / "stage_1_all"
+    (broken / "model").mkdir(parents=True)  # no weights, no tokenizer: the child crashes
+    with pytest.raises(
+        DataError, match=r"generating answers for run-x/stage_1_all failed in its own process: \w+"
+    ) as e:
+        checkpoint_answers(
+            Checkpoint("run-x", 1, "all", 1, broken, "f2"),
+            [eval_set(2)],
+            HFGenerator(max_new_tokens=4, own_process=True),
+            RUN_CONFIG,
+        )
+    assert "its traceback is above" in str(e.value)

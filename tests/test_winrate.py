@@ -419,3 +419,100 @@ def test_numeric_category_values_are_broken_down(tmp_path, capsys):
     )
     assert main([str(f), "--json", "--by", "level"]) == 0
     assert set(json.loads(capsys.readouterr().out)["by_category"]["level"]) == {"0", "1"}
+
+
+# ------------------------------------------------------------------ answer lengths
+
+
+def _sized(item_id, outcome, words_a, words_b):
+    """An item A wins (or loses) in both orders, with answers of the given lengths in words."""
+    reviews = {"win": ("8 6", "6 8"), "lose": ("6 8", "8 6")}[outcome]
+    return judge_item(item_id, *reviews, None, "w " * words_a, "w " * words_b)
+
+
+def longer_always_wins():
+    """A is 3x longer on 10 items and wins them; B is 3x longer on 4 and wins them; on 6
+    items of equal length each side wins 3."""
+    return (
+        [_sized(f"a{i}", "win", 30, 10) for i in range(10)]
+        + [_sized(f"b{i}", "lose", 10, 30) for i in range(4)]
+        + [_sized(f"e{i}", "win" if i % 2 else "lose", 20, 20) for i in range(6)]
+    )
+
+
+def test_length_view_when_the_longer_answer_always_wins():
+    from phasedsft.evaluate.winrate import length_view
+
+    judged = longer_always_wins()
+    raw = summarize(judged, "paper", resamples=300)
+    assert raw.win_rate == pytest.approx(100 * 13 / 20 - 50)  # +15: A is longer more often
+    view = length_view(judged, "paper", ratio=1.5, resamples=300)
+    assert (view.items, view.mean_a, view.mean_b) == (
+        20,
+        (300 + 40 + 120) / 20,
+        (100 + 120 + 120) / 20,
+    )
+    # on the length-matched items (the 6 of equal length) A is at parity
+    assert view.matched_items == 6
+    assert (view.matched.wins, view.matched.losses, view.matched.n) == (3, 3, 6)
+    assert view.matched.win_rate == pytest.approx(0.0)
+    # and the longer answer won every item with a winner and unequal lengths
+    assert (view.longer_won, view.longer_decided, view.longer_win_share) == (14, 14, 1.0)
+    # with a ratio loose enough to match everything, the view is the full figure
+    wide = length_view(judged, "paper", ratio=3, resamples=300)
+    assert wide.matched_items == 20 and wide.matched.win_rate == pytest.approx(raw.win_rate)
+
+
+def test_length_view_shows_no_taste_for_length_where_there_is_none():
+    from phasedsft.evaluate.winrate import length_view
+
+    # the longer side wins half the time: A longer on all 8 items, wins 4
+    judged = [_sized(str(i), "win" if i % 2 else "lose", 30, 10) for i in range(8)]
+    view = length_view(judged, "paper", resamples=100)
+    assert view.longer_win_share == pytest.approx(0.5)
+    assert view.matched_items == 0 and view.matched.win_rate is None
+    assert length_view([judge_item("1", "8 6", "6 8")]) is None  # no answers: no view
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "ratio", "matched"),
+    [
+        (0, 0, 1.5, True),
+        (0, 1, 1.5, False),
+        (2, 3, 1.5, True),
+        (2, 4, 1.5, False),
+        (5, 5, 1.0, True),
+    ],
+)
+def test_length_matching(a, b, ratio, matched):
+    from phasedsft.evaluate.winrate import matched_length
+
+    assert matched_length(a, b, ratio) is matched
+    assert matched_length(b, a, ratio) is matched
+
+
+def test_cli_reports_lengths_where_the_file_has_the_answers(tmp_path, capsys):
+    rows = [
+        {"id": j.id, "review_ab": j.review_ab, "review_ba": j.review_ba,
+         "answer_a": "w " * j.length_a, "answer_b": "w " * j.length_b}
+        for j in longer_always_wins()
+    ]  # fmt: skip
+    f = _write(tmp_path / "r.jsonl", rows)
+    assert main([str(f), "--json", "--bootstrap", "100"]) == 0
+    lengths = json.loads(capsys.readouterr().out)["lengths"]
+    assert (lengths["unit"], lengths["matched_items"], lengths["longer_win_share"]) == (
+        "words",
+        6,
+        1.0,
+    )
+    assert main([str(f), "--length-ratio", "3", "--bootstrap", "100"]) == 0
+    text = capsys.readouterr().out
+    assert "answer length (words, mean over 20 items): A 23.0, B 17.0" in text
+    assert "length-matched items (longer <= 3 x shorter): 20 of 20" in text
+    assert "longer answer won 100% of the 14 items with a winner and unequal lengths" in text
+    with pytest.raises(SystemExit) as bad:  # argparse: usage and the reason, exit 2
+        main([str(f), "--length-ratio", "0.5"])
+    assert bad.value.code == 2 and "must be at least 1, got 0.5" in capsys.readouterr().err
+    g = _write(tmp_path / "bare.jsonl", [{"id": 1, "review_ab": "8 6", "review_ba": "6 8"}])
+    assert main([str(g), "--json"]) == 0
+    assert "lengths" not in json.loads(capsys.readouterr().out)

@@ -1,4 +1,11 @@
-"""Reports over a sweep: the paper's table shape, Figure 1, per-category growth, AlpacaEval export."""
+"""Reports over a sweep: the paper's table shape, Figure 1, per-category growth, AlpacaEval export.
+
+table.md     win rate [95% CI] and W/T/L per row (dataset x model x seed x ordering x
+             stage) and test set; mean answer lengths (words); the length-matched view
+table.csv    the same, one row per (row, test set), every number in its own column
+table.json   everything, unrounded
+figure1_stages.png / .pdf   Figure 1
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasedsft.evaluate.winrate import WinRate
+from phasedsft.evaluate.formats import alpacaeval_rows, fastchat_rows, json_text, jsonl_text
+from phasedsft.evaluate.winrate import Judged, LengthView, WinRate
 from phasedsft.io import atomic_write_json, atomic_write_text
 
 
@@ -31,6 +39,7 @@ class Comparison:
     # known-answer sets: {"level": {"3": {"candidate": 0.4, "baseline": 0.2, "n": 12}}}
     category_accuracy: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     authors: WinRate | None = None  # the same items under rule=authors (their script's figure)
+    lengths: LengthView | None = None  # answer lengths (A = candidate, B = baseline)
 
     @property
     def row(self) -> tuple[str, str, int, str, int]:
@@ -38,6 +47,11 @@ class Comparison:
 
 
 ALL = "all sets"
+
+
+def cell(w: WinRate) -> str:
+    """A table cell: ``+4.2 [-1.3, +9.8]; 10/3/7`` (win rate [95% CI]; wins/ties/losses)."""
+    return f"{w.cell()}; {w.wins}/{w.ties}/{w.losses}" if w.win_rate is not None else w.cell()
 
 
 def table_rows(
@@ -51,7 +65,7 @@ def table_rows(
     cells: dict[tuple, dict[str, str]] = {}
     stages: dict[tuple, str] = {}
     for c in comparisons:
-        cells.setdefault(c.row, {})[c.eval_set] = c.result.cell()
+        cells.setdefault(c.row, {})[c.eval_set] = cell(c.result)
         stages[c.row] = f"{c.stage_index}/{c.n_stages}"
     rows = []
     for key in sorted(cells):
@@ -59,9 +73,129 @@ def table_rows(
         row = [dataset, model, str(seed), ordering, stages[key]]
         row += [cells[key].get(s, "") for s in sets]
         if len(sets) > 1:
-            row.append(pooled[key].cell() if key in pooled else "")
+            row.append(cell(pooled[key]) if key in pooled else "")
         rows.append(row)
     return header, rows
+
+
+def length_rows(comparisons: Sequence[Comparison]) -> tuple[list[str], list[list[str]]]:
+    """Mean answer length in words per test set: every compared checkpoint (by its run's
+    name, as the authors' table names them), then each group's baseline."""
+    sets = sorted({c.eval_set for c in comparisons})
+    means: dict[tuple, dict[str, float]] = {}
+    for c in comparisons:
+        if c.lengths is None:
+            continue
+        cand = (c.group, 0, f"{c.run} stage {c.stage_index}/{c.n_stages}")
+        base = (c.group, 1, f"{c.baseline} (baseline, final)")  # last in its group
+        means.setdefault(cand, {})[c.eval_set] = c.lengths.mean_a
+        means.setdefault(base, {})[c.eval_set] = c.lengths.mean_b
+    rows = [
+        [key[2], *(f"{means[key][s]:.1f}" if s in means[key] else "" for s in sets)]
+        for key in sorted(means)
+    ]
+    return ["answers of", *sets], rows
+
+
+def length_matched_rows(
+    comparisons: Sequence[Comparison],
+) -> tuple[list[str], list[list[str]]]:
+    """Per checkpoint and test set: the length-matched win rate (its items of all) and how
+    often the longer answer won (see :class:`~.winrate.LengthView`)."""
+    sets = sorted({c.eval_set for c in comparisons})
+    cells: dict[tuple, dict[str, str]] = {}
+    for c in comparisons:
+        v = c.lengths
+        if v is None:
+            continue
+        share = v.longer_win_share
+        key = (c.group, c.ordering, c.stage_index, f"{c.run} stage {c.stage_index}/{c.n_stages}")
+        cells.setdefault(key, {})[c.eval_set] = (
+            f"{v.matched.cell()} ({v.matched_items}/{v.items}); longer won "
+            + (f"{share:.0%}" if share is not None else "-")
+        )
+    rows = [[key[3], *(cells[key].get(s, "") for s in sets)] for key in sorted(cells)]
+    return ["run", *sets], rows
+
+
+CSV_HEADER = [
+    "dataset",
+    "model",
+    "seed",
+    "ordering",
+    "run",
+    "stage",
+    "n_stages",
+    "eval_set",
+    "baseline",
+    "rule",
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "wins",
+    "ties",
+    "losses",
+    "n",
+    "unparsed",
+    "sign_test_p",
+    "position_consistency",
+    "mean_words_candidate",
+    "mean_words_baseline",
+    "length_ratio",
+    "length_matched_items",
+    "length_matched_win_rate",
+    "length_matched_ci_low",
+    "length_matched_ci_high",
+    "longer_win_share",
+]
+
+
+def _numbers(w: WinRate, v: LengthView | None) -> list[Any]:
+    m = v.matched if v else None
+    return [
+        w.rule,
+        w.win_rate,
+        w.ci_low,
+        w.ci_high,
+        w.wins,
+        w.ties,
+        w.losses,
+        w.n,
+        w.unparsed,
+        w.sign_test_p,
+        w.position_consistency,
+        v.mean_a if v else None,
+        v.mean_b if v else None,
+        v.ratio if v else None,
+        v.matched_items if v else None,
+        m.win_rate if m else None,
+        m.ci_low if m else None,
+        m.ci_high if m else None,
+        v.longer_win_share if v else None,
+    ]
+
+
+def csv_rows(
+    comparisons: Sequence[Comparison],
+    pooled: dict[tuple, WinRate],
+    pooled_lengths: dict[tuple, LengthView | None] | None = None,
+) -> list[list[Any]]:
+    """One row per comparison (and per pooled row, eval_set "all sets" where several sets):
+    every figure in its own column; an empty cell where a figure does not exist."""
+    rows: list[list[Any]] = []
+    first: dict[tuple, Comparison] = {}
+    for c in sorted(comparisons, key=lambda c: (c.row, c.eval_set)):
+        first.setdefault(c.row, c)
+        ident = [*c.group, c.ordering, c.run, c.stage_index, c.n_stages]
+        rows.append([*ident, c.eval_set, c.baseline, *_numbers(c.result, c.lengths)])
+    if len({c.eval_set for c in comparisons}) > 1:
+        for key in sorted(pooled):
+            if key in first:
+                c = first[key]
+                ident = [*c.group, c.ordering, c.run, c.stage_index, c.n_stages]
+                lengths = (pooled_lengths or {}).get(key)
+                rows.append([*ident, ALL, c.baseline, *_numbers(pooled[key], lengths)])
+    return rows
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -70,11 +204,12 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV; ``None`` becomes an empty cell, numbers are written in full."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([["" if x is None else x for x in r] for r in rows])
     return buf.getvalue()
 
 
@@ -114,17 +249,48 @@ def authors_differences(comparisons: Sequence[Comparison]) -> str:
     )
 
 
+def lengths_markdown(comparisons: Sequence[Comparison]) -> str:
+    """The two length tables of table.md (empty where no comparison knows its lengths)."""
+    with_lengths = [c for c in comparisons if c.lengths is not None]
+    if not with_lengths:
+        return ""
+    ratio = with_lengths[0].lengths.ratio  # type: ignore[union-attr]
+    return (
+        "\n\nMean answer length in words (whitespace-separated pieces of the answer text, the "
+        "same count for every model whatever its tokenizer), per test set:\n\n"
+        + markdown(*length_rows(with_lengths))
+        + f"\nLength-controlled view: the win rate over the length-matched items only (the "
+        f"longer answer at most {ratio:g} x the words of the shorter; matched items / all in "
+        "brackets), and how often the longer answer won among the items with a winner and "
+        "unequal lengths (about 50 %: no sign of a length preference; the matched items are "
+        "no random sample, so compare with care):\n\n"
+        + markdown(*length_matched_rows(with_lengths))
+    )
+
+
 def write_tables(
-    out: Path, comparisons: Sequence[Comparison], pooled: dict[tuple, WinRate], baseline: str
+    out: Path,
+    comparisons: Sequence[Comparison],
+    pooled: dict[tuple, WinRate],
+    baseline: str,
+    pooled_lengths: dict[tuple, LengthView | None] | None = None,
 ) -> str:
     header, rows = table_rows(comparisons, pooled)
     intro = (
         f"Win rate against `{baseline}` (100 x (W + T/2) / N - 50; 0 = parity) with the paired "
-        "bootstrap 95 % CI. Stage i/k: the run's weights after its i-th of k stages.\n\n"
+        "bootstrap 95 % CI, then wins/ties/losses. Stage i/k: the run's weights after its "
+        "i-th of k stages.\n\n"
     )
-    text = intro + markdown(header, rows) + authors_differences(comparisons)
+    text = (
+        intro
+        + markdown(header, rows)
+        + authors_differences(comparisons)
+        + lengths_markdown(comparisons)
+    )
     atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "table.csv", csv_text(header, rows))
+    atomic_write_text(
+        out / "table.csv", csv_text(CSV_HEADER, csv_rows(comparisons, pooled, pooled_lengths))
+    )
     # the same numbers, unrounded, for other tools
     numbers = [
         {
@@ -140,6 +306,7 @@ def write_tables(
             **c.result.to_json(),
             **({"authors_rule": c.authors.to_json()} if c.authors else {}),
             **({"accuracy": c.accuracy} if c.accuracy else {}),
+            **({"lengths": c.lengths.to_json()} if c.lengths else {}),
         }
         for c in comparisons
     ]
@@ -185,10 +352,32 @@ def write_categories(out: Path, comparisons: Sequence[Comparison]) -> str:
     return text
 
 
+def stage_points(
+    comparisons: Sequence[Comparison], pooled: dict[tuple, WinRate], group: tuple, ordering: str
+) -> list[tuple[int, WinRate]]:
+    """Figure 1's points of one line: (stage, win rate) after each stage (pooled over sets
+    where there are several)."""
+    several = len({c.eval_set for c in comparisons}) > 1
+    points: dict[int, WinRate] = {}
+    for c in comparisons:
+        if c.group != group or c.ordering != ordering:
+            continue
+        w = pooled.get(c.row) if several else c.result
+        if w is not None and w.win_rate is not None:
+            points[c.stage_index] = w
+    return sorted(points.items())
+
+
 def plot_stage_curves(
     out: Path, comparisons: Sequence[Comparison], pooled: dict[tuple, WinRate], baseline: str
 ) -> Path | None:
-    """Figure 1: win rate against the baseline after each stage, one line per ordering."""
+    """Figure 1: win rate against the baseline after each stage, one line per ordering.
+
+    The y axis always spans the whole range of the figure, -50 (the baseline always wins) to
+    +50; lines are nudged apart sideways so that no error bar hides another; the legend sits
+    outside the axes. Written as ``figure1_stages.png`` and ``figure1_stages.pdf``; returns
+    the PNG's path (``None`` when there is no point to draw).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,51 +385,94 @@ def plot_stage_curves(
 
     sets = {c.eval_set for c in comparisons}
     groups = sorted({c.group for c in comparisons})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups) + 1.5, 4), squeeze=False)
     drawn = False
     for ax, group in zip(axes[0], groups, strict=True):
         orderings = sorted({c.ordering for c in comparisons if c.group == group})
-        for ordering in orderings:
-            points = []
-            for c in comparisons:
-                if c.group != group or c.ordering != ordering:
-                    continue
-                w = pooled.get(c.row) if len(sets) > 1 else c.result
-                if w is not None and w.win_rate is not None:
-                    points.append((c.stage_index, w))
-            points = sorted(dict(points).items())
+        for k, ordering in enumerate(orderings):
+            points = stage_points(comparisons, pooled, group, ordering)
             if not points:
                 continue
-            xs = [p[0] for p in points]
-            ys = [p[1].win_rate for p in points]
-            lo = [p[1].win_rate - p[1].ci_low for p in points]  # type: ignore[operator]
-            hi = [p[1].ci_high - p[1].win_rate for p in points]  # type: ignore[operator]
+            nudge = 0.06 * (k - (len(orderings) - 1) / 2)
+            xs = [i + nudge for i, _ in points]
+            ys = [w.win_rate for _, w in points]
+            lo = [w.win_rate - w.ci_low for _, w in points]  # type: ignore[operator]
+            hi = [w.ci_high - w.win_rate for _, w in points]  # type: ignore[operator]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=ordering)
             drawn = True
         ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_ylim(-52, 52)
+        ax.set_yticks([-50, -25, 0, 25, 50])
         ax.set_title(f"{group[0]} / {group[1]} (seed {group[2]})")
         ax.set_xlabel("after stage")
         ax.set_ylabel(f"win rate vs {baseline}")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
     if not drawn:
         plt.close(fig)
         return None
     what = "all sets pooled" if len(sets) > 1 else next(iter(sets))
     fig.suptitle(f"Win rate against {baseline} after each stage ({what}; 95% CI)")
     fig.tight_layout()
-    path = out / "figure1_stages.png"
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    return save_figure(fig, out / "figure1_stages.png")[0]
+
+
+def save_figure(fig: Any, png: Path, dpi: int = 150) -> tuple[Path, Path]:
+    """Write ``fig`` as ``png`` and as the PDF beside it (each atomically, the legend and
+    titles kept whole), close it; a rerun writes the same PDF (no creation date)."""
+    import matplotlib.pyplot as plt
+
+    pdf = png.with_suffix(".pdf")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None})):
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+        tmp.replace(path)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return png, pdf
+
+
+def write_judgment_exports(
+    folder: Path,
+    label: str,
+    judged: Sequence[Judged],
+    rule: str,
+    *,
+    questions: Sequence[str],
+    answers_a: Sequence[str],
+    answers_b: Sequence[str],
+    model_a: str,
+    model_b: str,
+    judge: str,
+    dataset: str,
+) -> tuple[Path, Path]:
+    """One comparison's judgments as FastChat pair judgments (``fastchat/<label>_pair.jsonl``)
+    and AlpacaEval annotations (``alpacaeval/<label>_annotations.json``), beside our replay
+    file; ``python -m phasedsft.evaluate.winrate`` reads both back (see :mod:`.formats`)."""
+    fastchat = folder / "fastchat" / f"{label}_pair.jsonl"
+    atomic_write_text(fastchat, jsonl_text(fastchat_rows(judged, model_a, model_b, judge)))
+    annotations = folder / "alpacaeval" / f"{label}_annotations.json"
+    rows = alpacaeval_rows(
+        judged,
+        rule,
+        questions=questions,
+        answers_a=answers_a,
+        answers_b=answers_b,
+        model_a=model_a,
+        model_b=model_b,
+        annotator=judge,
+        dataset=dataset,
+    )
+    atomic_write_text(annotations, json_text(rows))
+    return fastchat, annotations
 
 
 def alpacaeval_records(
     items: Sequence[dict[str, Any]], generator: str, dataset: str
 ) -> list[dict[str, str]]:
-    """AlpacaEval's model-outputs format: instruction (input folded in), output, generator."""
+    """AlpacaEval's *model outputs* format (what ``alpaca_eval --model_outputs`` reads, to
+    judge afresh): instruction (input folded in), output, generator. Our own judgments go to
+    AlpacaEval's *annotations* format: :func:`write_judgment_exports`."""
     records = []
     for it in items:
         instruction = it["instruction"] + (

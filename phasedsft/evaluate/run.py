@@ -7,7 +7,9 @@
     generate: answers to every test set from every compared checkpoint (final, or every stage)
     judge:    each candidate's answers against the baseline's final answers, in both orders
     report:   win / tie / lose folded per item -> win rate with CI, sign test, position
-              consistency; table.md/.csv, categories.md, figure1_stages.png, AlpacaEval files
+              consistency, answer lengths; table.md/.csv, categories.md, figure1_stages.png
+              and .pdf, AlpacaEval model outputs; beside each comparison's replay file, the
+              same judgments as FastChat pair judgments and AlpacaEval annotations
 
 Everything expensive is cached: answers files beside the checkpoints (resumable), judge
 replies in the shared SQLite cache; rerunning the same command redoes no work.
@@ -27,17 +29,31 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from phasedsft.evaluate.generation import Answers, Checkpoint, Run, answers_for, discover_runs
+from phasedsft.evaluate.generation import (
+    Answers,
+    Checkpoint,
+    Run,
+    checkpoint_answers,
+    discover_runs,
+)
 from phasedsft.evaluate.judges import MarksAnswers, Pair, Reviews, checked_judge
 from phasedsft.evaluate.report import (
     Comparison,
     plot_stage_curves,
     write_alpacaeval,
     write_categories,
+    write_judgment_exports,
     write_tables,
 )
 from phasedsft.evaluate.sets import EvalSet, build_eval_set
-from phasedsft.evaluate.winrate import Judged, WinRate, by_category, judge_item, summarize
+from phasedsft.evaluate.winrate import (
+    Judged,
+    WinRate,
+    by_category,
+    judge_item,
+    length_view,
+    summarize,
+)
 from phasedsft.io import atomic_write_json, atomic_write_text, sha256_json
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.llm.engine import RequestsAborted
@@ -324,7 +340,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pooled: dict[tuple, WinRate] = {
         k: summarize(v, rule, cfg.bootstrap, cfg.seed) for k, v in pooled_items.items()
     }
-    table = write_tables(out, comparisons, pooled, cfg.baseline) if comparisons else ""
+    pooled_lengths = {
+        k: length_view(v, rule, resamples=cfg.bootstrap, seed=cfg.seed)
+        for k, v in pooled_items.items()
+    }
+    table = (
+        write_tables(out, comparisons, pooled, cfg.baseline, pooled_lengths) if comparisons else ""
+    )
     write_categories(out, comparisons)
     figure = plot_stage_curves(out, comparisons, pooled, cfg.baseline) if comparisons else None
     summary = {
@@ -340,11 +362,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "cost_usd": judge_stats["cost_usd"],
         },
         "figure": str(figure) if figure else None,
+        "figure_pdf": str(figure.with_suffix(".pdf")) if figure else None,
         "stopped": str(aborted) if aborted else None,
     }
     atomic_write_json(out / "summary.json", summary)
     print(
-        "\n" + table + f"\nresults: {out}/table.md, categories.md, comparisons/, figure1_stages.png"
+        "\n"
+        + table
+        + f"\nresults: {out}/table.md, table.csv, categories.md, comparisons/, figure1_stages.png/.pdf"
     )
     if aborted:
         print(f"error: {aborted}", file=sys.stderr, flush=True)
@@ -383,22 +408,29 @@ def generate_all(
     which: str,
     out: Path,
 ) -> dict[tuple[str, str], Answers]:
-    """Answers of every compared checkpoint (the baseline's final one) on every test set."""
+    """Answers of every compared checkpoint (the baseline's final one) on every test set.
+
+    One checkpoint at a time: what its generator loads for it (the model, a server it
+    started) is let go of before the next (:func:`checkpoint_answers`); the generator's
+    ``prepare`` checks every checkpoint first (a server for each, vLLM installed).
+    """
     generator = instantiate(cfg.generator)
+    todo = [
+        (group, r, ckpt)
+        for group, (base, cands) in groups.items()
+        for r in [base, *cands]
+        for ckpt in checkpoints_of(r, "final" if r is base else which)
+    ]
+    prepare = getattr(generator, "prepare", None)
+    if prepare is not None:
+        prepare([ckpt for _, _, ckpt in todo])
     answers: dict[tuple[str, str], Answers] = {}
-    for group, (base, cands) in groups.items():
-        for r in [base, *cands]:
-            for ckpt in checkpoints_of(r, "final" if r is base else which):
-                loaded: dict[str, Any] = {}
-                for es in sets_of[group]:
-                    answers[(ckpt.label, es.name)] = answers_for(
-                        ckpt, es, generator, r.config, loaded
-                    )
-                    if cfg.export_alpacaeval:
-                        write_alpacaeval(
-                            out, ckpt.label, es.name, answers[(ckpt.label, es.name)].items
-                        )
-                loaded.clear()
+    for group, r, ckpt in todo:
+        sets = sets_of[group]
+        for es, got in zip(sets, checkpoint_answers(ckpt, sets, generator, r.config), strict=True):
+            answers[(ckpt.label, es.name)] = got
+            if cfg.export_alpacaeval:
+                write_alpacaeval(out, ckpt.label, es.name, got.items)
     return answers
 
 
@@ -439,12 +471,26 @@ def judge_comparison(
     """Judge one comparison in both orders, fold each item, write its replay and figures."""
     result = judge.judge_pairs(t.pairs, cache, desc=f"judge {t.es.name}")
     judged = [
-        judge_item(p.id, rv.review_ab, rv.review_ba, p.category)
+        judge_item(p.id, rv.review_ab, rv.review_ba, p.category, p.answer_a, p.answer_b)
         for p, rv in zip(t.pairs, result.reviews, strict=True)
     ]
     folder = out / "comparisons" / t.es.name
     write_replay(folder / f"{t.label}.jsonl", t.pairs, result.reviews, judged, judge)
+    write_judgment_exports(
+        folder,
+        t.label,
+        judged,
+        rule,
+        questions=[judge.question(p) for p in t.pairs],
+        answers_a=[p.answer_a for p in t.pairs],
+        answers_b=[p.answer_b for p in t.pairs],
+        model_a=t.ckpt.label,
+        model_b=t.base.final.label,
+        judge=judge.name,
+        dataset=t.es.name,
+    )
     win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
+    lengths = length_view(judged, rule, resamples=cfg.bootstrap, seed=cfg.seed)
     authors = summarize(judged, "authors", cfg.bootstrap, cfg.seed)
     accuracy = None
     if t.es.has_references and isinstance(judge, MarksAnswers):
@@ -467,6 +513,7 @@ def judge_comparison(
         accuracy,
         cat_acc,
         authors,
+        lengths,
     )
     atomic_write_json(
         folder / f"{t.label}.json",
@@ -482,6 +529,7 @@ def judge_comparison(
             "category_accuracy": cat_acc,
             "judge_run": result.stats,
             "authors_rule": authors.to_json(),
+            "lengths": lengths.to_json() if lengths else None,
         },
     )
     return comp, judged, result.stats

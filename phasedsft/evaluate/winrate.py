@@ -41,10 +41,17 @@ position consistency and mean scores are over the non-void items.
 
 Replay judgments you already have::
 
-    python -m phasedsft.evaluate.winrate reviews.jsonl [--rule paper|fastchat|authors] [--json]
+    python -m phasedsft.evaluate.winrate FILE [--format replay|fastchat|cherry|alpacaeval]
+        [--rule paper|fastchat|authors] [--models MODEL_A MODEL_B] [--json]
 
-one JSON object per line: ``id``, ``instruction``, ``answer_a``, ``answer_b``,
+``replay`` (ours): one JSON object per line: ``id``, ``instruction``, ``answer_a``, ``answer_b``,
 ``review_ab`` (raw judge text, answer_a shown first), ``review_ba`` (answer_b shown first).
+FastChat ``*_pair.jsonl`` judgments, AlpaGasus / Cherry LLM review logs and AlpacaEval
+annotations are read too, the format told from the content (:mod:`.formats`).
+
+Answer lengths, where the file holds the answers: mean length in *words* (whitespace-separated
+pieces of the answer text: no tokenizer, so models with different tokenizers compare) and a
+length-controlled view of the win rate (:func:`length_view`).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +213,22 @@ class Judged:
     category: dict[str, Any] = field(default_factory=dict)
     review_ab: str | None = None  # the raw texts, for parsers other than ours (rule=authors)
     review_ba: str | None = None
+    # files that hold verdicts, not scores: A's verdict in each order (FastChat's g1/g2 winner)
+    given: tuple[str, str] | None = None
+    # ... or one outcome, already folded (an AlpacaEval preference): no rule applies to it
+    outcome: str | None = None
+    length_a: int | None = None  # the answers' lengths in words (:func:`words`), where known
+    length_b: int | None = None
 
     @property
     def parsed(self) -> bool:
+        if self.outcome is not None or self.given is not None:
+            return True
         return self.scores_ab is not None and self.scores_ba is not None
 
     def verdicts(self) -> tuple[str, str]:
+        if self.given is not None:
+            return self.given
         assert self.scores_ab is not None and self.scores_ba is not None
         return (
             verdict(self.scores_ab[0], self.scores_ab[1]),
@@ -219,11 +236,18 @@ class Judged:
         )
 
 
+def words(text: str | None) -> int | None:
+    """An answer's length in words: its whitespace-separated pieces (``None`` for no answer)."""
+    return None if text is None else len(text.split())
+
+
 def judge_item(
     item_id: str,
     review_ab: str | None,
     review_ba: str | None,
     category: Mapping[str, Any] | None = None,
+    answer_a: str | None = None,
+    answer_b: str | None = None,
 ) -> Judged:
     errors: list[str] = []
     scores: list[tuple[float, float] | None] = []
@@ -241,6 +265,8 @@ def judge_item(
         dict(category or {}),
         review_ab,
         review_ba,
+        length_a=words(answer_a),
+        length_b=words(answer_b),
     )
 
 
@@ -259,15 +285,22 @@ def as_authors(j: Judged) -> Judged:
         if pair is None or not all(s > 0 for s in pair)
     ]
     void = bool(reasons)
-    return Judged(
-        j.id,
-        None if void else ab,
-        None if void else ba,
-        "void for the authors' script (" + "; ".join(reasons) + ")" if void else None,
-        j.category,
-        j.review_ab,
-        j.review_ba,
+    return replace(
+        j,
+        scores_ab=None if void else ab,
+        scores_ba=None if void else ba,
+        error="void for the authors' script (" + "; ".join(reasons) + ")" if void else None,
+        given=None,
+        outcome=None,
     )
+
+
+def outcome_of(j: Judged, rule: str = "paper") -> str | None:
+    """The item's folded outcome under ``rule`` (``None``: left out, or void for the authors)."""
+    item = as_authors(j) if rule == AUTHORS else j
+    if not item.parsed:
+        return None
+    return item.outcome if item.outcome is not None else fold(*item.verdicts(), rule=rule)
 
 
 # ------------------------------------------------------------------ the figure and its uncertainty
@@ -299,29 +332,38 @@ class WinRate:
             return "n/a"
         return f"{self.win_rate:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}]"
 
-    def lines(self) -> list[str]:
+    def lines(
+        self, counted: str = "judged in both orders", left_out: str = "unparseable review"
+    ) -> list[str]:
+        """The figures in words; ``counted`` / ``left_out`` say what an item and a left-out
+        item are (other files than ours: "with a preference", "no preference")."""
         if self.win_rate is None:
             return [f"no parsed items (unparsed: {self.unparsed})"]
-        return [
-            f"items: {self.n} judged in both orders ({self.unparsed} "
-            + (
-                "void: kept in N, adding nothing, as the authors' script)"
-                if self.rule == AUTHORS
-                else "left out: unparseable review)"
-            ),
-            f"win / tie / lose ({self.rule} rule): {self.wins} / {self.ties} / {self.losses}",
-            f"win rate: {self.win_rate:+.2f}  (95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
-            "0 = parity, range -50..+50)",
-            f"sign test (wins vs losses, two-sided): p = {self.sign_test_p:.4g}",
-        ] + (
+        return (
             [
-                f"position consistency: {self.position_consistency:.1%} of items get the same verdict in both orders",
-                f"mean scores: A {self.mean_score_a:.2f}, B {self.mean_score_b:.2f}",
+                f"items: {self.n} {counted} ({self.unparsed} "
+                + (
+                    "void: kept in N, adding nothing, as the authors' script)"
+                    if self.rule == AUTHORS
+                    else f"left out: {left_out})"
+                ),
+                f"win / tie / lose ({self.rule} rule): {self.wins} / {self.ties} / {self.losses}",
+                f"win rate: {self.win_rate:+.2f}  (95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
+                "0 = parity, range -50..+50)",
+                f"sign test (wins vs losses, two-sided): p = {self.sign_test_p:.4g}",
             ]
-            if self.position_consistency is not None
-            and self.mean_score_a is not None
-            and self.mean_score_b is not None
-            else []
+            + (
+                [
+                    f"position consistency: {self.position_consistency:.1%} of items get the same verdict in both orders"
+                ]
+                if self.position_consistency is not None
+                else []
+            )
+            + (
+                [f"mean scores: A {self.mean_score_a:.2f}, B {self.mean_score_b:.2f}"]
+                if self.mean_score_a is not None and self.mean_score_b is not None
+                else []
+            )
         )
 
 
@@ -364,7 +406,7 @@ def summarize(
     if rule == AUTHORS:
         items = [as_authors(j) for j in items]
     ok = [j for j in items if j.parsed]
-    outcomes = [fold(*j.verdicts(), rule=rule) for j in ok]
+    outcomes = [j.outcome if j.outcome is not None else fold(*j.verdicts(), rule=rule) for j in ok]
     values = [VALUE[o] for o in outcomes]
     if rule == AUTHORS:  # void items stay in N and add nothing (value 0)
         values += [0.0] * (len(items) - len(ok))
@@ -373,9 +415,10 @@ def summarize(
     n = len(values)
     lo, hi = bootstrap_ci(values, resamples, seed)
     wins, ties, losses = (outcomes.count(v) for v in VERDICTS)
-    consistent = sum(a == b for a, b in (j.verdicts() for j in ok))
-    score_a = [(j.scores_ab[0] + j.scores_ba[1]) / 2 for j in ok]  # type: ignore[index]
-    score_b = [(j.scores_ab[1] + j.scores_ba[0]) / 2 for j in ok]  # type: ignore[index]
+    two = [j.verdicts() for j in ok if j.outcome is None]  # items with a verdict per order
+    scored = [j for j in ok if j.scores_ab is not None and j.scores_ba is not None]
+    score_a = [(j.scores_ab[0] + j.scores_ba[1]) / 2 for j in scored]  # type: ignore[index]
+    score_b = [(j.scores_ab[1] + j.scores_ba[0]) / 2 for j in scored]  # type: ignore[index]
     return WinRate(
         rule=rule,
         wins=wins,
@@ -387,10 +430,10 @@ def summarize(
         ci_low=lo,
         ci_high=hi,
         sign_test_p=sign_test(wins, losses),
-        position_consistency=consistent / len(ok) if ok else None,
+        position_consistency=sum(a == b for a, b in two) / len(two) if two else None,
         bootstrap=resamples,
-        mean_score_a=float(np.mean(score_a)) if ok else None,
-        mean_score_b=float(np.mean(score_b)) if ok else None,
+        mean_score_a=float(np.mean(score_a)) if scored else None,
+        mean_score_b=float(np.mean(score_b)) if scored else None,
     )
 
 
@@ -407,6 +450,98 @@ def by_category(
                 groups.setdefault(str(j.category[key]), []).append(j)
         out[key] = {v: summarize(g, rule, resamples, seed) for v, g in sorted(groups.items())}
     return out
+
+
+# ------------------------------------------------------------------ answer lengths
+
+LENGTH_RATIO = 1.5  # length_view's default: the longer answer at most 1.5 x the shorter
+
+
+@dataclass
+class LengthView:
+    """Answer lengths and a length-controlled view of one comparison (lengths in words).
+
+    Judges favour longer answers, so a model can gain win rate by talking more. Two plain
+    views, with no model of the judge behind them:
+
+    - ``matched``: the win rate over the *length-matched* items only, those whose longer
+      answer has at most ``ratio`` times the words of the shorter one (two empty answers
+      match). On them length can explain little of the verdict. They are not a random
+      sample of the test set (short factual questions get similar-length answers more
+      often), so read the figure with its own n and CI, beside the full one.
+    - ``longer_won`` of ``longer_decided``: of the items with a winner (win or loss, under
+      the same rule) whose answers differ in length, how many the longer answer won. About
+      half: the judge shows no taste for length here; near all: length and verdict go
+      together (longer answers may also be better, so this measures association, not cause).
+    """
+
+    unit: str
+    items: int  # items with both answers' lengths
+    mean_a: float
+    mean_b: float
+    ratio: float
+    matched_items: int
+    matched: WinRate
+    longer_won: int
+    longer_decided: int
+
+    @property
+    def longer_win_share(self) -> float | None:
+        return self.longer_won / self.longer_decided if self.longer_decided else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "longer_win_share": self.longer_win_share}
+
+    def lines(self) -> list[str]:
+        m = self.matched
+        share = self.longer_win_share
+        return [
+            f"answer length ({self.unit}, mean over {self.items} items): "
+            f"A {self.mean_a:.1f}, B {self.mean_b:.1f}",
+            f"length-matched items (longer <= {self.ratio:g} x shorter): {self.matched_items} of "
+            f"{self.items}; win rate {m.cell()}",
+            "longer answer won "
+            + (
+                f"{share:.0%} of the {self.longer_decided} items with a winner and unequal lengths"
+                if share is not None
+                else "- (no item with a winner and unequal lengths)"
+            ),
+        ]
+
+
+def matched_length(a: int, b: int, ratio: float) -> bool:
+    """Whether two lengths are within ``ratio`` of each other (two zeros match)."""
+    return max(a, b) <= ratio * min(a, b)
+
+
+def length_view(
+    judged: Sequence[Judged],
+    rule: str = "paper",
+    ratio: float = LENGTH_RATIO,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> LengthView | None:
+    """See :class:`LengthView`; ``None`` when no item carries both answers' lengths."""
+    if ratio < 1:
+        raise DataError(f"the length ratio must be at least 1, got {ratio:g}")
+    known = [(j, (j.length_a, j.length_b)) for j in judged]
+    sized = [(j, a, b) for j, (a, b) in known if a is not None and b is not None]
+    if not sized:
+        return None
+    matched = [j for j, a, b in sized if matched_length(a, b, ratio)]
+    outcomes = [(outcome_of(j, rule), a, b) for j, a, b in sized]
+    decided = [(o, a, b) for o, a, b in outcomes if o in (WIN, LOSE) and a != b]
+    return LengthView(
+        unit="words",
+        items=len(sized),
+        mean_a=float(np.mean([a for _, a, _ in sized])),
+        mean_b=float(np.mean([b for _, _, b in sized])),
+        ratio=ratio,
+        matched_items=len(matched),
+        matched=summarize(matched, rule, resamples, seed),
+        longer_won=sum((o == WIN) == (a > b) for o, a, b in decided),
+        longer_decided=len(decided),
+    )
 
 
 # ------------------------------------------------------------------ the replay command
@@ -445,24 +580,38 @@ def read_replay(path: str | Path) -> list[Judged]:
             for k in ("review_ab", "review_ba"):
                 if row[k] is not None and not isinstance(row[k], str):
                     raise ReplayError(f"{where}: field '{k}' must be a string (the raw judge text)")
-            category = row.get("category")
-            if category is not None and not (
-                isinstance(category, dict)
-                and all(isinstance(v, str | int | float | bool) for v in category.values())
-            ):
-                raise ReplayError(
-                    f"{where}: field 'category' must be an object of plain values, "
-                    f'e.g. {{"Skill": "Math"}}; got {json.dumps(category)[:60]}'
-                )
+            answers = [optional_text(row, k, where) for k in ("answer_a", "answer_b")]
+            category = checked_category(row.get("category"), where)
             if str(row["id"]) in seen:
                 raise ReplayError(f"{where}: duplicate id {row['id']!r}")
             seen.add(str(row["id"]))
             items.append(
-                judge_item(row["id"], row["review_ab"], row["review_ba"], row.get("category"))
+                judge_item(row["id"], row["review_ab"], row["review_ba"], category, *answers)
             )
     if not items:
         raise ReplayError(f"{p}: no items")
     return items
+
+
+def optional_text(row: Mapping[str, Any], key: str, where: str) -> str | None:
+    """``row[key]`` when it is a string; absent or null: ``None``; anything else an error."""
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ReplayError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def checked_category(category: Any, where: str) -> dict[str, Any] | None:
+    """A row's ``category``: an object of plain values (``{"Skill": "Math"}``) or absent."""
+    if category is not None and not (
+        isinstance(category, dict)
+        and all(isinstance(v, str | int | float | bool) for v in category.values())
+    ):
+        raise ReplayError(
+            f"{where}: field 'category' must be an object of plain values, "
+            f'e.g. {{"Skill": "Math"}}; got {json.dumps(category)[:60]}'
+        )
+    return category
 
 
 def positive_int(text: str) -> int:
@@ -475,15 +624,38 @@ def positive_int(text: str) -> int:
     return value
 
 
+def ratio_at_least_1(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from phasedsft.evaluate.formats import FORMATS, read_judgments, rule_applies
+
     parser = argparse.ArgumentParser(
         prog="python -m phasedsft.evaluate.winrate",
         description="Win rate of answer A over answer B from pairwise reviews in both orders.",
     )
     parser.add_argument(
-        "file", help="JSONL: id, instruction, answer_a, answer_b, review_ab, review_ba"
+        "file",
+        help="judgments: our JSONL (id, review_ab, review_ba, ...), FastChat *_pair.jsonl, "
+        "an AlpaGasus / Cherry LLM review log, or AlpacaEval annotations",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="the file's format (default: from content)"
     )
     parser.add_argument("--rule", choices=sorted(RULES), default="paper")
+    parser.add_argument(
+        "--models",
+        nargs=2,
+        metavar=("MODEL_A", "MODEL_B"),
+        help="fastchat / alpacaeval files: the two models to compare, A first",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (>= 1)"
@@ -492,13 +664,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--by", action="append", default=[], help="also break down by this category key"
     )
+    parser.add_argument(
+        "--length-ratio",
+        type=ratio_at_least_1,
+        default=LENGTH_RATIO,
+        help="length-matched items: the longer answer at most this many times the shorter",
+    )
     args = parser.parse_args(argv)
     try:
-        judged = read_replay(args.file)
+        found = read_judgments(args.file, args.format, args.models)
+        refused = rule_applies(found.format, args.rule)
+        if refused:
+            raise ReplayError(f"{args.file}: {refused}")
     except ReplayError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    judged = found.items
     result = summarize(judged, args.rule, args.bootstrap, args.seed)
+    lengths = length_view(judged, args.rule, args.length_ratio, args.bootstrap, args.seed)
     # the items the figure leaves out (rule=authors: its void items, kept in N)
     left_out = [
         j for j in (map(as_authors, judged) if args.rule == AUTHORS else judged) if not j.parsed
@@ -510,14 +693,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.json:
         obj = result.to_json()
+        obj["format"] = found.format
+        if found.models:
+            obj["models"] = list(found.models)
         obj["unparsed_ids"] = [j.id for j in left_out][:100]
+        if lengths:
+            obj["lengths"] = lengths.to_json()
         if categories:
             obj["by_category"] = {
                 k: {v: w.to_json() for v, w in g.items()} for k, g in categories.items()
             }
         print(json.dumps(obj))
         return 0
-    print("\n".join(result.lines()))
+    counted, missing = ITEMS_OF.get(found.format, ITEMS_OF["replay"])
+    print("\n".join(_heading(found.format, found.models) + result.lines(counted, missing)))
+    if lengths:
+        print("\n".join(lengths.lines()))
     for j in left_out[:5]:
         print(f"  {'void' if args.rule == AUTHORS else 'unparsed'} {j.id}: {j.error}")
     for key, groups in categories.items():
@@ -527,5 +718,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# what an item is, and what leaves one out, in each format's terms
+ITEMS_OF = {
+    "replay": ("judged in both orders", "unparseable review"),
+    "fastchat": ("judged in both orders", "a verdict of 'error'"),
+    "alpacaeval": ("with a preference", "null preference"),
+}
+
+
+def _heading(fmt: str, models: tuple[str, str] | None) -> list[str]:
+    lines = [f"format: {fmt}" + (f" (A = {models[0]}, B = {models[1]})" if models else "")]
+    if fmt == "alpacaeval":
+        lines.append("one preference per item, already decided: the rule does not change it")
+    return lines
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module's main: run as __main__, this file is a second copy of the
+    # module, whose ReplayError is not the one phasedsft.evaluate.formats raises
+    from phasedsft.evaluate.winrate import main as imported_main
+
+    raise SystemExit(imported_main())

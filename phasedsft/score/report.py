@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def score_counts(scores: Sequence[float | None], width: float = 0.5) -> dict[str, int]:
     """Counts per bin of ``width`` (1.0, 1.5, ... 5.0), plus failures."""
@@ -26,9 +28,44 @@ def text_histogram(counts: dict[str, int], width: int = 40) -> str:
     return "\n".join(lines)
 
 
+def centred_bins(values: Sequence[float] | np.ndarray) -> list[float]:
+    """Histogram bin edges centred on the scores: bins of width 1 around each whole number for
+    whole-number scores (1..5), of 0.5 or 0.25 for halves or quarters; other scores get
+    numpy's "auto" width, the first bin centred on the lowest score. No value: 1..5."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        arr = np.array([1.0, 5.0])
+    lo, hi = float(arr.min()), float(arr.max())
+    for step in (1.0, 0.5, 0.25):
+        if np.allclose(arr / step, np.round(arr / step)):
+            n = round((hi - lo) / step) + 1
+            return (lo - step / 2 + step * np.arange(n + 1)).tolist()
+    auto = np.histogram_bin_edges(arr, bins="auto")
+    width = float(auto[1] - auto[0])
+    n = math.ceil((hi - lo) / width) + 1
+    return (lo - width / 2 + width * np.arange(n + 1)).tolist()
+
+
+def save_figure(fig: Any, png: Path, dpi: int = 150) -> tuple[Path, Path]:
+    """Write ``fig`` as ``png`` and as the PDF beside it (each atomically, the legend and
+    titles kept whole), close it; a rerun writes the same PDF (no creation date)."""
+    import matplotlib.pyplot as plt
+
+    pdf = png.with_suffix(".pdf")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None})):
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+        tmp.replace(path)
+    plt.close(fig)
+    return png, pdf
+
+
 def plot_histogram(
     scores: Sequence[float | None], path: Path, title: str, thresholds: Sequence[float] = ()
 ) -> None:
+    """Counts per score (bins centred on the scores' grid) with the thresholds; written as
+    ``path`` (PNG) and the PDF beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +73,7 @@ def plot_histogram(
 
     values = [s for s in scores if s is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(values, bins=[1 + 0.25 * i for i in range(18)], color="#4c72b0", edgecolor="white")
+    ax.hist(values, bins=centred_bins(values), color="#4c72b0", edgecolor="white")
     for t in thresholds:
         ax.axvline(t, color="#c44e52", linestyle="--", linewidth=1)
     failed = len(scores) - len(values)
@@ -44,8 +81,7 @@ def plot_histogram(
     ax.set_ylabel("examples")
     ax.set_title(f"{title}  (n={len(values)}, failed={failed})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 class SummaryMismatch(RuntimeError):

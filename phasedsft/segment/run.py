@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import load_examples, load_tokenizer, start_job
-from phasedsft.records import Example, stage_of
+from phasedsft.records import DataError, Example, stage_of
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import build_manifest
-from phasedsft.segment.methods import KDEValleys, sizes_for
+from phasedsft.segment.methods import sizes_for
 
 log = logging.getLogger(__name__)
 
@@ -94,38 +94,131 @@ def sensitivity(
     }
 
 
+STAGE_SHADES = ("#f2f2f2", "#e3e9f2")
+
+
+def gaussian_density(xs: Any, values: Any, counts: Any, width: float) -> Any:
+    """The Gaussian KDE of the scores (``values`` with their ``counts``) at ``xs``, kernel
+    standard deviation ``width``: scipy's ``gaussian_kde`` over every score, in one sum over
+    the distinct values."""
+    import numpy as np
+
+    z = (np.asarray(xs)[None, :] - np.asarray(values)[:, None]) / width
+    weights = np.asarray(counts)[:, None] / np.sum(counts)
+    return (weights * np.exp(-0.5 * z**2)).sum(axis=0) / (width * np.sqrt(2 * np.pi))
+
+
+def kde_factor(bandwidth: Any, n: int) -> float:
+    """scipy's bandwidth factor for ``n`` scores: Scott's ``n ** -1/5`` (None or "scott"),
+    Silverman's ``(3n/4) ** -1/5``, or the number given."""
+    if bandwidth is None or bandwidth == "scott":
+        return float(n**-0.2)
+    if bandwidth == "silverman":
+        return float((n * 0.75) ** -0.2)
+    try:
+        return float(bandwidth)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"plot_bandwidth must be null, scott, silverman or a number; got {bandwidth!r}"
+        ) from None
+
+
 def plot_density(
     scores: Sequence[float], thresholds: Sequence[float], path: Path, title: str, bandwidth: Any
 ) -> None:
+    """The paper's Figure 2 for these scores, as ``path`` (PNG) and the PDF beside it.
+
+    Histogram as a density, its bins centred on the scores' grid (width 1 around each of
+    1..5 for whole-number scores), and on the same axis a Gaussian KDE, so the two share a
+    scale: ``bandwidth`` as scipy's ``bw_method`` (None = Scott's rule, "silverman", or a
+    number: the factor on the scores' standard deviation), the rule taken over every score
+    (not over the distinct values: with five distinct scores that would give a kernel
+    wider than the whole scale); the kernel's width is in the legend. The CDF on the right
+    axis, from 0 at the left edge; the thresholds; each stage shaded, with its number of
+    examples. ``title``: the data's name and method.
+    """
+    from itertools import pairwise
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(scores, bins=40, density=True, color="#c8d6e8", edgecolor="white", label="histogram")
-    try:
-        xs, ys = KDEValleys(bandwidth=bandwidth).density(scores)
-        ax.plot(xs, ys, color="#4c72b0", label="Gaussian KDE")
-    except Exception as e:  # a single distinct score has no density: still draw the rest
-        log.warning("no KDE curve: %s", e)
+    from phasedsft.score.report import centred_bins, save_figure
+
+    arr = np.asarray(scores, dtype=float)
+    edges = centred_bins(arr)
+    lo, hi = float(edges[0]), float(edges[-1])
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    heights, _, _ = ax.hist(
+        arr,
+        bins=edges,
+        density=True,
+        color="#a9bfdc",
+        edgecolor="white",
+        zorder=2,
+        label=f"histogram (bins {edges[1] - edges[0]:.3g} wide)",
+    )
+    top = float(np.max(heights)) if len(heights) else 1.0
+    values, counts = np.unique(arr, return_counts=True)
+    if values.size >= 2:
+        xs = np.linspace(lo, hi, 512)
+        width = kde_factor(bandwidth, arr.size) * float(np.std(arr, ddof=1))
+        ys = gaussian_density(xs, values, counts, width)
+        ax.plot(xs, ys, color="#1f4e8c", lw=2, zorder=3, label=f"Gaussian KDE (width {width:.2f})")
+        top = max(top, float(ys.max()))
+    else:  # a single distinct score has no density: still draw the rest
+        log.warning("no KDE curve: all %d scores are %s", arr.size, values[:1])
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(0, top * 1.3)  # room above the bars for the stages' labels
     ax.set_xlabel("difficulty score")
     ax.set_ylabel("density")
-    cdf = ax.twinx()
-    values, counts = np.unique(np.asarray(scores, dtype=float), return_counts=True)
-    cdf.step(values, np.cumsum(counts) / counts.sum(), where="post", color="#55a868", label="CDF")
-    cdf.set_ylabel("cumulative share")
-    cdf.set_ylim(0, 1.02)
+    top_of_axes = blended_transform_factory(ax.transData, ax.transAxes)
+    bounds = [lo, *(min(max(t, lo), hi) for t in thresholds), hi]
+    sizes = np.bincount([stage_of(s, thresholds) for s in arr], minlength=len(bounds))[1:]
+    for i, (left, right) in enumerate(pairwise(bounds)):
+        ax.axvspan(left, right, color=STAGE_SHADES[i % 2], zorder=0, lw=0)
+        ax.text(
+            (left + right) / 2,
+            0.97,
+            f"stage {i + 1}\nn={int(sizes[i]):,}",
+            transform=top_of_axes,
+            ha="center",
+            va="top",
+            fontsize=8,
+        )
     for t in thresholds:
-        ax.axvline(t, color="#c44e52", linestyle="--", linewidth=1.2)
-        ax.text(t, ax.get_ylim()[1] * 0.95, f" {t:g}", color="#c44e52", fontsize=8, va="top")
-    handles = ax.get_legend_handles_labels()[0] + cdf.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
-    ax.set_title(title, fontsize=10)
+        ax.axvline(t, color="#c44e52", linestyle="--", linewidth=1.2, zorder=4)
+    cdf = ax.twinx()
+    share = np.cumsum(counts) / max(counts.sum(), 1)
+    cdf.step(np.r_[lo, values, hi], np.r_[0.0, share, 1.0], where="post", color="#55a868")
+    cdf.set_ylabel("cumulative share")
+    cdf.set_ylim(0, 1.3)  # the same room above as the density axis
+    cdf.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    handles = ax.get_legend_handles_labels()[0] + [
+        Line2D([], [], color="#55a868", label="CDF (right axis)"),
+        Line2D(
+            [],
+            [],
+            color="#c44e52",
+            linestyle="--",
+            label="thresholds " + ", ".join(f"{t:g}" for t in thresholds),
+        ),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
+    ax.set_title(f"{title} (n={arr.size:,})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -180,6 +180,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     after_each_stage: bool = True  # held-out loss (per difficulty level) after every stage
+    by_task: bool = False  # ... and per task family (meta "task"): the forgetting matrix's columns
     generate: bool = True  # greedy answers + judge at the end
     max_new_tokens: int = 32
     batch_size: int = 32
@@ -436,6 +437,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "trainer.packing_max_tokens": None,
     "model.path": None,
     "replay": None,
+    "eval.by_task": False,
     "trainer.stage_policy": {
         "schedule": "per_stage",
         "optimizer_state": "fresh",

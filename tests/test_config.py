@@ -227,6 +227,7 @@ def test_run_name_is_stable_and_tracks_the_config():
     )  # spending is not identity
 
 
+@pytest.mark.integration  # a subprocess of its own: seconds, not milliseconds
 def test_cfg_job_prints_the_composed_config():
     out = run_command([sys.executable, "train.py", "--cfg", "job", "ordering=3-2-1"]).stdout
     cfg = OmegaConf.create(out)

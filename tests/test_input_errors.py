@@ -53,6 +53,7 @@ def test_data_error_inside_instantiate_is_a_plain_error(tmp_path):
     assert last.endswith("(set dataset.source.on_error=skip to skip and count bad rows)")
 
 
+@pytest.mark.integration  # a subprocess of its own: seconds, not milliseconds
 def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
     proc = subprocess.Popen(
         [
@@ -243,6 +244,7 @@ class StubEndpoint:
         self.server.server_close()
 
 
+@pytest.mark.integration  # a subprocess of its own: seconds, not milliseconds
 def test_ctrl_c_during_score_keeps_every_answer_and_exits_130(tmp_path):
     """Three answers arrive, the fourth request hangs: Ctrl-C then (the endpoint has the
     request, so the job is mid-run) ends it with exit 130 and no traceback; the three answers

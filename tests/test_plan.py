@@ -8,6 +8,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 from conftest import ROOT
 from helpers import run_command
 
@@ -33,6 +34,7 @@ def plan(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.integration  # a subprocess of its own: seconds, not milliseconds
 def test_readme_permutation_sweep_plans_exactly_the_six_orders_of_three_stages(tmp_path):
     args = readme_command("every permutation")
     proc = plan(args, tmp_path)
@@ -43,6 +45,7 @@ def test_readme_permutation_sweep_plans_exactly_the_six_orders_of_three_stages(t
     assert not list(tmp_path.rglob("run.json")) and not list(tmp_path.rglob("stage_*"))
 
 
+@pytest.mark.integration  # a subprocess of its own: seconds, not milliseconds
 def test_invalid_job_fails_the_plan_and_names_the_reason(tmp_path):
     proc = plan(["-m", "ordering=1-2-3,1-2-4"], tmp_path, check=False)
     assert proc.returncode == 1
@@ -51,6 +54,7 @@ def test_invalid_job_fails_the_plan_and_names_the_reason(tmp_path):
     assert re.search(r"1-2-3 .*difficulty-1 \d+ ex / \d+ steps", proc.stdout)
 
 
+@pytest.mark.integration  # a subprocess of its own: seconds, not milliseconds
 def test_single_invalid_plan_ends_like_any_run(tmp_path):
     proc = plan(["ordering=only-4"], tmp_path, check=False)
     assert proc.returncode == 2

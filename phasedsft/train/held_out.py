@@ -26,15 +26,18 @@ def level_of(ex: Example) -> str:
 
 
 def eval_datasets(
-    examples: Sequence[Example], encoded: Mapping[str, Encoded]
+    examples: Sequence[Example], encoded: Mapping[str, Encoded], by_task: bool = False
 ) -> dict[str, SequenceDataset]:
-    """Held-out sets for the Trainer: ``all`` plus one per difficulty level when levels are known."""
+    """Held-out sets for the Trainer: ``all`` plus one per difficulty level when levels are known
+    (and, ``by_task``, one per task family: ``task-<name>``)."""
     groups: dict[str, list[str]] = defaultdict(list)
     for ex in examples:
         if ex.id in encoded:
             groups["all"].append(ex.id)
             if (name := level_of(ex)) != "all":
                 groups[name].append(ex.id)
+            if by_task and ex.meta.get("task"):
+                groups[f"task-{ex.meta['task']}"].append(ex.id)
     return {name: SequenceDataset(encoded, ids) for name, ids in sorted(groups.items())}
 
 

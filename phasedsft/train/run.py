@@ -41,6 +41,7 @@ from phasedsft.records import DataError, Example, UserError
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
+from phasedsft.train.curves import write_forgetting
 from phasedsft.train.distributed import export_slurm_ranks, is_main, rank, world_size
 from phasedsft.train.held_out import (
     MarksAnswers,
@@ -315,6 +316,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # --- evaluate the final weights
     final = evaluate_last_stage(cfg, s, specs, run_dir)
     summary = summarize_run(run_info, records, final, started)
+    if len(records) > 1 and any(r["metrics"].get("eval") for r in records):
+        summary["forgetting"] = write_forgetting(run_dir, records)
     atomic_write_json(run_dir / "summary.json", summary)
     tracker.finish(summary)
     print_summary(summary, run_dir)
@@ -414,7 +417,11 @@ def uptrain(
 ) -> list[dict[str, Any]]:
     """Train the stages in order, each from the previous stage's weights; their records."""
     ctx = build_context(cfg, s.examples)
-    evals = eval_datasets(s.eval_examples, s.eval_encoded) if cfg.eval.after_each_stage else {}
+    evals = (
+        eval_datasets(s.eval_examples, s.eval_encoded, cfg.eval.by_task)
+        if cfg.eval.after_each_stage
+        else {}
+    )
     report_to = list(cfg.logger.report_to)
     adapter = instantiate(cfg.trainer.peft) if cfg.trainer.peft else None
     export = None

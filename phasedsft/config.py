@@ -518,6 +518,10 @@ def register() -> None:
     )
     cs.store(group="ordering", name="sorted", node=SortedOrdering)
     cs.store(group="ordering", name="paced", node=PacedOrdering)
+    for pacing in ("linear", "root", "geometric", "step"):  # one option each, for sweeps
+        cs.store(group="ordering", name=f"paced-{pacing}", node=PacedOrdering(pacing=pacing))
+        anti = PacedOrdering(name=f"paced-{pacing}-anti", pacing=pacing, anti=True)
+        cs.store(group="ordering", name=f"paced-{pacing}-anti", node=anti)
     cs.store(group="ordering", name="interleaved", node=InterleavedOrdering)
     cs.store(group="ordering", name="phased", node=PhasedOrdering)
     for seq in stage_sequences():

@@ -7,7 +7,7 @@ import shlex
 import pytest
 from conftest import CONF, compose
 
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("exp*.yaml"))  # the paper's
 
 
 def test_the_four_paper_experiments_exist():
@@ -46,3 +46,74 @@ def test_experiment_command_composes_for_every_swept_run(name):
     assert "one_off" in orderings
     for ordering in orderings:
         assert compose([*fixed, f"ordering={ordering}"]).ordering.name == ordering
+
+
+# ---------------------------------------------------------------- studies beyond the paper
+
+STUDIES = sorted(p.stem for p in (CONF / "experiment").glob("study_*.yaml"))
+
+
+def test_the_studies_exist():
+    assert STUDIES == [
+        "study_pacing",
+        "study_replay",
+        "study_seeds",
+        "study_stage_policies",
+    ]
+
+
+def study_jobs(name: str) -> list[list[str]]:
+    """Every job of a study's own sweep (line 2 of its file), as overrides."""
+    import itertools
+
+    import yaml
+
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    words = shlex.split(text.splitlines()[1].removeprefix("# ").split("(")[0])
+    assert words == ["python", "train.py", "-m", f"+experiment={name}"], words
+    params = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
+    axes = [[f"{k}={v}" for v in str(vs).split(",")] for k, vs in params.items()]
+    return [[f"+experiment={name}", *combo] for combo in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_study_composes_for_every_swept_run(name):
+    jobs = study_jobs(name)
+    names = set()
+    for job in jobs:
+        cfg = compose(job)
+        names.add(cfg.run.name)
+        assert cfg.trainer.learning_rate == 1e-3  # the offline default's (tiny) trainer
+    assert len(names) == len(jobs)  # every job its own run directory
+
+
+@pytest.mark.integration
+def test_every_study_runs_on_the_offline_default(tmp_path):
+    """Each study's multirun, shrunk (few steps, no generation): one finished run per job."""
+    import json
+    import sys
+
+    from helpers import run_command, run_dirs
+
+    small = [
+        "dataset.source.n=60",
+        "dataset.eval.n=10",
+        "model.tokenizer.vocab_size=300",
+        "model.loader.hidden_size=32",
+        "model.loader.intermediate_size=64",
+        "model.loader.num_hidden_layers=1",
+        "trainer.max_steps=1",
+        "eval.generate=false",
+        "eval.after_each_stage=false",
+    ]
+    for name in STUDIES:
+        root = tmp_path / name
+        run_command(
+            [sys.executable, "train.py", "-m", f"+experiment={name}", *small, f"run.root={root}"],
+            no_traceback=True,
+        )
+        runs = run_dirs(root, "summary.json")
+        assert len(runs) == len(study_jobs(name)), name
+        for run in runs:
+            summary = json.loads((run / "summary.json").read_text())
+            assert all(s["fed_matches_plan"] for s in summary["per_stage"]), run

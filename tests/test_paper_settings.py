@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 DOC = ROOT / "docs" / "paper_settings.md"
 HUB_MODELS = ["llama2_7b", "llama2_13b", "mistral_7b"]
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("exp*.yaml"))  # the paper's
 CHECK = re.compile(r"`(train|evaluate): ([\w.*-]+) = ([^`]+)`")
 PLACEHOLDERS = {"<run>": "run", "<gpu>": "gpu", "SCORED.jsonl": "/data/scored.jsonl"}
 

@@ -348,8 +348,8 @@ def continuities(cfg: DictConfig, s: Setup, specs: Sequence[StageSpec]) -> list[
             "trainer.stage_policy.optimizer_state=carried does not work with DeepSpeed yet "
             "(DeepSpeed owns the optimizer state); use it without trainer/deepspeed"
         )
-    steps = []
-    for sp in specs:
+    steps = []  # each stage's optimizer steps, for a schedule spanning them all
+    for sp in specs if spanning else []:
         items = (
             len(stage_packs(cfg.trainer, s.encoded, sp.sequence))
             if cfg.trainer.packing

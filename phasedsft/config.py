@@ -362,6 +362,21 @@ class InterleavedOrdering:
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
+@dataclass
+class SelfPacedOrdering:
+    _target_: str = "phasedsft.train.curricula.SelfPaced"
+    name: str = "self_paced"
+    stages: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # the scorer the trained weights re-score the stages to come with (docs/curricula.md)
+    rescorer: Any = field(
+        default_factory=lambda: {
+            "_target_": "phasedsft.score.local.PerplexityScorer",
+            "batch_size": 8,
+            "name": "perplexity",
+        }
+    )
+
+
 def stage_sequences(max_stages: int = MAX_GENERATED_STAGES) -> list[tuple[int, ...]]:
     """Every ordered selection of distinct stages from 1..max_stages (permutations and subsets)."""
     stages = range(1, max_stages + 1)
@@ -523,6 +538,7 @@ def register() -> None:
         anti = PacedOrdering(name=f"paced-{pacing}-anti", pacing=pacing, anti=True)
         cs.store(group="ordering", name=f"paced-{pacing}-anti", node=anti)
     cs.store(group="ordering", name="interleaved", node=InterleavedOrdering)
+    cs.store(group="ordering", name="self_paced", node=SelfPacedOrdering)
     cs.store(group="ordering", name="phased", node=PhasedOrdering)
     for seq in stage_sequences():
         name = "-".join(map(str, seq)) if len(seq) > 1 else f"only-{seq[0]}"

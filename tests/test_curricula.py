@@ -13,6 +13,7 @@ from conftest import TINY
 from helpers import run_command, run_dir, stage_dirs
 
 from phasedsft.records import DataError, Example
+from phasedsft.segment.manifest import StageManifest
 from phasedsft.train.curricula import (
     Interleaved,
     Paced,
@@ -107,8 +108,6 @@ def test_interleaved_mixes_stages_evenly_keeping_each_order():
     assert merged == ["a1", "b1", "a2", "a3", "b2", "a4"]
     assert Counter(x[0] for x in merged[:3]) == {"a": 2, "b": 1}
 
-    from phasedsft.segment.manifest import StageManifest
-
     groups = [[f"x{i}" for i in range(30)], [f"y{i}" for i in range(10)]]
     manifest = StageManifest(groups, groups, groups, [3.0], {}, [], "data")
     (phase,) = Interleaved(epochs=1, seed=0).phases([], manifest)
@@ -180,3 +179,54 @@ def test_train_py_interleaved_stages_in_one_phase(tmp_path):
     assert sorted(fed) == sorted(level)  # one epoch: every example once
     first_third = Counter(level[i] for i in fed[: len(fed) // 3])
     assert set(first_third) == {1, 2, 3}  # every stage from the start
+
+
+@pytest.mark.integration
+def test_self_paced_restages_the_rest_by_the_trained_model_and_resumes_exactly(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phasedsft.llm.cache import ScoreCache
+    from phasedsft.score.context import ScoreContext
+    from phasedsft.score.local import PerplexityScorer
+    from phasedsft.train.curricula import SelfPaced
+
+    run = train(tmp_path, "ordering=self_paced", "trainer.max_steps=3")
+    s1, s2, s3 = stage_dirs(run)
+    info = json.loads((run / "run.json").read_text())
+    manifest = json.loads((run / "stage_manifest.json").read_text())
+    first = set((s1 / "data_order.txt").read_text().split())
+    assert first == set(manifest["stages"][0])  # stage 1: the easiest by the scorer
+    # stages 2 and 3: the rest re-cut by perplexity under stage 1's weights, sizes kept
+    from phasedsft.data.graded import generate_suite
+
+    by_id = {e.id: e for e in generate_suite(160, seed=0).examples}
+    later = [Phase(f"self-paced-{k}", tuple(manifest["stages"][k - 1])) for k in (2, 3)]
+    pool = [by_id[i] for p in later for i in p.ids]
+    ctx = ScoreContext(
+        cache=ScoreCache(tmp_path / "fresh.sqlite"),  # computed anew, not read from the run's cache
+        tokenizer=AutoTokenizer.from_pretrained(s1 / "model"),
+        load_model=lambda: AutoModelForCausalLM.from_pretrained(s1 / "model"),
+        model_name="check",
+    )
+    scores = PerplexityScorer().score(pool, ctx)
+    expected = SelfPaced().restage(later, {e.id: sc for e, sc in zip(pool, scores, strict=True)})
+    for stage, phase in zip((s2, s3), expected, strict=True):
+        assert set((stage / "data_order.txt").read_text().split()) == set(phase.ids)
+    assert set(expected[0].ids) != set(manifest["stages"][1])  # the model changed the cut
+    records = [json.loads((s / "stage.json").read_text()) for s in (s1, s2, s3)]
+    assert [st["order_sha256"] for st in info["stages"]] == [r["order_sha256"] for r in records]
+    assert all(r["fed_matches_plan"] for r in records)
+    # a rerun re-stages the same way (cached scores of the same weights): nothing trains again
+    stamps = [(s / "stage.json").stat().st_mtime_ns for s in (s1, s2, s3)]
+    assert train(tmp_path, "ordering=self_paced", "trainer.max_steps=3") == run
+    assert [(s / "stage.json").stat().st_mtime_ns for s in (s1, s2, s3)] == stamps
+
+
+def test_self_paced_needs_a_model_based_rescorer():
+    from phasedsft.score.base import OracleScorer
+    from phasedsft.train.curricula import SelfPaced
+
+    manifest = StageManifest([["a"], ["b"]], [["a"], ["b"]], [["a"], ["b"]], [3.0], {}, [], "d")
+    for rescorer in (None, OracleScorer()):
+        with pytest.raises(DataError, match=r"needs ordering\.rescorer, a scorer that runs"):
+            SelfPaced(rescorer=rescorer, stages=[1, 2]).phases([], manifest)

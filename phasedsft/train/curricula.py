@@ -19,19 +19,21 @@ paper's orderings.
 - :class:`Interleaved` (``ordering=interleaved``): the difficulty stages mixed evenly through
   one phase (each epoch a fresh seeded shuffle of each stage, merged in proportion), the
   "interleaved" schedule of the human-learning literature; "blocked" is the paper's stages.
+- :class:`SelfPaced` (``ordering=self_paced``): the stages still to come re-staged after each
+  stage by the model being trained.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from phasedsft.records import DataError, Example
 from phasedsft.segment.manifest import StageManifest
-from phasedsft.train.ordering import Phase
+from phasedsft.train.ordering import Phase, Phased
 
 WEIGHTINGS = ("uniform", "recent")
 PACINGS = ("linear", "root", "geometric", "step")
@@ -202,3 +204,43 @@ def merge_evenly(sequences: Sequence[Sequence[str]]) -> list[str]:
         out.append(sequences[k][taken[k]])
         taken[k] += 1
     return out
+
+
+@dataclass
+class SelfPaced:
+    """The paper's stages, re-staged by the model being trained (``ordering=self_paced``).
+
+    Stage 1 is the easiest stage by the configured scorer (as ``1-2-3``). After each stage the
+    examples of the stages still to come are scored again by ``rescorer`` with the weights just
+    trained (a model-based scorer: ``perplexity``, ``ifd``), ranked (ties kept in the earlier
+    order) and cut into the remaining stages with their sizes unchanged: what the current model
+    finds easiest comes next (a self-paced curriculum, after Kumar et al. 2010). The scores are
+    cached under the stage's weights, so a resumed run re-stages exactly as the first did.
+    """
+
+    rescorer: Any = None  # a scorer with uses_model (instantiated from its config node)
+    stages: list[int] = field(default_factory=lambda: [1, 2, 3])
+    name: str = "self_paced"
+    needs_scores: ClassVar[bool] = True
+    needs_stages: ClassVar[bool] = True
+
+    def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
+        assert manifest is not None
+        if self.rescorer is None or not getattr(self.rescorer, "uses_model", False):
+            raise DataError(
+                "ordering=self_paced needs ordering.rescorer, a scorer that runs the model "
+                "(e.g. /scorer@ordering.rescorer=perplexity)"
+            )
+        phased = Phased(stages=list(self.stages)).phases(examples, manifest)
+        return [replace(p, name=f"self-paced-{k}") for k, p in enumerate(phased, start=1)]
+
+    def restage(self, later: Sequence[Phase], scores: Mapping[str, float]) -> list[Phase]:
+        """``later`` re-cut by ``scores`` (lower: easier), each phase keeping its size."""
+        pool = [i for p in later for i in p.ids]
+        position = {i: k for k, i in enumerate(pool)}
+        ranked = sorted(pool, key=lambda i: (scores[i], position[i]))
+        out, start = [], 0
+        for p in later:
+            out.append(replace(p, ids=tuple(ranked[start : start + len(p.ids)])))
+            start += len(p.ids)
+        return out

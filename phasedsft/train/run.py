@@ -35,11 +35,12 @@ from phasedsft.io import (
     sha256_lines,
 )
 from phasedsft.jobs import build_context, load_examples, load_tokenizer, run_dir_for, start_job
+from phasedsft.llm.cache import ScoreCache
 from phasedsft.models import BuildContext
 from phasedsft.prompts import Encoded, encode
 from phasedsft.records import DataError, Example, UserError
 from phasedsft.score.base import apply_scores, checked_scorer
-from phasedsft.score.context import score_context
+from phasedsft.score.context import ScoreContext, score_context
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
 from phasedsft.train.curves import write_forgetting
 from phasedsft.train.distributed import export_slurm_ranks, is_main, rank, world_size
@@ -123,6 +124,7 @@ class Setup:
     manifest: StageManifest | None
     manifest_path: str | None
     data_report: dict[str, Any]
+    ordering: Any = None  # the instantiated ordering (a self-paced one re-stages between stages)
 
 
 class UnscoredPlan(Exception):
@@ -177,6 +179,7 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         manifest,
         manifest_path,
         report,
+        ordering,
     )
 
 
@@ -308,6 +311,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
     records = uptrain(cfg, s, specs, tracker)
+    if hasattr(s.ordering, "restage") and is_main():  # the stages as they were re-cut
+        run_info = write_run_record(cfg, s, specs, run_dir)
     if not is_main():  # rank 0 publishes, evaluates and writes the run-level files
         return {"rank": rank(), "run_dir": str(run_dir)}
     if cfg.publish:
@@ -413,9 +418,10 @@ def start_tracker(cfg: DictConfig, run_dir: Path, run_info: dict[str, Any]) -> A
 
 
 def uptrain(
-    cfg: DictConfig, s: Setup, specs: Sequence[StageSpec], tracker: Any
+    cfg: DictConfig, s: Setup, specs: list[StageSpec], tracker: Any
 ) -> list[dict[str, Any]]:
-    """Train the stages in order, each from the previous stage's weights; their records."""
+    """Train the stages in order, each from the previous stage's weights; their records.
+    A self-paced ordering re-cuts the stages still to come after each (``specs`` updated)."""
     ctx = build_context(cfg, s.examples)
     evals = (
         eval_datasets(s.eval_examples, s.eval_encoded, cfg.eval.by_task)
@@ -434,7 +440,7 @@ def uptrain(
         )
     records: list[dict[str, Any]] = []
     previous: Path | None = None
-    for spec in specs:
+    for k, spec in enumerate(specs):
         inputs = StageInputs(
             model_loader(cfg, ctx, s.tokenizer, previous, adapter),
             s.tokenizer,
@@ -448,7 +454,34 @@ def uptrain(
         records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
+        if hasattr(s.ordering, "restage") and k + 1 < len(specs):
+            specs[k + 1 :] = restaged(cfg, s, spec, specs[k + 1 :])
     return records
+
+
+def restaged(
+    cfg: DictConfig, s: Setup, done: StageSpec, later: Sequence[StageSpec]
+) -> list[StageSpec]:
+    """The stages after ``done`` re-cut by the ordering's rescorer with ``done``'s weights."""
+    from transformers import AutoModelForCausalLM
+
+    by_id = {ex.id: ex for ex in s.examples}
+    pool = [by_id[i] for sp in later for i in sp.ids]
+    ctx = ScoreContext(
+        cache=ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite"),
+        tokenizer=s.tokenizer,
+        load_model=lambda: AutoModelForCausalLM.from_pretrained(done.dir / "model"),
+        model_name=f"{done.dir.parent.name}/{done.dir.name}",  # these weights, this run
+    )
+    rescorer = checked_scorer(s.ordering.rescorer)
+    scores = apply_scores(pool, rescorer.score(pool, ctx), rescorer.name)
+    phases = [Phase(sp.name, tuple(sp.ids)) for sp in later]
+    new = s.ordering.restage(phases, {ex.id: ex.score for ex in scores if ex.score is not None})
+    log.info("re-staged %d examples with the weights of %s", len(pool), done.dir.name)
+    return [
+        replace(sp, ids=p.ids, sequence=planned_order(cfg, p, s.encoded))
+        for sp, p in zip(later, new, strict=True)
+    ]
 
 
 def evaluate_last_stage(

@@ -101,3 +101,8 @@ def git_revision(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         return {"sha": sha, "dirty": bool(dirty)}
     except (OSError, subprocess.CalledProcessError):
         return {"sha": None, "dirty": None}
+
+
+def stable_run_id(run_dir: Path) -> str:
+    """A run directory's tracker id (W&B): the same for every job, requeue and evaluation of it."""
+    return hashlib.sha256(Path(run_dir).name.encode()).hexdigest()[:16]

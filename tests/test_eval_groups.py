@@ -10,10 +10,14 @@ from conftest import compose
 from omegaconf import OmegaConf
 
 from phasedsft.evaluate.generation import discover_runs
-from phasedsft.evaluate.run import groups_of
+from phasedsft.evaluate.run import groups_of, seeds_key_of
 from phasedsft.records import DataError
 
-STAGES = {"one_off": ["all"], "1-2-3": ["difficulty-1", "difficulty-2", "difficulty-3"]}
+STAGES = {
+    "one_off": ["all"],
+    "1-2-3": ["difficulty-1", "difficulty-2", "difficulty-3"],
+    "paced-linear": ["phase-1", "phase-2"],
+}
 
 
 def fake_run(root: Path, overrides: list[str], name: str | None = None) -> str:
@@ -95,3 +99,53 @@ def test_no_baseline_at_all_is_a_plain_error(tmp_path):
         DataError, match="no group of runs has a baseline run with ordering=one_off"
     ):
         groups_of(discover_runs(tmp_path), "one_off")
+
+
+def test_a_seed_sweep_pairs_each_seed_with_its_own_baseline(tmp_path):
+    # python train.py -m seed=0,1,2 ordering=one_off,1-2-3
+    names = {
+        (s, o): fake_run(tmp_path, [f"seed={s}", f"ordering={o}"])
+        for s in (0, 1, 2)
+        for o in ("one_off", "1-2-3")
+    }
+    groups = groups_of(discover_runs(tmp_path), "one_off")
+    assert summary(groups) == {
+        ("graded", "tiny", s): (names[s, "one_off"], [names[s, "1-2-3"]]) for s in (0, 1, 2)
+    }
+
+
+def keys(tmp_path, *configs: list[str]) -> list[str]:
+    """seeds_key_of each run made from ``configs``, in that order."""
+    made = [fake_run(tmp_path, c, name=f"run{i}") for i, c in enumerate(configs)]
+    by_name = {r.name: r for r in discover_runs(tmp_path)}
+    return [seeds_key_of(by_name[n]) for n in made]
+
+
+def test_the_same_experiment_under_another_seed_has_the_same_seeds_key(tmp_path):
+    # the seed and what follows it (dataset.source.seed, dataset.eval.seed, subsample_seed,
+    # segment.random_seed: ${seed}; a paced ordering's seed) set aside
+    k = keys(
+        tmp_path,
+        ["seed=0", "ordering=1-2-3"],
+        ["seed=7", "ordering=1-2-3"],
+        ["seed=0", "ordering=paced"],
+        ["seed=2", "ordering=paced"],
+        ["seed=0", "ordering=1-2-3", "dataset.max_examples=100"],
+        ["seed=1", "ordering=1-2-3", "dataset.max_examples=100"],
+    )
+    assert k[0] == k[1]
+    assert k[2] == k[3] != k[0]  # the ordering's own settings count
+    assert k[4] == k[5] != k[0]
+    assert k[2] != k[4]
+
+
+def test_a_seed_set_to_a_fixed_value_is_compared_as_it_is(tmp_path):
+    k = keys(
+        tmp_path,
+        ["seed=0", "ordering=1-2-3", "dataset.subsample_seed=5"],
+        ["seed=1", "ordering=1-2-3", "dataset.subsample_seed=5"],
+        ["seed=1", "ordering=1-2-3", "dataset.subsample_seed=6"],
+        ["seed=1", "ordering=1-2-3"],  # subsample_seed follows the seed (1)
+    )
+    assert k[0] == k[1]
+    assert len({k[1], k[2], k[3]}) == 3

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import ref_path
 from helpers import run_command
+from omegaconf import OmegaConf
 from test_winrate_authors import EXPECTED, SETS, their_pipeline
 
 from phasedsft.evaluate.formats import (
@@ -412,7 +413,12 @@ def _comparison(tmp_path, rule):
     ]
     t = ToJudge(
         ("graded", "tiny", 0),
-        SimpleNamespace(ordering="1-2-3", name="run-123"),
+        SimpleNamespace(
+            ordering="1-2-3",
+            name="run-123",
+            config=OmegaConf.create({"ordering": {"name": "1-2-3", "stages": [1, 2, 3]}}),
+            identity={"seed": 0, "model": {"name": "tiny"}},
+        ),
         SimpleNamespace(run="run-123", index=3, stage="difficulty-3", n_stages=3, label="run-123/stage_3_difficulty-3"),
         SimpleNamespace(name="koala", has_references=False, categories=["level"]),
         SimpleNamespace(name="run-one_off", final=SimpleNamespace(label="run-one_off/stage_1_all")),

@@ -99,3 +99,38 @@ def test_tensorboard_holds_each_stage_steps_and_the_curve_across_stages(tmp_path
         if f.is_file():
             data = f.read_bytes()
             assert not any(v.encode() in data for v in SECRETS.values()), f
+
+
+def test_evaluate_adds_win_rates_to_the_training_runs_wandb_run(tmp_path):
+    pytest.importorskip("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **SECRETS}
+    run_command(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "ordering=one_off,1-2",
+            "logger=wandb",
+            *TINY,
+            f"run.root={tmp_path}",
+            "trainer.max_steps=3",
+            "eval.generate=false",
+        ],
+        env=env,
+    )
+    out = run_command(
+        [sys.executable, "evaluate.py", f"sweep_dir={tmp_path}", f"out_dir={tmp_path}/evaluation"],
+        env=env,
+        no_traceback=True,
+    )
+    summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
+    [phased] = [p for p in tmp_path.iterdir() if p.name.startswith("graded-tiny-1-2-")]
+    assert summary["wandb_runs_updated"] == [phased.name], out.stdout[-2000:]
+    offline = sorted((phased / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2  # the training run, then the same run resumed by evaluate.py
+    from phasedsft.io import stable_run_id
+
+    data = next(offline[-1].glob("run-*.wandb")).read_bytes()
+    assert stable_run_id(phased).encode() in data
+    assert b"winrate/held_out/stage_2_vs_one_off" in data
+    assert not any(v.encode() in data for v in SECRETS.values())

@@ -4,6 +4,9 @@ table.md     win rate [95% CI] and W/T/L per row (dataset x model x seed x order
              stage) and test set; mean answer lengths (words); the length-matched view
 table.csv    the same, one row per (row, test set), every number in its own column
 table.json   everything, unrounded
+             (where a comparison exists under several training seeds, table.md's "Across
+             seeds" section and seeds.csv: mean, spread and t-interval over seeds, beside
+             the pooled figure; see :mod:`.seeds`)
 figure1_stages.png / .pdf   Figure 1
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from phasedsft.evaluate.formats import alpacaeval_rows, fastchat_rows, json_text, jsonl_text
+from phasedsft.evaluate.seeds import ALL, AcrossSeeds
 from phasedsft.evaluate.winrate import Judged, LengthView, WinRate
 from phasedsft.io import atomic_write_json, atomic_write_text
 
@@ -40,13 +44,14 @@ class Comparison:
     category_accuracy: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     authors: WinRate | None = None  # the same items under rule=authors (their script's figure)
     lengths: LengthView | None = None  # answer lengths (A = candidate, B = baseline)
+    # the candidate run's identity with its seed set aside (:func:`.seeds.seed_free`), hashed:
+    # equal for the same comparison under another seed (None: compare by group label)
+    seeds_key: str | None = None
+    items_sha: str | None = None  # the test items as judged (ids, questions, references)
 
     @property
     def row(self) -> tuple[str, str, int, str, int]:
         return (*self.group, self.ordering, self.stage_index)
-
-
-ALL = "all sets"
 
 
 def cell(w: WinRate) -> str:
@@ -268,13 +273,160 @@ def lengths_markdown(comparisons: Sequence[Comparison]) -> str:
     )
 
 
+SEEDS_CSV_HEADER = [
+    "dataset",
+    "model",
+    "ordering",
+    "stage",
+    "n_stages",
+    "eval_set",
+    "baseline",
+    "rule",
+    "seeds",
+    "per_seed_win_rates",
+    "k",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "t_low",
+    "t_high",
+    "t_crit",
+    "level",
+    "same_sign",
+    "within_seed_noise",
+    "pooled_win_rate",
+    "pooled_ci_low",
+    "pooled_ci_high",
+    "pooled_wins",
+    "pooled_ties",
+    "pooled_losses",
+    "pooled_n",
+    "pooled_unparsed",
+    "pooled_sign_test_p",
+    "items",
+    "verdict",
+]
+
+
+def seeds_csv_rows(cells: Sequence[AcrossSeeds]) -> list[list[Any]]:
+    """One row per comparison under several seeds: every figure in its own column (the seeds
+    and their win rates space-separated, in the same order; "-" for a seed without one)."""
+    rows = []
+    for a in cells:
+        s, p = a.spread, a.pooled
+        stats = (
+            [s.k, s.mean, s.std, s.min, s.max, s.t_low, s.t_high, s.t_crit, s.level]
+            if s
+            else [0, *[None] * 8]
+        )
+        rows.append(
+            [
+                a.dataset,
+                a.model,
+                a.ordering,
+                a.stage_index,
+                a.n_stages,
+                a.eval_set,
+                a.baseline,
+                p.rule,
+                " ".join(str(x) for x in a.seeds),
+                " ".join("-" if w.win_rate is None else repr(w.win_rate) for w in a.per_seed),
+                *stats,
+                s.same_sign if s else None,
+                a.within_noise,
+                p.win_rate,
+                p.ci_low,
+                p.ci_high,
+                p.wins,
+                p.ties,
+                p.losses,
+                p.n,
+                p.unparsed,
+                p.sign_test_p,
+                a.items,
+                a.verdict(),
+            ]
+        )
+    return rows
+
+
+ITEMS_SHOWN = {
+    "same": "same in every seed",
+    "per seed": "drawn per seed",
+    "mixed": "same for some sets",
+}
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}"
+
+
+def across_seeds_markdown(cells: Sequence[AcrossSeeds], baseline: str) -> str:
+    """table.md's "Across seeds" section (empty with no comparison under two seeds or more)."""
+    if not cells:
+        return ""
+    header = [
+        "dataset",
+        "model",
+        "ordering",
+        "stage",
+        "set",
+        "per seed",
+        "mean ± sd",
+        "range",
+        "95 % t-interval",
+        "pooled [item bootstrap CI]; W/T/L",
+        "test items",
+        "verdict",
+    ]
+    rows = []
+    for a in cells:
+        s = a.spread
+        rows.append(
+            [
+                a.dataset,
+                a.model,
+                a.ordering,
+                f"{a.stage_index}/{a.n_stages}",
+                a.eval_set,
+                ", ".join(
+                    f"s{x} {_signed(w.win_rate)}" for x, w in zip(a.seeds, a.per_seed, strict=True)
+                ),
+                f"{s.mean:+.1f} ± {s.std:.1f}" if s else "-",
+                f"{s.min:+.1f} .. {s.max:+.1f}" if s else "-",
+                f"[{s.t_low:+.1f}, {s.t_high:+.1f}]" if s else "-",
+                cell(a.pooled),
+                ITEMS_SHOWN.get(a.items, a.items),
+                a.verdict(),
+            ]
+        )
+    return (
+        "\n\n## Across seeds\n\n"
+        f"The same comparison (candidate ordering and stage against `{baseline}`, same data, "
+        "model, settings and test set) trained under several seeds (`seed`): the per-seed win "
+        "rates, their mean ± standard deviation (n - 1) and range, and the 95 % t-interval over "
+        "seeds (Student t with k - 1 degrees of freedom on the k per-seed win rates: mean ± "
+        "t * sd / sqrt(k); seed-to-seed variation: training, and the test items where they are "
+        "drawn with the seed). Beside it the pooled figure: every seed's items together, with "
+        "the paired bootstrap CI over questions (a question judged in every seed is resampled "
+        "as one): item noise only, for these trained models. **Within seed noise**: the "
+        "t-interval contains 0, or the seeds are not all on the same side of 0.\n\n"
+        + markdown(header, rows)
+    )
+
+
 def write_tables(
     out: Path,
     comparisons: Sequence[Comparison],
     pooled: dict[tuple, WinRate],
     baseline: str,
     pooled_lengths: dict[tuple, LengthView | None] | None = None,
+    across: Sequence[AcrossSeeds] = (),
 ) -> str:
+    """table.md, table.csv, table.json; with ``across`` (comparisons under several seeds,
+    :func:`.seeds.across_seeds`) also table.md's "Across seeds" section and seeds.csv (a
+    seeds.csv left by an earlier evaluation is removed when there is none)."""
     header, rows = table_rows(comparisons, pooled)
     intro = (
         f"Win rate against `{baseline}` (100 x (W + T/2) / N - 50; 0 = parity) with the paired "
@@ -284,6 +436,7 @@ def write_tables(
     text = (
         intro
         + markdown(header, rows)
+        + across_seeds_markdown(across, baseline)
         + authors_differences(comparisons)
         + lengths_markdown(comparisons)
     )
@@ -291,6 +444,10 @@ def write_tables(
     atomic_write_text(
         out / "table.csv", csv_text(CSV_HEADER, csv_rows(comparisons, pooled, pooled_lengths))
     )
+    if across:
+        atomic_write_text(out / "seeds.csv", csv_text(SEEDS_CSV_HEADER, seeds_csv_rows(across)))
+    else:
+        (out / "seeds.csv").unlink(missing_ok=True)
     # the same numbers, unrounded, for other tools
     numbers = [
         {

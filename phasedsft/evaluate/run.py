@@ -9,7 +9,9 @@
     report:   win / tie / lose folded per item -> win rate with CI, sign test, position
               consistency, answer lengths; table.md/.csv, categories.md, figure1_stages.png
               and .pdf, AlpacaEval model outputs; beside each comparison's replay file, the
-              same judgments as FastChat pair judgments and AlpacaEval annotations
+              same judgments as FastChat pair judgments and AlpacaEval annotations; where a
+              comparison exists under several training seeds, its mean, spread and t-interval
+              over seeds (table.md "Across seeds", seeds.csv, summary.json: :mod:`.seeds`)
 
 Everything expensive is cached: answers files beside the checkpoints (resumable), judge
 replies in the shared SQLite cache; rerunning the same command redoes no work.
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from phasedsft.evaluate.generation import (
     Answers,
@@ -45,7 +47,9 @@ from phasedsft.evaluate.report import (
     write_judgment_exports,
     write_tables,
 )
+from phasedsft.evaluate.seeds import across_seeds, seed_free
 from phasedsft.evaluate.sets import EvalSet, build_eval_set
+from phasedsft.evaluate.tracking import log_win_rates
 from phasedsft.evaluate.winrate import (
     Judged,
     WinRate,
@@ -230,6 +234,19 @@ def groups_of(runs: list[Run], baseline: str) -> dict[Group, tuple[Run, list[Run
     return out
 
 
+def seeds_key_of(run: Run) -> str:
+    """The same for runs that are one experiment under different seeds: the run's identity and
+    its ordering's settings, the seed set aside (:func:`~.seeds.seed_free`), hashed."""
+    ordering = OmegaConf.to_container(run.config.ordering, resolve=True)
+    return sha256_json(seed_free({**run.identity, "ordering": ordering}))
+
+
+def items_sha(pairs: Sequence[Pair]) -> str:
+    """The test items as judged (ids, questions, inputs, references), hashed: equal when two
+    comparisons judged the same questions."""
+    return sha256_json([[p.id, p.instruction, p.input, p.reference] for p in pairs])
+
+
 def checkpoints_of(run: Run, which: str) -> list[Checkpoint]:
     return list(run.checkpoints) if which == "every_stage" else [run.final]
 
@@ -324,6 +341,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return estimate_judging(judge, todo, cache, out)
     comparisons: list[Comparison] = []
     pooled_items: dict[tuple, list[Judged]] = defaultdict(list)
+    judged_of: list[list[Judged]] = []  # each comparison's items, for the seeds' statistics
     judge_stats: Counter[str] = Counter()
     aborted: RequestsAborted | None = None
     for task in todo:
@@ -334,6 +352,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             break
         judge_stats.update({k: stats.get(k, 0) for k in ("requests", "cost_usd")})
         comparisons.append(comp)
+        judged_of.append(judged)
         pooled_items[comp.row].extend(judged)
 
     # --- report
@@ -344,11 +363,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         k: length_view(v, rule, resamples=cfg.bootstrap, seed=cfg.seed)
         for k, v in pooled_items.items()
     }
+    # the same comparison under several training seeds: mean, spread, t-interval over seeds
+    seeds = across_seeds(
+        comparisons, judged_of, pooled, cfg.baseline, rule, cfg.bootstrap, cfg.seed
+    )
     table = (
-        write_tables(out, comparisons, pooled, cfg.baseline, pooled_lengths) if comparisons else ""
+        write_tables(out, comparisons, pooled, cfg.baseline, pooled_lengths, seeds)
+        if comparisons
+        else ""
     )
     write_categories(out, comparisons)
     figure = plot_stage_curves(out, comparisons, pooled, cfg.baseline) if comparisons else None
+    runs = {r.name: r for b, cs in groups.values() for r in (b, *cs)}
+    tracked = log_win_rates(comparisons, runs, cfg.baseline)
     summary = {
         "out_dir": str(out),
         "judge": judge.name,
@@ -364,12 +391,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "figure": str(figure) if figure else None,
         "figure_pdf": str(figure.with_suffix(".pdf")) if figure else None,
         "stopped": str(aborted) if aborted else None,
+        "across_seeds": [a.to_json() for a in seeds],
+        "wandb_runs_updated": tracked,
     }
     atomic_write_json(out / "summary.json", summary)
     print(
         "\n"
         + table
-        + f"\nresults: {out}/table.md, table.csv, categories.md, comparisons/, figure1_stages.png/.pdf"
+        + f"\nresults: {out}/table.md, table.csv, "
+        + ("seeds.csv, " if seeds else "")
+        + "categories.md, comparisons/, figure1_stages.png/.pdf"
     )
     if aborted:
         print(f"error: {aborted}", file=sys.stderr, flush=True)
@@ -514,6 +545,8 @@ def judge_comparison(
         cat_acc,
         authors,
         lengths,
+        seeds_key=seeds_key_of(t.run),
+        items_sha=items_sha(t.pairs),
     )
     atomic_write_json(
         folder / f"{t.label}.json",

@@ -389,6 +389,55 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def clustered_bootstrap_ci(
+    values: Sequence[float],
+    clusters: Sequence[Any],
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile CI of ``100 * mean - 50`` where whole clusters of values are resampled.
+
+    ``clusters[i]`` names the cluster of ``values[i]`` (a question: the same question answered
+    by the models of several training seeds is one cluster). Each resample draws as many
+    clusters as there are, with replacement, and takes the mean of all the values they hold.
+    With one value per cluster (in order) this is :func:`bootstrap_ci` draw for draw.
+    """
+    if resamples < 1:
+        raise DataError(f"bootstrap resamples must be at least 1, got {resamples}")
+    if len(values) != len(clusters):
+        raise ValueError(f"{len(values)} values but {len(clusters)} cluster names")
+    if not values:
+        raise ValueError("no values to resample")
+    index: dict[Any, int] = {}
+    for c in clusters:
+        index.setdefault(c, len(index))
+    sums = np.zeros(len(index))
+    counts = np.zeros(len(index))
+    for v, c in zip(values, clusters, strict=True):
+        sums[index[c]] += float(v)
+        counts[index[c]] += 1
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(index), size=(resamples, len(index)))
+    stats = 100.0 * sums[idx].sum(axis=1) / counts[idx].sum(axis=1) - 50.0
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def item_values(judged: Sequence[Judged], rule: str = "paper") -> list[tuple[int, float]]:
+    """The items :func:`summarize` counts, in their order: (position in ``judged``, value:
+    1 win, 0.5 tie, 0 loss). Unparsed items are left out; under ``authors`` a void item stays,
+    with value 0. ``100 * mean - 50`` of the values is :func:`summarize`'s win rate."""
+    out = []
+    for i, j in enumerate(judged):
+        o = outcome_of(j, rule)
+        if o is not None:
+            out.append((i, VALUE[o]))
+        elif rule == AUTHORS:
+            out.append((i, 0.0))
+    return out
+
+
 def sign_test(wins: int, losses: int) -> float:
     """Exact two-sided binomial test of wins vs losses (ties left out); 1.0 with none."""
     n = wins + losses

@@ -14,11 +14,11 @@ curve); the Trainer's TensorBoard callback writes each stage's steps under
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasedsft.io import stable_run_id
 from phasedsft.records import DataError
 
 
@@ -78,10 +78,6 @@ class TensorBoardTracker(NullTracker):
         for key, value in (summary.get("final_accuracy") or {}).items():
             self.writer.add_scalar(f"final/{key}/accuracy", value["accuracy"], 0)
         self.writer.close()
-
-
-def stable_run_id(run_dir: Path) -> str:
-    return hashlib.sha256(run_dir.name.encode()).hexdigest()[:16]
 
 
 @dataclass

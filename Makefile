@@ -45,11 +45,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)  ## benchmarks (ratios measured side by side; not part of the tests)
-	$(PY) benchmarks/bench_segmentation.py
-	$(PY) benchmarks/bench_scoring_client.py
-	$(PY) benchmarks/bench_generation.py
-	$(PY) benchmarks/bench_training.py
+BENCH_DATE := $(shell date +%Y-%m-%d-%H%M)
+BENCH_JSON ?= benchmarks/results/$(BENCH_DATE).json
+BENCH_PARTS = $(basename $(BENCH_JSON))
+bench: $(STAMP)  ## benchmarks in interleaved rounds (not part of the tests); all results in $(BENCH_JSON)
+	@mkdir -p $(BENCH_PARTS)
+	$(PY) benchmarks/bench_segmentation.py --json $(BENCH_PARTS)/segmentation.json
+	$(PY) benchmarks/bench_scoring_client.py --json $(BENCH_PARTS)/scoring_client.json
+	$(PY) benchmarks/bench_generation.py --json $(BENCH_PARTS)/generation.json
+	$(PY) benchmarks/bench_training.py --json $(BENCH_PARTS)/training.json
+	$(PY) benchmarks/bench_gpu.py --json $(BENCH_PARTS)/gpu.json
+	$(PY) benchmarks/compare.py --merge $(BENCH_JSON) $(BENCH_PARTS)/*.json
+	@echo "compare with an earlier run: $(PY) benchmarks/compare.py OLD.json $(BENCH_JSON)"
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

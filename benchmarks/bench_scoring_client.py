@@ -1,6 +1,6 @@
 """Scoring-client throughput against a loopback endpoint with controlled, skewed latency.
 
-    python benchmarks/bench_scoring_client.py [--scale 10]
+    python benchmarks/bench_scoring_client.py [--scale 10] [--requests 200] [--rounds 5] [--json FILE]
 
 A local HTTP server answers every chat-completion request after a delay drawn from the
 request's own content (so every method sees the same delays): 80 % answer in 0.2 s,
@@ -12,10 +12,17 @@ achieved/ideal: the ideal is the makespan of the same method with zero overhead 
 same delays (a pool: each request, in order, on the first free slot; lock-step: the sum
 of each batch's slowest delay), so the ratio measures what the implementation loses.
 Targets: >= 0.9 of ideal, and >= 2x the lock-step pattern under this skew.
+
+Interleaved: ``--rounds`` rounds (after one untimed warm-up batch), each round every method
+once, on the same ``--requests`` requests (concurrency 1: the first quarter of them); every
+ratio is taken within a round and reported as median [min-max] over rounds. ``--json FILE``
+writes every measurement, for ``benchmarks/compare.py``. One round takes about 15 x
+``--scale`` seconds at 200 requests, nearly all of it waiting on the endpoint.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -26,13 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare import median_range, write_json
+
 from phasedsft.data.graded import generate_suite
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.score.api import OpenAIScorer
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.prompt import messages
 
-# Real API latencies are seconds; the default scale keeps the run near two minutes. With a
+# Real API latencies are seconds; the default scale keeps a round near 2.5 minutes. With a
 # smaller scale (--scale 1: 20 ms / 400 ms) the client library's own CPU time per request
 # (~6 ms on a 2-core box) becomes the ceiling at high concurrency, which is worth seeing too.
 SCALE = float(sys.argv[sys.argv.index("--scale") + 1]) if "--scale" in sys.argv else 10.0
@@ -155,35 +164,90 @@ def run_lockstep(base_url: str, examples, batch: int = 10) -> float:
 def main() -> None:
     import logging
 
+    p = argparse.ArgumentParser()
+    p.add_argument("--scale", type=float, default=10.0, help="delays: 20 ms / 400 ms times this")
+    p.add_argument(
+        "--requests", type=int, default=200, help="per method (concurrency 1: a quarter)"
+    )
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    args = p.parse_args()
     logging.disable(logging.WARNING)
     import openai  # noqa: F401  (a one-off import cost of ~1 s is not throughput)
 
     port, server = start_server()
     base_url = f"http://127.0.0.1:{port}/v1"
-    examples = generate_suite(200, seed=7).examples
-    print(
-        f"delays: {FAST * 1000:.0f} ms (p={1 - P_SLOW:.0%}) / {SLOW * 1000:.0f} ms (p={P_SLOW:.0%}), skewed"
-    )
+    examples = generate_suite(args.requests, seed=7).examples
+    n1 = max(1, args.requests // 4)
     delays = [delay_for(messages(ex)) for ex in examples]
-    rows = []
+    methods = {  # name: (label, requests, run)
+        "pool_c1": ("pool, concurrency 1", n1, lambda: run_pool(base_url, examples[:n1], 1)),
+        "pool_c8": ("pool, concurrency 8", len(examples), lambda: run_pool(base_url, examples, 8)),
+        "pool_c32": (
+            "pool, concurrency 32",
+            len(examples),
+            lambda: run_pool(base_url, examples, 32),
+        ),
+        "lockstep": (
+            "lock-step batches of 10",
+            len(examples),
+            lambda: run_lockstep(base_url, examples),
+        ),
+    }
+    best = {
+        "pool_c1": ideal(delays[:n1], 1),
+        "pool_c8": ideal(delays, 8),
+        "pool_c32": ideal(delays, 32),
+        "lockstep": ideal_lockstep(delays),
+    }
+    print(
+        f"delays: {FAST * 1000:.0f} ms (p={1 - P_SLOW:.0%}) / {SLOW * 1000:.0f} ms (p={P_SLOW:.0%}),"
+        f" skewed; {args.rounds} interleaved rounds, median [min-max]"
+    )
+    seconds: dict[str, list[float]] = {k: [] for k in methods}
     try:
-        for concurrency, n in ((1, 50), (8, 200), (32, 200)):
-            elapsed = run_pool(base_url, examples[:n], concurrency)
-            rows.append(
-                (f"pool, concurrency {concurrency}", n, elapsed, ideal(delays[:n], concurrency))
-            )
-        lock = run_lockstep(base_url, examples)
-        rows.append(("lock-step batches of 10", 200, lock, ideal_lockstep(delays)))
+        run_pool(base_url, examples[:8], 8)  # warm-up: connections, first-call costs
+        for _ in range(args.rounds):  # interleaved: every method once per round
+            for name, (_, _, run) in methods.items():
+                seconds[name].append(run())
     finally:
         server.kill()
+    per_round = {f"{name}_of_ideal": [best[name] / t for t in seconds[name]] for name in methods}
+    per_round["pool_c32_over_lockstep"] = [
+        lock / pool for lock, pool in zip(seconds["lockstep"], seconds["pool_c32"], strict=True)
+    ]
+    summary = {k: median_range(v) for k, v in per_round.items()}
     print(
-        f"\n{'method':<26}{'requests':>9}{'seconds':>9}{'req/s':>8}{'ideal s':>9}{'achieved/ideal':>16}"
+        f"\n{'method':<26}{'requests':>9}{'seconds':>16}{'req/s':>8}{'ideal s':>9}"
+        f"{'achieved/ideal':>22}"
     )
-    for name, n, elapsed, best in rows:
+    for name, (label, n, _) in methods.items():
+        t, r = median_range(seconds[name]), summary[f"{name}_of_ideal"]
         print(
-            f"{name:<26}{n:>9}{elapsed:>9.2f}{n / elapsed:>8.1f}{best:>9.2f}{best / elapsed:>16.2f}"
+            f"{label:<26}{n:>9}{t['median']:>7.2f} [{t['min']:.1f}-{t['max']:.1f}]"
+            f"{n / t['median']:>8.1f}{best[name]:>9.2f}"
+            f"{r['median']:>10.2f} [{r['min']:.2f}-{r['max']:.2f}]"
         )
-    print(f"\npool(32) vs lock-step(10): {lock / rows[2][2]:.1f}x faster")
+    m = summary["pool_c32_over_lockstep"]
+    print(
+        f"\npool(32) vs lock-step(10): {m['median']:.1f}x [{m['min']:.1f}-{m['max']:.1f}] faster"
+        "   (targets: >= 0.9 of ideal, >= 2x lock-step)"
+    )
+    write_json(
+        args.json,
+        {
+            "bench": "scoring_client",
+            "scale": args.scale,
+            "delays_s": [FAST, SLOW],
+            "p_slow": P_SLOW,
+            "requests": {name: n for name, (_, n, _) in methods.items()},
+            "rounds": args.rounds,
+            "ideal_s": best,
+            "seconds": seconds,
+            "per_round": per_round,
+            "summary": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -106,3 +106,18 @@ def git_revision(start: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 def stable_run_id(run_dir: Path) -> str:
     """A run directory's tracker id (W&B): the same for every job, requeue and evaluation of it."""
     return hashlib.sha256(Path(run_dir).name.encode()).hexdigest()[:16]
+
+
+def save_figure(fig: Any, png: Path, dpi: int = 150) -> tuple[Path, Path]:
+    """Write ``fig`` as ``png`` and as the PDF beside it (each atomically, the legend and
+    titles kept whole), close it; a rerun writes the same PDF (no creation date)."""
+    import matplotlib.pyplot as plt
+
+    pdf = png.with_suffix(".pdf")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None})):
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+        tmp.replace(path)
+    plt.close(fig)
+    return png, pdf

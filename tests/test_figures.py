@@ -54,11 +54,11 @@ def test_density_plot_is_written_as_png_and_pdf(tmp_path):
 def test_density_plot_parts(monkeypatch):
     import numpy as np
 
-    import phasedsft.score.report as score_report
+    import phasedsft.io
     from phasedsft.segment.run import plot_density
 
     caught = Caught()
-    monkeypatch.setattr(score_report, "save_figure", caught)
+    monkeypatch.setattr(phasedsft.io, "save_figure", caught)
     plot_density(SCORES * 25, THRESHOLDS, Path("unused.png"), "alpaca: paper thresholds", None)
     ax, cdf = caught.fig.axes
     assert ax.get_title().startswith("alpaca: paper thresholds") and "n=500" in ax.get_title()

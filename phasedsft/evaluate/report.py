@@ -23,7 +23,7 @@ from typing import Any
 from phasedsft.evaluate.formats import alpacaeval_rows, fastchat_rows, json_text, jsonl_text
 from phasedsft.evaluate.seeds import ALL, AcrossSeeds
 from phasedsft.evaluate.winrate import Judged, LengthView, WinRate
-from phasedsft.io import atomic_write_json, atomic_write_text
+from phasedsft.io import atomic_write_json, atomic_write_text, save_figure
 
 
 @dataclass
@@ -572,21 +572,6 @@ def plot_stage_curves(
     fig.suptitle(f"Win rate against {baseline} after each stage ({what}; 95% CI)")
     fig.tight_layout()
     return save_figure(fig, out / "figure1_stages.png")[0]
-
-
-def save_figure(fig: Any, png: Path, dpi: int = 150) -> tuple[Path, Path]:
-    """Write ``fig`` as ``png`` and as the PDF beside it (each atomically, the legend and
-    titles kept whole), close it; a rerun writes the same PDF (no creation date)."""
-    import matplotlib.pyplot as plt
-
-    pdf = png.with_suffix(".pdf")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None})):
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-        tmp.replace(path)
-    plt.close(fig)
-    return png, pdf
 
 
 def write_judgment_exports(

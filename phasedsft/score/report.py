@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from phasedsft.io import save_figure
+
 
 def score_counts(scores: Sequence[float | None], width: float = 0.5) -> dict[str, int]:
     """Counts per bin of ``width`` (1.0, 1.5, ... 5.0), plus failures."""
@@ -44,21 +46,6 @@ def centred_bins(values: Sequence[float] | np.ndarray) -> list[float]:
     width = float(auto[1] - auto[0])
     n = math.ceil((hi - lo) / width) + 1
     return (lo - width / 2 + width * np.arange(n + 1)).tolist()
-
-
-def save_figure(fig: Any, png: Path, dpi: int = 150) -> tuple[Path, Path]:
-    """Write ``fig`` as ``png`` and as the PDF beside it (each atomically, the legend and
-    titles kept whole), close it; a rerun writes the same PDF (no creation date)."""
-    import matplotlib.pyplot as plt
-
-    pdf = png.with_suffix(".pdf")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None})):
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-        tmp.replace(path)
-    plt.close(fig)
-    return png, pdf
 
 
 def plot_histogram(

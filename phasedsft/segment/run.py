@@ -147,7 +147,8 @@ def plot_density(
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
-    from phasedsft.score.report import centred_bins, save_figure
+    from phasedsft.io import save_figure
+    from phasedsft.score.report import centred_bins
 
     arr = np.asarray(scores, dtype=float)
     edges = centred_bins(arr)

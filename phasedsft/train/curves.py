@@ -81,7 +81,7 @@ def plot_forgetting(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from phasedsft.score.report import save_figure
+    from phasedsft.io import save_figure
 
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
     fig, (lines, heat) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -152,7 +152,7 @@ def plot_growth(png: Path, points: Sequence[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from phasedsft.score.report import save_figure
+    from phasedsft.io import save_figure
 
     metrics = [m for m in ("loss", "accuracy") if any(p[m] for p in points)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)

@@ -232,7 +232,7 @@ class DataJobConfig:
     model: ModelConfig = MISSING  # local-LM scorers; the tokenizer for token counts
     dataset: DatasetConfig = MISSING
     scorer: Any = MISSING
-    trainer: Any = None  # unused by these jobs; a model config may choose a trainer preset
+    trainer: Any = None  # unused by these jobs; composed only because run names hash it (since v1)
 
 
 @dataclass

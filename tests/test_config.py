@@ -6,7 +6,7 @@ import sys
 from functools import cache
 
 import pytest
-from conftest import compose
+from conftest import CONF, compose
 from helpers import run_command
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_method, instantiate
@@ -184,7 +184,7 @@ def test_every_generated_ordering_instantiates():
 
 
 def test_paper_trainer_values():
-    t = compose(["trainer=paper"]).trainer
+    t = compose(["trainer=paper", "model=llama2_7b"]).trainer
     assert (t.learning_rate, t.num_train_epochs, t.per_device_train_batch_size) == (5e-6, 2, 16)
     assert (t.gradient_accumulation_steps, t.weight_decay, t.warmup_ratio, t.lr_scheduler_type) == (
         1,
@@ -195,6 +195,21 @@ def test_paper_trainer_values():
     # the hub models keep the paper's recipe; the from-scratch tiny model brings its own
     assert compose(["model=llama2_7b"]).trainer.learning_rate == 5e-6
     assert compose([]).trainer.learning_rate > 1e-4
+
+
+def test_model_configs_choose_no_other_group_and_trainer_tiny_is_what_model_tiny_gets():
+    """A model config holds the model only; what the tiny model needs of a trainer preset is
+    trainer/for_model/tiny.yaml, picked by train.yaml, the same values as trainer=tiny."""
+    import yaml
+
+    for path in sorted((CONF / "model").glob("*.yaml")):
+        assert "defaults" not in yaml.safe_load(path.read_text()), path.name
+    tiny_default = compose([]).trainer
+    assert compose(["model=llama2_7b", "trainer=tiny"]).trainer == tiny_default
+    assert compose(["trainer/peft=lora"]).trainer.learning_rate == tiny_default.learning_rate
+    for job in ("score", "segment"):
+        data_job = compose([], job).trainer  # untyped there: the presets' own values
+        assert {k: tiny_default[k] for k in data_job} == data_job  # hashed into run names since v1
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import TINY
+from conftest import TINY, compose
 from helpers import run_command, run_dir, stage_dirs
 
 from phasedsft.records import DataError, Example
@@ -230,3 +230,14 @@ def test_self_paced_needs_a_model_based_rescorer():
     for rescorer in (None, OracleScorer()):
         with pytest.raises(DataError, match=r"needs ordering\.rescorer, a scorer that runs"):
             SelfPaced(rescorer=rescorer, stages=[1, 2]).phases([], manifest)
+
+
+@pytest.mark.parametrize("ordering", ["self_paced", "1-2-3", "one_off", "paced", "interleaved"])
+def test_only_self_paced_orderings_restage(ordering):
+    """The recipe re-cuts later stages exactly for orderings that implement Restages."""
+    from hydra.utils import instantiate
+
+    from phasedsft.train.ordering import Restages
+
+    obj = instantiate(compose([f"ordering={ordering}"]).ordering)
+    assert isinstance(obj, Restages) is (ordering == "self_paced")

@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -368,6 +368,26 @@ class Generator(Protocol):
     def identity(self, lengths: Lengths | None = None) -> dict[str, Any]: ...
 
     def answer(self, pending: Pending) -> None: ...
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """A generator with work to do once before its checkpoints (vLLM: check it is installed)."""
+
+    def prepare(self, checkpoints: Sequence[Checkpoint]) -> None: ...
+
+
+@runtime_checkable
+class Releases(Protocol):
+    """A generator that lets go of a checkpoint's model or server itself."""
+
+    def release(self, loaded: dict[str, Any]) -> None: ...
+
+
+def prepare(generator: Any, checkpoints: Sequence[Checkpoint]) -> None:
+    """Run ``generator``'s :class:`Prepares` hook, if it has one."""
+    if isinstance(generator, Prepares):
+        generator.prepare(checkpoints)
 
 
 @dataclass
@@ -1229,11 +1249,10 @@ def answers_for(
 
 def release(generator: Any, loaded: dict[str, Any]) -> None:
     """Let go of what ``generator`` kept for a checkpoint (its model, its server)."""
-    let_go = getattr(generator, "release", None)
-    if let_go is None:
-        loaded.clear()
+    if isinstance(generator, Releases):
+        generator.release(loaded)
     else:
-        let_go(loaded)
+        loaded.clear()
 
 
 def checkpoint_answers(
@@ -1329,9 +1348,7 @@ def child_main(argv: Sequence[str]) -> int:
         spec = pickle.loads(spec_path.read_bytes())
         ckpt, generator = spec["checkpoint"], spec["generator"]
         run_config = OmegaConf.create({"prompt": spec["prompt"]})
-        prepare = getattr(generator, "prepare", None)
-        if prepare is not None:
-            prepare([ckpt])
+        prepare(generator, [ckpt])
         loaded: dict[str, Any] = {}
         try:
             for es in spec["sets"]:

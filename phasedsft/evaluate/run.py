@@ -37,6 +37,7 @@ from phasedsft.evaluate.generation import (
     Run,
     checkpoint_answers,
     discover_runs,
+    prepare,
 )
 from phasedsft.evaluate.judges import MarksAnswers, Pair, Reviews, checked_judge
 from phasedsft.evaluate.report import (
@@ -452,9 +453,7 @@ def generate_all(
         for r in [base, *cands]
         for ckpt in checkpoints_of(r, "final" if r is base else which)
     ]
-    prepare = getattr(generator, "prepare", None)
-    if prepare is not None:
-        prepare([ckpt for _, _, ckpt in todo])
+    prepare(generator, [ckpt for _, _, ckpt in todo])
     answers: dict[tuple[str, str], Answers] = {}
     for group, r, ckpt in todo:
         sets = sets_of[group]

@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from phasedsft.records import DataError, Example
 from phasedsft.segment.manifest import StageManifest
@@ -167,3 +167,13 @@ class Sorted:
         if any(k[0] is None for k in keyed):
             raise DataError("ordering=sorted needs a difficulty score for every example")
         return [Phase("sorted", tuple(k[2] for k in sorted(keyed)), shuffle=False)]
+
+
+@runtime_checkable
+class Restages(Protocol):
+    """An ordering that re-cuts the stages still to come after each stage (``self_paced``):
+    ``rescorer`` scores them with the weights just trained, ``restage`` cuts them again."""
+
+    rescorer: Any
+
+    def restage(self, later: Sequence[Phase], scores: Mapping[str, float]) -> list[Phase]: ...

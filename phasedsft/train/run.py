@@ -50,7 +50,7 @@ from phasedsft.train.held_out import (
     generate_answers,
     judge_answers,
 )
-from phasedsft.train.ordering import Phase, group_by_length
+from phasedsft.train.ordering import Phase, Restages, group_by_length
 from phasedsft.train.packing import stage_packs
 from phasedsft.train.plan import (
     discard_fresh_run_dir,
@@ -454,7 +454,7 @@ def uptrain(
         records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
-        if hasattr(s.ordering, "restage") and k + 1 < len(specs):
+        if isinstance(s.ordering, Restages) and k + 1 < len(specs):
             specs[k + 1 :] = restaged(cfg, s, spec, specs[k + 1 :])
     return records
 
@@ -465,6 +465,7 @@ def restaged(
     """The stages after ``done`` re-cut by the ordering's rescorer with ``done``'s weights."""
     from transformers import AutoModelForCausalLM
 
+    assert isinstance(s.ordering, Restages)
     by_id = {ex.id: ex for ex in s.examples}
     pool = [by_id[i] for sp in later for i in sp.ids]
     ctx = ScoreContext(

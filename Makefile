@@ -55,6 +55,7 @@ bench: $(STAMP)  ## benchmarks in interleaved rounds (not part of the tests); al
 	$(PY) benchmarks/bench_generation.py --json $(BENCH_PARTS)/generation.json
 	$(PY) benchmarks/bench_training.py --json $(BENCH_PARTS)/training.json
 	$(PY) benchmarks/bench_gpu.py --json $(BENCH_PARTS)/gpu.json
+	$(PY) benchmarks/bench_local_scorers.py --json $(BENCH_PARTS)/local_scorers.json
 	$(PY) benchmarks/compare.py --merge $(BENCH_JSON) $(BENCH_PARTS)/*.json
 	@echo "compare with an earlier run: $(PY) benchmarks/compare.py OLD.json $(BENCH_JSON)"
 

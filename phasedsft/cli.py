@@ -34,8 +34,8 @@ KEPT = {
     "score": "every answer received is cached",
     "train": "finished stages are kept, and the stage in progress continues from its last "
     "Trainer checkpoint (trainer.save_steps)",
-    "evaluate": "answers are saved every generator.save_every batches and every judge reply "
-    "is cached",
+    "evaluate": "answers are saved as they come (generator=hf|vllm: every generator.save_every "
+    "batches; generator=openai: each answer) and every judge reply is cached",
     "segment": "segment.py writes each file whole, so nothing half-written is left",
 }
 

@@ -107,6 +107,12 @@ class Shuffle(str, Enum):
     once = "once"
 
 
+class PackingLayout(str, Enum):
+    auto = "auto"  # flat under flash attention (its variable-length kernels), rows otherwise
+    rows = "rows"  # each row its own sequence, rows padded to the batch's longest
+    flat = "flat"  # the batch's rows end to end as one sequence: nothing padded
+
+
 class StageSchedule(str, Enum):
     per_stage = "per_stage"  # each stage its own warmup and decay over its own steps (the paper)
     spanning = "spanning"  # one warmup and decay over the steps of all stages
@@ -152,6 +158,10 @@ class TrainerConfig:
     # (phasedsft/train/packing.py); off in the paper's recipe.
     packing: bool = False
     packing_max_tokens: int | None = None
+    # How a batch of packed rows reaches the model (the same loss either way): flat needs a
+    # kernel that skips attention across examples (flash attention's varlen); with sdpa /
+    # eager its mask is dense over the whole batch, so rows is the default there.
+    packing_layout: PackingLayout = PackingLayout.auto
     save_steps: int = 200
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # keep mid-stage checkpoints after a stage completes
@@ -450,6 +460,7 @@ def with_first_targets(node: Any) -> Any:
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "trainer.packing": False,
     "trainer.packing_max_tokens": None,
+    "trainer.packing_layout": "auto",
     "model.path": None,
     "replay": None,
     "eval.by_task": False,

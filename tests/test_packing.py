@@ -10,7 +10,13 @@ from helpers import tiny_stage, weights
 
 from phasedsft.prompts import IGNORE_INDEX, Encoded
 from phasedsft.train.audit import AuditError, FedLog, FeedShape, audit_fed
-from phasedsft.train.packing import PackedCollator, PackedDataset, pack_plan, packed_row
+from phasedsft.train.packing import (
+    PackedCollator,
+    PackedDataset,
+    flat_layout,
+    pack_plan,
+    packed_row,
+)
 from phasedsft.train.stage import (
     STAGE_FILE,
     Collator,
@@ -96,10 +102,47 @@ def test_packed_loss_and_logits_equal_the_unpacked_ones(attn):
             b.logits[0, start : start + n], a.logits[row, :n], atol=1e-5, rtol=1e-4
         )
         start += n
+    # flat: two rows of the batch end to end as one sequence, nothing padded: the same loss
+    rows = [PackedDataset(enc, seq, [[0, 1], [2, 3, 4]])[j] for j in range(2)]
+    padded, flat = PackedCollator(0)(rows), PackedCollator(0, flat=True)(rows)
+    assert flat["input_ids"].shape == (1, sum(len(e.input_ids) for e in enc.values()))
+    assert flat["positions"].tolist() == padded["positions"].tolist() == [0, 1, 2, 3, 4]
+    for batch in (padded, flat):
+        batch.pop("positions")
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).loss, a.loss, rtol=1e-5, atol=1e-6)
     # the same row without restarting positions attends across examples: the check can fail
     naive = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
     with torch.no_grad():
         assert not torch.allclose(model(**naive).loss, a.loss, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("layout", "attn", "flat"),
+    [
+        ("auto", "flash_attention_2", True),  # varlen kernels: no attention across examples
+        ("auto", "sdpa", False),  # a dense mask over the whole batch: rows instead
+        ("auto", "eager", False),
+        ("rows", "flash_attention_2", False),
+        ("flat", "sdpa", True),
+    ],
+)
+def test_the_packing_layout_is_flat_with_flash_attention_or_when_asked(layout, attn, flat):
+    from types import SimpleNamespace
+
+    from phasedsft.config import PackingLayout
+
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attn))
+    assert flat_layout(PackingLayout(layout), model) is flat
+
+
+def test_a_packing_layout_typo_fails_at_compose_time():
+    from conftest import compose
+    from hydra.errors import ConfigCompositionException
+
+    assert compose(["trainer.packing_layout=flat"]).trainer.packing_layout.value == "flat"
+    with pytest.raises(ConfigCompositionException, match="packing_layout"):
+        compose(["trainer.packing_layout=flatt"])
 
 
 # ------------------------------------------------------------------ the audit over packs
@@ -149,6 +192,30 @@ def test_a_packed_stage_feeds_its_plan_in_fewer_rows(packed_stage):
     assert record["global_step"] == -(-record["packed_rows"] // 2)
     logged = (spec.dir / "fed_ids.jsonl").read_text().splitlines()
     assert len(logged) == record["global_step"]  # one micro-batch (2 rows) per step
+
+
+def test_a_flat_packed_stage_trains_to_the_weights_of_padded_rows(
+    packed_stage, tiny_tokenizer, tmp_path
+):
+    spec, train = packed_stage
+    rows = train()
+    flat_spec, train_flat = tiny_stage(
+        tiny_tokenizer,
+        tmp_path / "flat" / "stage_1_difficulty-1",
+        "trainer.save_steps=2",
+        "trainer.packing=true",
+        "trainer.packing_max_tokens=40",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.packing_layout=flat",
+    )
+    flat = train_flat()
+    assert flat["fed_matches_plan"] is True and flat["fed_sha256"] == rows["fed_sha256"]
+    assert flat["global_step"] == rows["global_step"]
+    got, want = weights(flat_spec.dir / "model"), weights(spec.dir / "model")
+    loss = [r["metrics"]["train"]["train_loss"] for r in (flat, rows)]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-4) and loss[0] > 0
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=1e-4, atol=1e-5)
 
 
 def test_a_packed_stage_fed_out_of_order_fails(packed_stage, monkeypatch):

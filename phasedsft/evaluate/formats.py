@@ -53,6 +53,7 @@ from phasedsft.evaluate.winrate import (
     Judged,
     ReplayError,
     checked_category,
+    json_object,
     judge_item,
     optional_text,
     outcome_of,
@@ -367,13 +368,7 @@ def _jsonl(p: Path, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
         if not line.strip():
             continue
         where = f"{p}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ReplayError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ReplayError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, row
+        yield where, json_object(line, where)
 
 
 def _document(p: Path, text: str) -> Any:

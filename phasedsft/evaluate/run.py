@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from phasedsft.evaluate.report import (
     write_judgment_exports,
     write_tables,
 )
-from phasedsft.evaluate.seeds import across_seeds, seed_free
+from phasedsft.evaluate.seeds import AcrossSeeds, across_seeds, seed_free
 from phasedsft.evaluate.sets import EvalSet, build_eval_set
 from phasedsft.evaluate.tracking import log_win_rates
 from phasedsft.evaluate.winrate import (
@@ -340,33 +340,79 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     todo = comparisons_to_judge(groups, sets_of, answers, which)
     if cfg.dry_run:
         return estimate_judging(judge, todo, cache, out)
-    comparisons: list[Comparison] = []
-    pooled_items: dict[tuple, list[Judged]] = defaultdict(list)
-    judged_of: list[list[Judged]] = []  # each comparison's items, for the seeds' statistics
-    judge_stats: Counter[str] = Counter()
-    aborted: RequestsAborted | None = None
+    judged = judge_all(cfg, judge, cache, todo, rule, out)
+
+    # --- report
+    figure, seeds, tracked = report(cfg, out, judged, groups, rule)
+    summary = {
+        "out_dir": str(out),
+        "judge": judge.name,
+        "rule": rule,
+        "checkpoints": which,
+        "baseline": cfg.baseline,
+        "comparisons": len(judged.comparisons),
+        "of": len(todo),
+        "judge_requests": {"requests": judged.requests, "cost_usd": judged.cost_usd},
+        "figure": str(figure) if figure else None,
+        "figure_pdf": str(figure.with_suffix(".pdf")) if figure else None,
+        "stopped": str(judged.aborted) if judged.aborted else None,
+        "across_seeds": [a.to_json() for a in seeds],
+        "wandb_runs_updated": tracked,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    if judged.aborted:
+        print(f"error: {judged.aborted}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
+    return summary
+
+
+@dataclass
+class Judging:
+    """What :func:`judge_all` got: every comparison judged, each one's items, what it cost."""
+
+    comparisons: list[Comparison] = field(default_factory=list)
+    judged_of: list[list[Judged]] = field(default_factory=list)  # per comparison (seeds)
+    pooled_items: dict[tuple, list[Judged]] = field(default_factory=lambda: defaultdict(list))
+    requests: int = 0
+    cost_usd: float = 0.0
+    aborted: RequestsAborted | None = None  # judging stopped (budget, failures): what it got
+
+
+def judge_all(
+    cfg: DictConfig, judge: Any, cache: ScoreCache, todo: Sequence[Any], rule: str, out: Path
+) -> Judging:
+    """Judge every comparison in turn, both orders; a stop keeps the ones already judged."""
+    got = Judging()
     for task in todo:
         try:
             comp, judged, stats = judge_comparison(cfg, judge, cache, task, rule, out)
         except RequestsAborted as e:
-            aborted = e
+            got.aborted = e
             break
-        judge_stats.update({k: stats.get(k, 0) for k in ("requests", "cost_usd")})
-        comparisons.append(comp)
-        judged_of.append(judged)
-        pooled_items[comp.row].extend(judged)
+        got.requests += stats.get("requests", 0)
+        got.cost_usd += stats.get("cost_usd", 0)
+        got.comparisons.append(comp)
+        got.judged_of.append(judged)
+        got.pooled_items[comp.row].extend(judged)
+    return got
 
-    # --- report
+
+def report(
+    cfg: DictConfig, out: Path, got: Judging, groups: dict[Any, Any], rule: str
+) -> tuple[Path | None, list[AcrossSeeds], list[str]]:
+    """Tables (pooled, by length, across seeds), categories, Figure 1, win rates into the
+    training runs' W&B runs: the figure, the across-seed rows, the W&B runs updated."""
+    comparisons = got.comparisons
     pooled: dict[tuple, WinRate] = {
-        k: summarize(v, rule, cfg.bootstrap, cfg.seed) for k, v in pooled_items.items()
+        k: summarize(v, rule, cfg.bootstrap, cfg.seed) for k, v in got.pooled_items.items()
     }
     pooled_lengths = {
         k: length_view(v, rule, resamples=cfg.bootstrap, seed=cfg.seed)
-        for k, v in pooled_items.items()
+        for k, v in got.pooled_items.items()
     }
     # the same comparison under several training seeds: mean, spread, t-interval over seeds
     seeds = across_seeds(
-        comparisons, judged_of, pooled, cfg.baseline, rule, cfg.bootstrap, cfg.seed
+        comparisons, got.judged_of, pooled, cfg.baseline, rule, cfg.bootstrap, cfg.seed
     )
     table = (
         write_tables(out, comparisons, pooled, cfg.baseline, pooled_lengths, seeds)
@@ -377,25 +423,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     figure = plot_stage_curves(out, comparisons, pooled, cfg.baseline) if comparisons else None
     runs = {r.name: r for b, cs in groups.values() for r in (b, *cs)}
     tracked = log_win_rates(comparisons, runs, cfg.baseline)
-    summary = {
-        "out_dir": str(out),
-        "judge": judge.name,
-        "rule": rule,
-        "checkpoints": which,
-        "baseline": cfg.baseline,
-        "comparisons": len(comparisons),
-        "of": len(todo),
-        "judge_requests": {
-            "requests": judge_stats["requests"],
-            "cost_usd": judge_stats["cost_usd"],
-        },
-        "figure": str(figure) if figure else None,
-        "figure_pdf": str(figure.with_suffix(".pdf")) if figure else None,
-        "stopped": str(aborted) if aborted else None,
-        "across_seeds": [a.to_json() for a in seeds],
-        "wandb_runs_updated": tracked,
-    }
-    atomic_write_json(out / "summary.json", summary)
     print(
         "\n"
         + table
@@ -403,10 +430,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         + ("seeds.csv, " if seeds else "")
         + "categories.md, comparisons/, figure1_stages.png/.pdf"
     )
-    if aborted:
-        print(f"error: {aborted}", file=sys.stderr, flush=True)
-        raise SystemExit(3)
-    return summary
+    return figure, seeds, tracked
 
 
 def _value(node: Any) -> str:

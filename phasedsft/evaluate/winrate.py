@@ -600,6 +600,17 @@ class ReplayError(ValueError):
     pass
 
 
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSON-lines row, which must be an object; else a ReplayError naming ``where``."""
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise ReplayError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(row, dict):
+        raise ReplayError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
 def read_replay(path: str | Path) -> list[Judged]:
     """Parse a replay file (see the module docstring); errors name the file and line."""
     p = Path(path)
@@ -617,12 +628,7 @@ def read_replay(path: str | Path) -> list[Judged]:
                 ) from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ReplayError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ReplayError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            row = json_object(line, where)
             missing = [k for k in ("id", "review_ab", "review_ba") if k not in row]
             if missing:
                 raise ReplayError(f"{where}: missing field(s) {', '.join(missing)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import build_context, load_examples, start_job
-from phasedsft.llm.cache import ScoreCache
-from phasedsft.llm.engine import RequestsAborted, redact
+from phasedsft.llm.cache import Result, ScoreCache
+from phasedsft.llm.engine import RequestsAborted, RunStats, redact
 from phasedsft.records import Example
-from phasedsft.score.base import checked_scorer
+from phasedsft.score.base import Scorer, checked_scorer
 from phasedsft.score.context import ScoreContext
 from phasedsft.score.report import (
     check_summary,
@@ -51,6 +52,8 @@ def context(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Load the data -> estimate the cost (stop there on dry_run) -> score every example not in
+    the cache -> write the scored data, the failures, the summary and the histogram."""
     run_dir = start_job(cfg)
     _loaded, examples = load_examples(cfg)
     scorer = checked_scorer(instantiate(cfg.scorer))
@@ -64,18 +67,53 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.dry_run:
             return {"estimate": estimate, "run_dir": str(run_dir)}
 
-    aborted: RequestsAborted | None = None
-    try:
-        stats = scorer.run(examples, ctx)
-    except RequestsAborted as e:
-        aborted, stats = e, e.stats
-        if not stats.ordered:
-            stats.ordered = [None] * len(examples)
+    stats, aborted = score_all(scorer, examples, ctx)
     scores = scorer.finalize(stats.raw_scores())
-    results = stats.ordered
     # rows cached by an older version may hold an echoed key: redact on the way out too
     secrets = scorer.secrets()
+    scored, failures = scored_rows(examples, scores, stats.ordered, secrets)
+    write_jsonl(run_dir / "scored.jsonl", scored)
+    write_jsonl(run_dir / "failures.jsonl", failures)
+    summary = job_summary(scorer, examples, scores, stats, scored, failures, aborted, run_dir)
+    check_summary(summary)
+    atomic_write_json(run_dir / "summary.json", summary)
+    plot_histogram(
+        scores,
+        run_dir / "histogram.png",
+        f"{cfg.dataset.name} scored by {scorer.name}",
+        cfg.thresholds,
+    )
+    print("\n" + text_histogram(summary["counts"]) + "\n\n" + summary_lines(summary), flush=True)
+    print(
+        f"scored data: {run_dir / 'scored.jsonl'}  (train: python train.py dataset=jsonl "
+        f"dataset.source.path={run_dir / 'scored.jsonl'} scorer=oracle)",
+        flush=True,
+    )
+    if aborted:
+        print(f"error: {aborted}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
+    return summary
 
+
+def score_all(
+    scorer: Scorer, examples: list[Example], ctx: ScoreContext
+) -> tuple[RunStats, RequestsAborted | None]:
+    """The scorer's run over every example; a stop (budget, failures) keeps what it got."""
+    try:
+        return scorer.run(examples, ctx), None
+    except RequestsAborted as e:
+        if not e.stats.ordered:
+            e.stats.ordered = [None] * len(examples)
+        return e.stats, e
+
+
+def scored_rows(
+    examples: Sequence[Example],
+    scores: Sequence[float | None],
+    results: Sequence[Result | None],
+    secrets: tuple[str, ...],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The scored file's rows (trainable as is) and the failures' rows (reason, raw reply)."""
     scored, failures = [], []
     for ex, score, r in zip(examples, scores, results, strict=True):
         if score is not None:
@@ -95,16 +133,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             failures.append(
                 {"id": ex.id, "reason": redact(r.error, secrets), "raw": redact(r.raw, secrets)}
             )
-    atomic_write_text(
-        run_dir / "scored.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in scored)
-    )
-    atomic_write_text(
-        run_dir / "failures.jsonl",
-        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in failures),
-    )
+    return scored, failures
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+
+
+def job_summary(
+    scorer: Scorer,
+    examples: Sequence[Example],
+    scores: Sequence[float | None],
+    stats: RunStats,
+    scored: Sequence[dict[str, Any]],
+    failures: Sequence[dict[str, Any]],
+    aborted: RequestsAborted | None,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """summary.json: the dataset's state (adds up to the examples) and what this run did."""
+    results = stats.ordered
     counts = score_counts([s for s, r in zip(scores, results, strict=True) if r is not None])
     this_run = stats.summary()  # what this run did (requests, cost, ...), not the dataset's state
-    summary = {
+    return {
         "scorer": scorer.name,
         # every example, cached or answered now: ok + failed + not_scored == examples
         "examples": len(examples),
@@ -112,7 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "failed": len(failures),
         "not_scored": len(examples) - len(scored) - len(failures),
         "counts": counts,
-        "stopped": redact(str(aborted), secrets) if aborted else None,
+        "stopped": redact(str(aborted), scorer.secrets()) if aborted else None,
         "run_dir": str(run_dir),
         "scored_file": str(run_dir / "scored.jsonl"),
         # this run: cached + answered_this_run + not_scored == examples
@@ -127,21 +177,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "tokens_out": this_run["tokens_out"],
         "seconds": this_run["seconds"],
     }
-    check_summary(summary)
-    atomic_write_json(run_dir / "summary.json", summary)
-    plot_histogram(
-        scores,
-        run_dir / "histogram.png",
-        f"{cfg.dataset.name} scored by {scorer.name}",
-        cfg.thresholds,
-    )
-    print("\n" + text_histogram(counts) + "\n\n" + summary_lines(summary), flush=True)
-    print(
-        f"scored data: {run_dir / 'scored.jsonl'}  (train: python train.py dataset=jsonl "
-        f"dataset.source.path={run_dir / 'scored.jsonl'} scorer=oracle)",
-        flush=True,
-    )
-    if aborted:
-        print(f"error: {aborted}", file=sys.stderr, flush=True)
-        raise SystemExit(3)
-    return summary

@@ -82,15 +82,23 @@ class PackedDataset(torch.utils.data.Dataset):
 @dataclass
 class PackedCollator:
     """Rows padded to the longest (padding: its own segment, never a target); no attention
-    mask and no cache, so the model builds the per-example causal mask from the position ids."""
+    mask and no cache, so the model builds the per-example causal mask from the position ids.
+
+    ``flat``: the batch's rows end to end as one row, so nothing is padded at all (the layout
+    of flash attention's variable-length kernels, and of TRL's ``padding_free``). The same
+    examples, tokens, targets and per-example attention as ``flat=False``, so the same loss.
+    """
 
     pad_token_id: int
     unpacked: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] | None = None  # eval batches
+    flat: bool = False
 
     def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if "position_ids" not in batch[0]:  # a held-out set's examples: batched as unpacked
             assert self.unpacked is not None, "PackedCollator got unpacked items"
             return self.unpacked(batch)
+        if self.flat:
+            batch = [{k: [x for b in batch for x in b[k]] for k in batch[0]}]
         width = max(len(b["input_ids"]) for b in batch)
         ids, labels, pos = [], [], []
         for b in batch:
@@ -107,6 +115,17 @@ class PackedCollator:
             # (and generation from it) is left as the model had it
             "use_cache": False,
         }
+
+
+def flat_layout(layout: Any, model: Any) -> bool:
+    """Whether ``trainer.packing_layout`` means one sequence per batch for ``model``: ``flat``,
+    or ``auto`` with a flash attention kernel (whose varlen path skips attention across
+    examples; sdpa and eager would compute a dense mask over the whole flattened batch)."""
+    value = str(getattr(layout, "value", layout))
+    if value == "auto":
+        attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+        return "flash" in str(attn)
+    return value == "flat"
 
 
 def packing_budget(tcfg: Any) -> int:

@@ -49,7 +49,7 @@ from phasedsft.train.audit import (
     stage_train_loss,
 )
 from phasedsft.train.distributed import rank, world_size
-from phasedsft.train.packing import PackedCollator, PackedDataset, stage_packs
+from phasedsft.train.packing import PackedCollator, PackedDataset, flat_layout, stage_packs
 from phasedsft.train.precision import guard_master_weights, resolve_half
 from phasedsft.train.tracking import tensorboard_dir
 
@@ -424,7 +424,9 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
     collator: Any = Collator(inputs.tokenizer.pad_token_id)
     if spec.packs is not None:
         dataset = PackedDataset(inputs.encoded, spec.sequence, spec.packs)
-        collator = PackedCollator(inputs.tokenizer.pad_token_id, unpacked=collator)
+        flat = flat_layout(tcfg.packing_layout, model)
+        log.info("packed rows reach the model %s", "as one sequence a batch" if flat else "padded")
+        collator = PackedCollator(inputs.tokenizer.pad_token_id, unpacked=collator, flat=flat)
     args = training_arguments(tcfg, spec.dir / "checkpoints", inputs.seed, inputs.report_to)
     if not spec.continuity.warmup:
         args.warmup_steps = 0

@@ -17,7 +17,9 @@ AdamW), fp32 on CPU; the same examples (random tokens with lognormal, SFT-like l
 collators: ``padded`` (``--batch`` examples a step padded to their longest, with an attention
 mask; ``phasedsft.train.stage.Collator``) and ``packed`` (padding-free: consecutive examples
 packed into rows of at most ``--seq-len`` tokens with per-example position ids and no mask,
-``phasedsft.train.packing``; as many rows a step as make at most as many steps). Each under
+``phasedsft.train.packing``; as many rows a step as make at most as many steps; fed as
+``trainer.packing_layout=auto`` feeds them: rows padded per batch under sdpa, the batch's rows
+as one sequence under flash attention). Each under
 every attention implementation of ``--attn`` (default: sdpa, and flash_attention_2 where
 flash-attn is installed). Generation: HF ``generate``, greedy, ``--gen-batch`` prompts of
 ``--prompt-len`` tokens, exactly ``--new-tokens`` new tokens each (no EOS), bf16 weights; and
@@ -196,17 +198,24 @@ def batches(args: argparse.Namespace, vocab: int) -> dict[str, Any]:
     packs = pack_plan(lengths, args.seq_len)
     rows = -(-len(packs) // args.steps)
     packed_ds = PackedDataset(enc, order, packs)
-    pack_collate = PackedCollator(pad_token_id=0)
-    packed = [
-        pack_collate([packed_ds[j] for j in range(s, min(s + rows, len(packs)))])
-        for s in range(0, len(packs), rows)
-    ]
-    for b in padded + packed:
+    # as trainer.packing_layout=auto feeds them: rows padded per batch under sdpa, the batch's
+    # rows as one sequence under flash attention (its varlen kernels)
+    packed, flat = (
+        [
+            PackedCollator(pad_token_id=0, flat=layout)(
+                [packed_ds[j] for j in range(s, min(s + rows, len(packs)))]
+            )
+            for s in range(0, len(packs), rows)
+        ]
+        for layout in (False, True)
+    )
+    for b in padded + packed + flat:
         b.pop("positions")
     real = sum(lengths)
     return {
         "padded": (padded, real, sum(b["input_ids"].numel() for b in padded)),
         "packed": (packed, real, sum(b["input_ids"].numel() for b in packed)),
+        "packed_flat": (flat, real, sum(b["input_ids"].numel() for b in flat)),
         "examples": len(order),
         "mean_tokens": real / len(order),
         "packed_rows": len(packs),
@@ -365,10 +374,16 @@ def bench_model(
 
     data = batches(args, config.vocab_size)
     train: dict[str, dict[str, Any]] = {}
+
+    def feed(attn: str, mode: str) -> str:
+        """The batches ``mode`` feeds under ``attn`` (packing: the layout auto picks)."""
+        return "packed_flat" if mode == "packed" and "flash" in attn else mode
+
     for attn in attns:
         for mode in ("padded", "packed"):
-            steps, real, computed = data[mode]
+            steps, real, computed = data[feed(attn, mode)]
             train[f"{attn}/{mode}"] = {
+                "layout": "flat" if feed(attn, mode) == "packed_flat" else None,
                 "steps": len(steps),
                 "real_tokens": real,
                 "computed_tokens": computed,
@@ -390,7 +405,7 @@ def bench_model(
                 cell = train[f"{attn}/{mode}"]
                 if cell["error"]:
                     continue
-                steps = data[mode][0]
+                steps = data[feed(attn, mode)][0]
                 try:
                     if cuda:
                         torch.cuda.reset_peak_memory_stats(device)
@@ -511,7 +526,7 @@ def bench_model(
         },
         "params": params,
         "flop_params": flop_params,
-        "data": {k: v for k, v in data.items() if k not in ("padded", "packed")},
+        "data": {k: v for k, v in data.items() if k not in ("padded", "packed", "packed_flat")},
         "train": train,
         "generation": generation,
     }

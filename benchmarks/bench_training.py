@@ -28,17 +28,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from compare import median_range
+from workload import alpaca_examples
 
 from phasedsft.config import TrainerConfig
 from phasedsft.models import BuildContext, scratch_llama, train_bpe_tokenizer
 from phasedsft.prompts import AlpacaTemplate, encode
-from phasedsft.records import Example
 from phasedsft.train.ordering import group_by_length
 from phasedsft.train.packing import PackedCollator, PackedDataset, pack_plan
 from phasedsft.train.stage import (
@@ -49,28 +49,7 @@ from phasedsft.train.stage import (
     training_arguments,
 )
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "ref" / "alpaca" / "alpaca_subset_3111.json"
 MAX_LEN = 512
-
-
-def examples(n: int) -> tuple[list[Example], str]:
-    if REF.is_file():
-        rows = json.loads(REF.read_text())[:n]
-        return [
-            Example(str(i), r["instruction"], r.get("input", ""), r["output"])
-            for i, r in enumerate(rows)
-        ], f"real Alpaca ({REF.name})"
-    rng = random.Random(0)
-    words = "the a model data answer question value list write explain number text".split()
-
-    def text(mean: float) -> str:
-        return " ".join(
-            rng.choice(words) for _ in range(max(1, int(rng.lognormvariate(0, 0.8) * mean)))
-        )
-
-    return [
-        Example(str(i), text(12), text(4) if i % 3 else "", text(60)) for i in range(n)
-    ], "generated"
 
 
 def tokenizer(ctx: BuildContext):
@@ -115,13 +94,6 @@ def trainer_settings(steps: int, batch: int) -> TrainerConfig:
     )
 
 
-def median_range(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return {"median": median, "min": ordered[0], "max": ordered[-1]}
-
-
 def computed_tokens(widths: list[list[int]]) -> int:
     """Tokens a model computes when each batch (a list of row lengths) is padded to its longest."""
     return sum(len(b) * max(b) for b in widths if b)
@@ -140,7 +112,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    exs, source = examples(args.steps * args.batch)
+    exs, source = alpaca_examples(args.steps * args.batch)
     template = AlpacaTemplate()
     ctx = BuildContext(work, 0, lambda: [template.prompt_text(e) + e.output for e in exs])
     tok = tokenizer(ctx)

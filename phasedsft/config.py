@@ -36,6 +36,9 @@ NON_SEMANTIC_KEYS = (
     "publish",  # where finished stages are copied: adding it to a finished run retrains nothing
     "dry_run",
     "plan_only",
+    "inspect",  # inspect=N: print N examples per stage, trained tokens marked; trains nothing
+    "inspect_stage",
+    "inspect_tokens",
     "thresholds",
     "plot_bandwidth",
 )
@@ -225,6 +228,12 @@ class TrainConfig:
     replay: Any = None  # node with _target_ (phasedsft.train.curricula.Replay); None: no replay
     # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/train/plan.py)
     plan_only: bool = False
+    # Print N examples of each stage with the tokens in the loss marked, then stop as plan_only
+    # does (phasedsft/train/inspect.py); inspect_stage=K: stage K only (1-based, training order);
+    # inspect_tokens=true: also one line per token (id, token, label)
+    inspect: int = 0
+    inspect_stage: int | None = None
+    inspect_tokens: bool = False
 
 
 @dataclass
@@ -464,6 +473,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.path": None,
     "replay": None,
     "eval.by_task": False,
+    "prompt.chat_template": None,
     "trainer.stage_policy": {
         "schedule": "per_stage",
         "optimizer_state": "fresh",

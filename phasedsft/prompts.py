@@ -8,8 +8,10 @@ adds -100 on padding.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from phasedsft.records import DataError, Example
@@ -115,60 +117,142 @@ class UserAssistantTemplate:
 Segments = list[tuple[list[int], bool]]  # token ids, and whether the loss is on them
 
 
+CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"  # packaged: prompt.chat_template=<name>
+TOOL_TEMPLATE_HINT = (
+    "use a model whose chat template renders tools (e.g. model=hf "
+    "model.path=Qwen/Qwen2.5-0.5B-Instruct), or, for a ChatML model such as model=smollm2_135m, "
+    "prompt.chat_template=chatml_tools"
+)
+
+
+def chat_template_text(name_or_path: str) -> str:
+    """A Jinja chat template: a packaged one by name (``chatml_tools``) or a ``.jinja`` file."""
+    packaged = CHAT_TEMPLATES / f"{name_or_path}.jinja"
+    path = packaged if packaged.is_file() else Path(name_or_path).expanduser()
+    if not path.is_file():
+        known = sorted(p.stem for p in CHAT_TEMPLATES.glob("*.jinja"))
+        raise DataError(
+            f"prompt.chat_template={name_or_path}: no such file, and no packaged template of that "
+            f"name (packaged: {', '.join(known)})"
+        )
+    return path.read_text(encoding="utf-8")
+
+
 @dataclass
 class ChatTemplate:
-    """The tokenizer's own chat template: user turn = instruction (+ input), assistant = output.
+    """The tokenizer's own chat template (or ``chat_template``: a packaged template's name or a
+    ``.jinja`` file): user turn = instruction (+ input, joined by a newline as LLaMA-Factory
+    joins them), assistant turn = output.
 
     A conversation (:attr:`Example.messages`) is rendered turn by turn, with the loss on every
-    assistant turn (:meth:`conversation_ids`); its prompt, for generation and scoring, is every
-    turn before the last assistant turn.
+    trained assistant turn, tool calls included, and never on system, user or tool turns
+    (:meth:`conversation_ids`); its tools are passed to the template (``tools=``). A template
+    that would silently drop tools, tool calls or tool results is refused by name. The prompt,
+    for generation and scoring, is every turn before the last assistant turn.
     """
 
     name: str = "chat"
     system: str | None = None
+    chat_template: str | None = None
 
-    def _with_system(self, msgs: list[dict[str, str]]) -> list[dict[str, str]]:
+    def _with_system(self, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.system is not None and msgs[0]["role"] != "system":
             return [{"role": "system", "content": self.system}, *msgs]
         return msgs
 
-    def _messages(self, ex: Example) -> list[dict[str, str]]:
+    def _messages(self, ex: Example) -> list[dict[str, Any]]:
         """The turns before the last assistant turn."""
         if ex.messages is not None:
-            return self._with_system([{"role": r, "content": c} for r, c in ex.messages[:-1]])
-        user = ex.instruction if not ex.input.strip() else f"{ex.instruction}\n\n{ex.input}"
+            return self._with_system([m.as_dict() for m in ex.messages[:-1]])
+        user = ex.instruction if not ex.input.strip() else f"{ex.instruction}\n{ex.input}"
         return self._with_system([{"role": "user", "content": user}])
 
-    def _check(self, tokenizer: Any) -> None:
+    def _all_messages(self, ex: Example) -> list[dict[str, Any]]:
+        last = (
+            ex.messages[-1].as_dict()
+            if ex.messages
+            else {"role": "assistant", "content": ex.output}
+        )
+        return [*self._messages(ex), last]
+
+    def _template(self, tokenizer: Any) -> str | None:
+        if self.chat_template is not None:
+            return chat_template_text(self.chat_template)
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(
-                f"prompt=chat needs a tokenizer with a chat template; "
-                f"{type(tokenizer).__name__} has none (use prompt=alpaca)"
+                f"prompt=chat needs a tokenizer with a chat template; {type(tokenizer).__name__} "
+                "has none: use a chat model (model=smollm2_135m, or model=hf model.path=<an "
+                "instruct model>), name a template (prompt.chat_template=chatml_tools), or, for "
+                "plain instruction/output rows, prompt=alpaca"
             )
+        return None
 
-    @staticmethod
-    def _render(tokenizer: Any, msgs: list[dict[str, str]], generation_prompt: bool) -> str:
-        return str(
-            tokenizer.apply_chat_template(
-                msgs, tokenize=False, add_generation_prompt=generation_prompt
+    def _render(
+        self,
+        tokenizer: Any,
+        msgs: list[dict[str, Any]],
+        generation_prompt: bool,
+        tools: list[Any] | None = None,
+    ) -> str:
+        try:
+            return str(
+                tokenizer.apply_chat_template(
+                    msgs,
+                    tools=tools,
+                    chat_template=self._template(tokenizer),
+                    tokenize=False,
+                    add_generation_prompt=generation_prompt,
+                )
             )
-        )
+        except DataError:
+            raise
+        except Exception as e:  # jinja's TemplateError, raise_exception(...) in the template
+            roles = sorted({m["role"] for m in msgs})
+            raise DataError(
+                f"the chat template cannot render this conversation (roles {', '.join(roles)}"
+                f"{', tool calls' if any(m.get('tool_calls') for m in msgs) else ''}): "
+                f"{type(e).__name__}: {e}"
+                + ("; " + TOOL_TEMPLATE_HINT if tools or "tool" in roles else "")
+            ) from None
+
+    def _check_tools(
+        self, ex: Example, tokenizer: Any, msgs: list[dict[str, Any]]
+    ) -> list[Any] | None:
+        """The example's tools for the template, once the template is known to show them, its
+        tool calls and its tool results (many templates silently drop what they do not know)."""
+        tools = json.loads(ex.tools) if ex.tools else None
+        if ex.messages is None or not (tools or any(not m.plain for m in ex.messages)):
+            return tools
+        text = self._render(tokenizer, msgs, False, tools)
+        lost = []
+        if tools and self._render(tokenizer, msgs, False) == text:
+            lost.append("the tools on offer")
+        for m in ex.messages:
+            for call in m.tool_calls:
+                if call.name not in text:
+                    lost.append(f"the call to {call.name}")
+            if m.role == "tool" and m.content.strip() and m.content.strip() not in text:
+                lost.append("a tool's result")
+        if lost:
+            raise DataError(
+                f"example '{ex.id}': the chat template does not render {', '.join(dict.fromkeys(lost))}; "
+                f"training on it would drop them silently: {TOOL_TEMPLATE_HINT}"
+            )
+        return tools
 
     def prompt_text(self, ex: Example, tokenizer: Any) -> str:
-        self._check(tokenizer)
-        return self._render(tokenizer, self._messages(ex), True)
+        msgs = self._messages(ex)
+        tools = self._check_tools(ex, tokenizer, self._all_messages(ex))
+        return self._render(tokenizer, msgs, True, tools)
 
     def split_ids(self, ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
-        self._check(tokenizer)
-        msgs = self._messages(ex)
-        full_text = self._render(
-            tokenizer, [*msgs, {"role": "assistant", "content": ex.output}], False
-        )
+        full_text = self._render(tokenizer, self._all_messages(ex), False)
         prompt_text = self.prompt_text(ex, tokenizer)
         if not full_text.startswith(prompt_text):
             raise DataError(
                 "the tokenizer's chat template renders the conversation so that it does not start "
-                "with the generation prompt; loss masking would be wrong (use prompt=alpaca)"
+                "with the generation prompt; loss masking would be wrong (use prompt=alpaca, or "
+                "prompt.chat_template=<a template whose prompt its conversation extends>)"
             )
         prompt = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
         completion = list(
@@ -177,34 +261,41 @@ class ChatTemplate:
         return prompt, completion
 
     def conversation_ids(self, ex: Example, tokenizer: Any) -> Segments:
-        """Token ids of the whole conversation in pieces, the loss on each assistant turn.
+        """Token ids of the whole conversation in pieces, the loss on each trained assistant turn.
 
         The template renders the turns up to each assistant turn with and without it; each
         rendering must extend the one before (what every template that can be trained through
-        does), else the masking would be wrong and the example is refused, by name.
+        does), else the masking would be wrong and the example is refused, by name. Assistant
+        turns that are not trained (OpenAI's ``weight: 0``, a prompt-completion row's prompt) and
+        tool results are context, like user turns.
         """
-        self._check(tokenizer)
-        msgs = [*self._messages(ex), {"role": "assistant", "content": ex.output}]
+        assert ex.messages is not None
+        msgs = self._all_messages(ex)
+        tools = self._check_tools(ex, tokenizer, msgs)
+        offset = len(msgs) - len(ex.messages)  # a system turn prompt.system added
         cuts: list[tuple[int, bool]] = []  # (end offset in the text, trained)
         text = ""
         for k, msg in enumerate(msgs):
             if msg["role"] != "assistant":
                 continue
-            prompt = self._render(tokenizer, msgs[:k], True)
-            full = self._render(tokenizer, msgs[: k + 1], False)
+            prompt = self._render(tokenizer, msgs[:k], True, tools)
+            full = self._render(tokenizer, msgs[: k + 1], False, tools)
             if not (prompt.startswith(text) and full.startswith(prompt)):
                 raise DataError(
                     f"example '{ex.id}': the tokenizer's chat template renders turn {k + 1} so "
                     "that the conversation before it changes (some templates rewrite earlier "
                     "turns); the loss on its assistant turns cannot be placed exactly"
                 )
-            cuts += [(len(prompt), False), (len(full), True)]
+            cuts += [(len(prompt), False), (len(full), ex.messages[k - offset].trained)]
             text = full
         segments: Segments = []
         start = 0
         for end, trained in cuts:
             ids = list(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
-            segments.append((ids, trained))
+            if segments and segments[-1][1] == trained:  # an untrained turn joins the context
+                segments[-1] = (segments[-1][0] + ids, trained)
+            else:
+                segments.append((ids, trained))
             start = end
         return segments
 
@@ -216,12 +307,25 @@ def template_segments(ex: Example, template: PromptTemplate, tokenizer: Any) -> 
         return [(prompt, False), (completion, True)]
     conversation_ids = getattr(template, "conversation_ids", None)
     if conversation_ids is None:
-        kind = f"{ex.meta.get('turns', len(ex.messages))}-turn conversation"
-        if ex.messages[0][0] == "system":
-            kind += " with a system message"
+        msgs = ex.messages
+        kind = f"{ex.meta.get('turns', len(msgs))}-turn conversation"
+        has = [
+            what
+            for what, there in (
+                ("a system message", msgs[0].role == "system"),
+                ("tools", ex.tools is not None),
+                ("tool calls", any(m.tool_calls for m in msgs)),
+                ("turns that are not trained", any(not m.trained for m in msgs)),
+            )
+            if there
+        ]
+        if has:
+            kind += " with " + ", ".join(has)
         raise DataError(
             f"example '{ex.id}' is a {kind}; prompt={template.name} has no place for that: use "
-            "prompt=chat (the tokenizer's chat template, with the loss on every assistant turn)"
+            "prompt=chat with a chat model (e.g. model=smollm2_135m, or model=hf "
+            "model.path=<an instruct model>): its chat template, the loss on every trained "
+            "assistant turn"
         )
     segments: Segments = conversation_ids(ex, tokenizer)
     return segments

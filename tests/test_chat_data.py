@@ -53,7 +53,8 @@ def test_every_conversation_format_reads_to_the_same_example(tmp_path):
         for fmt, row in rows.items()
     }
     ex = got["messages"]
-    assert ex.messages == tuple(TURNS)
+    assert [(m.role, m.content) for m in ex.messages] == TURNS
+    assert all(m.plain for m in ex.messages)
     assert ex.output == "Green, like grass."
     # the triplet view every text-reading step sees: the whole conversation before the answer
     assert ex.instruction == (
@@ -61,7 +62,11 @@ def test_every_conversation_format_reads_to_the_same_example(tmp_path):
         "User: And another one?"
     )
     assert ex.meta["turns"] == 4
-    assert got["sharegpt"] == ex and got["prompt_completion"] == ex
+    assert got["sharegpt"] == ex
+    # TRL trains a prompt-completion row on its completion only: the prompt's answer is context
+    pc = got["prompt_completion"]
+    assert [m.trained for m in pc.messages] == [True, True, False, True, True]
+    assert (pc.instruction, pc.output) == (ex.instruction, ex.output)
     # ShareGPT's separate system field (LLaMA-Factory) is the same system turn
     row = {"id": "c", "system": TURNS[0][1], "conversations": as_sharegpt(TURNS[1:])}
     path = write_jsonl(tmp_path / "sys.jsonl", [row])
@@ -132,7 +137,7 @@ def test_conversations_in_parquet_and_in_a_dataset_directory(tmp_path):
     from_file = load_data(str(tmp_path / "chats.parquet"), format="messages").examples
     from_dir = load_data(str(tmp_path / "dir"), format="messages").examples  # through datasets
     assert from_file == from_dir and len(from_file) == 3
-    assert from_file[0].messages == tuple(TURNS)
+    assert [(m.role, m.content) for m in from_file[0].messages] == TURNS
 
 
 def test_bad_conversations_are_named_by_file_and_line(tmp_path):
@@ -335,7 +340,9 @@ def test_train_py_on_conversations_with_any_model_directory(smollm2_tokenizer, t
                 ("user", "Now backwards."),
                 ("assistant", " ".join("654321"[-(level + i % 5) :])),
             ]
-        rows.append({"id": f"c{i}", "score": level, "messages": as_messages(turns)})
+        rows.append(
+            {"id": f"c{i}", "score": level, "messages": as_messages(turns), "origin": "lab"}
+        )
     data = write_jsonl(tmp_path / "chats.jsonl", rows)
     root = tmp_path / "runs"
     run_command(
@@ -361,6 +368,7 @@ def test_train_py_on_conversations_with_any_model_directory(smollm2_tokenizer, t
     assert run.name.startswith("chats-tiny-chat-llama-1-2-s0-")
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["notes"] == {"multi_turn_conversations": 12}
+    assert info["data"]["unused_fields"] == {"origin": 24}  # said, not dropped unseen
     for st, n in zip(stage_dirs(run), (12, 12), strict=True):
         record = json.loads((st / "stage.json").read_text())
         assert record["status"] == "done" and record["fed_matches_plan"] is True

@@ -185,11 +185,15 @@ def test_fastchat_pair_judgments_fold_as_fastchat_counts_them(tmp_path, capsys):
     assert fc["format"] == "fastchat" and fc["models"] == ["mine", "gpt-3.5"]
     w, t, lose = show_result_counts(FASTCHAT_ROWS, "mine")
     assert _counts(fc) == (w, t, lose, 5, 1) == (1, 3, 1, 5, 1)
+    own = fc["fastchat"]  # FastChat's own figures, as its show_result.py computes them
+    assert (own["win"], own["tie"], own["loss"]) == (w, t, lose)
+    assert own["win_rate_adjusted"] == pytest.approx((w + t / 2) / (w + t + lose))
     assert fc["unparsed_ids"] == ["85/turn1"]
-    paper = _cli(capsys, f)  # win + tie is a win under the paper's rule
-    assert _counts(paper) == (3, 1, 1, 5, 1)
+    assert _cli(capsys, f) == fc  # a FastChat file is counted as FastChat counts it by default
+    paper = _cli(capsys, f, "--rule", "paper")  # win + tie is a win under the paper's rule
+    assert _counts(paper) == (3, 1, 1, 5, 1) and paper["rule"] == "paper"
     # B's point of view mirrors A's
-    mirror = _cli(capsys, f, "--models", "gpt-3.5", "mine")
+    mirror = _cli(capsys, f, "--models", "gpt-3.5", "mine", "--rule", "paper")
     assert _counts(mirror) == (1, 1, 3, 5, 1)
     # two turns: one item per question and turn, and a "turn" breakdown
     found = read_judgments(f)

@@ -70,3 +70,32 @@ def test_step_count_is_the_trainers_arithmetic():
     assert stage_steps(100, t, world=1) == 2  # ceil(7 batches / 4)
     t.max_steps = 3
     assert stage_steps(10**6, t, world=8) == 3
+
+
+def test_plan_counts_each_stages_target_tokens(tmp_path, capsys, monkeypatch):
+    """plan_only: per stage, the tokens in the loss (labels != -100) over its examples."""
+    from conftest import compose
+
+    from phasedsft.train import run
+
+    built = []  # the setup the plan made, to count its labels here
+
+    def setup(*args, **kwargs):
+        built.append(real_setup(*args, **kwargs))
+        return built[-1]
+
+    real_setup = run.setup
+    monkeypatch.setattr(run, "setup", setup)
+    cfg = compose([*SMALL, f"run.root={tmp_path}", f"run.cache_dir={tmp_path / 'cache'}"])
+    record = run.plan(cfg)
+    (s,) = built
+    expected = [
+        (p.name, sum(x != -100 for i in p.ids for x in s.encoded[i].labels)) for p in s.phases
+    ]
+    assert [(st["name"], st["target_tokens"]) for st in record["stages"]] == expected
+    assert record["target_tokens"] == sum(t for _, t in expected) > 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    for (name, target), st in zip(expected, record["stages"], strict=True):
+        assert f"{name} {st['examples']} ex / {st['steps']} steps / {target} target tokens" in line
+    assert line.endswith(f"process(es), {record['target_tokens']} target tokens")
+    assert not list(tmp_path.rglob("run.json"))  # a plan writes no run

@@ -10,10 +10,11 @@ items, and written beside our own by ``evaluate.py``.
                 replies). Game g1 shows model_1's answer first, g2 the answers swapped; a
                 winner names a *model* ("model_1", "model_2"), or is "tie" or "error".
                 FastChat's ``show_result.py`` drops rows with an "error" and counts a win only
-                when both games name the same model: our ``--rule fastchat``. A row with an
-                "error" is left out here too (counted as unparsed). One item per (question,
-                turn); in a file of several turns (MT-bench) each item also gets the
-                category ``turn`` (``--by turn``).
+                when both games name the same model: our ``--rule fastchat``, the default for
+                these files (:func:`default_rule`). A row with an "error" is left out here too
+                (counted as unparsed). One item per (question, turn); in a file of several
+                turns (MT-bench) each item also gets the category ``turn`` (``--by turn``).
+                FastChat's own figures are printed too (:class:`FastChatFigures`).
     cherry      the GPT-4 review logs of AlpaGasus / Cherry LLM: one JSON document,
                 ``{"Meta_Info": {...}, "data": [...]}`` (or the bare list), per item
                 ``Answer1``, ``Answer2``, ``review`` (Answer1 shown first: its first line is
@@ -26,7 +27,10 @@ items, and written beside our own by ``evaluate.py``.
                 no annotation (left out, as AlpacaEval does). One preference per item,
                 already decided: ``--rule`` does not change it. A weighted annotator's value
                 between 1 and 2 counts as a win for the side it leans to, a draw at 1.5
-                (AlpacaEval's "discrete" win rate).
+                (AlpacaEval's "discrete" win rate). AlpacaEval's own figures (its
+                ``win_rate``: the mean preference; ``discrete_win_rate``; and
+                ``length_controlled_winrate`` where the file carries it) are printed too
+                (:class:`AlpacaEvalFigures`).
 
 FastChat and AlpacaEval files name their models: A and B are the file's only pair (A =
 model_1, or generator_2), or the two given with ``--models A B``. Their verdicts carry no
@@ -40,8 +44,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,12 @@ class Judgments:
     format: str
     items: list[Judged]
     models: tuple[str, str] | None = None
+    # AlpacaEval files, one per item: the preference from A's side (AlpacaEval's scale, 1..2,
+    # 2 = A preferred; the legacy draw 0 read as 1.5; None: null) and the row's fitted
+    # ``glm_preference`` from A's side (0..1; None where the row has none)
+    preferences: list[float | None] | None = None
+    glm_preferences: list[float | None] | None = None
+    a_is_generator_2: bool = True  # in every row (AlpacaEval reports generator_2's side)
 
 
 # ------------------------------------------------------------------ reading
@@ -281,7 +292,10 @@ def read_alpacaeval(p: Path, text: str, models: Sequence[str] | None) -> Judgmen
         raise ReplayError(f"{p}: no items")
     a, b = choose_pair(p, [(r["generator_2"], r["generator_1"]) for _, _, r in rows], models)
     first_line: dict[str, str] = {}
-    items = []
+    items: list[Judged] = []
+    prefs: list[float | None] = []
+    glms: list[float | None] = []
+    every_a_is_2 = True
     for where, i, r in rows:
         if {r["generator_1"], r["generator_2"]} != {a, b}:
             continue
@@ -290,7 +304,15 @@ def read_alpacaeval(p: Path, text: str, models: Sequence[str] | None) -> Judgmen
             raise ReplayError(f"{where}: duplicate id {item_id!r} (first at {first_line[item_id]})")
         first_line[item_id] = where
         items.append(_alpacaeval_item(r, item_id, a))
-    return Judgments("alpacaeval", items, (a, b))
+        a_is_2 = r["generator_2"] == a
+        every_a_is_2 = every_a_is_2 and a_is_2
+        pref, glm = r["preference"], r["glm_preference"]
+        if pref is not None:
+            pref = 1.5 if pref == 0 else float(pref)
+            pref = pref if a_is_2 else 3.0 - pref  # mirrored: 2 <-> 1, 1.5 stays
+        prefs.append(pref)
+        glms.append(None if glm is None else glm if a_is_2 else 1.0 - glm)
+    return Judgments("alpacaeval", items, (a, b), prefs, glms, every_a_is_2)
 
 
 def _alpacaeval_row(r: Any, i: int, where: str) -> dict[str, Any]:
@@ -316,8 +338,17 @@ def _alpacaeval_row(r: Any, i: int, where: str) -> dict[str, Any]:
         )
     for k in ("output_1", "output_2"):
         optional_text(r, k, where)
+    glm = r.get("glm_preference")  # written by AlpacaEval when it recomputes its LC metrics
+    if glm is not None and (not isinstance(glm, int | float) or isinstance(glm, bool)):
+        raise ReplayError(f"{where}: glm_preference must be a number or null, got {glm!r}")
+    if glm is not None and math.isnan(glm):
+        glm = None
+    if glm is not None and not 0 <= glm <= 1:
+        raise ReplayError(
+            f"{where}: glm_preference must be between 0 and 1 (a probability), got {glm:g}"
+        )
     category = checked_category(r.get("category"), where)
-    return {**r, "preference": pref, "category": category}
+    return {**r, "preference": pref, "glm_preference": glm, "category": category}
 
 
 def _alpacaeval_item(r: dict[str, Any], item_id: str, a: str) -> Judged:
@@ -417,6 +448,208 @@ def json_items(text: str, key: str | None = None) -> list[tuple[int, Any]]:
     return out
 
 
+# ------------------------------------------------------------------ the owners' own figures
+
+# Why an AlpacaEval annotations file alone gives no length-controlled win rate, as the
+# command says it (the details: AlpacaEvalFigures)
+LC_NEEDS = (
+    "its GLM (alpaca_eval metrics/glm_winrate.py, length_controlled_v1) is fitted with data "
+    "an annotations file does not hold: each instruction's difficulty and the annotations of "
+    "AlpacaEval's 'gamed' baselines, from AlpacaEval's own dataset (df_gamed.csv, by the "
+    "instruction's place among its 805; no other instruction has a difficulty)"
+)
+LC_WHY_NOT = (
+    LC_NEEDS + "; and no row carries the glm_preference AlpacaEval writes when it "
+    "recomputes its metrics"
+)
+
+
+@dataclass
+class AlpacaEvalFigures:
+    """AlpacaEval's own figures for A against B, computed as tatsu-lab/alpaca_eval computes
+    them (our code, checked against theirs):
+
+    - ``win_rate``: ``get_winrate`` (``src/alpaca_eval/metrics/winrate.py:12-20``, commit
+      7d16c262) is ``AbsoluteScoringRule().describe_head2head`` (``metrics/helpers.py:45-73``,
+      commit d483da3e): the legacy draw 0 becomes 1.5 (``:51``, ``:92-95``), a null (or a
+      value outside 1..2, ``utils.validate_alpacaeval_preference``; our reader stops on one
+      instead) is dropped, and ``win_rate`` is the mean of ``(preference - 1) * 100``: the
+      *mean preference*, so a weighted annotator's 1.8 adds 0.8 of a win and 1.2 adds 0.2.
+      ``standard_error``: that mean's standard error (pandas ``sem``: the n - 1 standard
+      deviation over sqrt(n)) times 100; none with one preference. ``n_wins`` /
+      ``n_wins_base`` / ``n_draws``: preferences above / below / at 1.5; ``n_total``: all.
+    - ``discrete_win_rate``: the same through ``ZeroOneScoringRule`` (``helpers.py:122-123``):
+      1.5 (or 0) is a draw and every other preference is rounded to 1 or 2 first, so it is
+      ``100 * (W + D/2) / N`` with wins above 1.5, draws at 1.5. These W / D / L are the
+      command's win / tie / lose, so ``discrete_win_rate - 50`` is the paper's figure.
+    - ``length_controlled_winrate``: ``get_length_controlled_winrate``
+      (``metrics/glm_winrate.py``, commit 19866ff8) fits a logistic GLM of the preference on
+      the length difference, the instruction's difficulty and a model term, and reports the
+      mean predicted preference with no length difference times 100 (``:117``) and its
+      standard error (``lc_standard_error``, ``:118``). The fit needs data the file lacks
+      (:data:`LC_WHY_NOT`: ``_get_featurized_data`` downloads ``df_gamed.csv`` from
+      AlpacaEval's Hugging Face dataset, with ``instruction_difficulty`` per instruction
+      index, and regularizes towards those gamed baselines' annotations), so it is not
+      refitted here. Where every row carries the fitted ``glm_preference`` (AlpacaEval writes
+      it into the annotations when it recomputes the metrics of saved annotations,
+      ``:114-115`` and ``main.py``'s ``is_recompute_metrics_only``), the figure is read from
+      the file: ``100 * mean(glm_preference)`` over the rows, with its standard error.
+
+    All from A's side: AlpacaEval reports generator_2's side, and where A is generator_1 a
+    row's preference is mirrored (3 - p) and its glm_preference too (1 - g). AlpacaEval's
+    command prints its table with ``%.2f`` (``utils.print_leaderboard``), its leaderboard.csv
+    keeps the figures unrounded: :meth:`lines` prints ``%.2f``, the JSON is unrounded.
+    """
+
+    win_rate: float
+    standard_error: float | None
+    discrete_win_rate: float
+    n_wins: int
+    n_wins_base: int
+    n_draws: int
+    n_total: int
+    length_controlled_winrate: float | None
+    lc_standard_error: float | None
+    length_controlled_note: str  # where the LC figure comes from, or why there is none
+    a_is_generator_2: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        side = (
+            "A = generator_2, the side AlpacaEval reports"
+            if self.a_is_generator_2
+            else "A's side: rows where A is generator_1 mirrored, AlpacaEval reports generator_2's"
+        )
+        se = (
+            f"  (standard_error {self.standard_error:.2f})"
+            if self.standard_error is not None
+            else ""
+        )
+        if self.length_controlled_winrate is None:
+            lc = f"not computed: {self.length_controlled_note}"
+        else:
+            lc = f"{self.length_controlled_winrate:.2f}" + (
+                f"  (lc_standard_error {self.lc_standard_error:.2f})"
+                if self.lc_standard_error is not None
+                else ""
+            )
+            lc += f"  ({self.length_controlled_note})"
+        return [
+            "AlpacaEval's own figures, A against B (alpaca_eval metrics/winrate.py "
+            f"get_winrate; {side}; 0..100, printed %.2f as AlpacaEval prints them):",
+            f"  win_rate (the mean preference, (preference - 1) * 100): {self.win_rate:.2f}{se}",
+            "  discrete_win_rate (1.5 a draw, other preferences rounded to 1 or 2): "
+            f"{self.discrete_win_rate:.2f}",
+            f"  n_wins {self.n_wins}, n_wins_base {self.n_wins_base}, n_draws {self.n_draws}, "
+            f"n_total {self.n_total}",
+            f"  length_controlled_winrate: {lc}",
+        ]
+
+
+def _sem(values: Sequence[float]) -> float | None:
+    """pandas' ``Series.sem()``: the n - 1 standard deviation over sqrt(n) (none for n < 2)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def alpacaeval_figures(found: Judgments) -> AlpacaEvalFigures | None:
+    """See :class:`AlpacaEvalFigures`; ``None`` when no row has a preference."""
+    prefs = [p for p in found.preferences or [] if p is not None]
+    if not prefs:
+        return None
+    shifted = [p - 1.0 for p in prefs]  # AlpacaEval works in 0..1 (helpers.py:58)
+    # ZeroOneScoringRule: 1.5 a draw, anything else rounded, so above 1.5 a win (2), below a loss
+    discrete = [0.5 if p == 1.5 else 1.0 if p > 1.5 else 0.0 for p in prefs]
+    se = _sem(shifted)
+    glms = found.glm_preferences or []
+    carried = [g for g in glms if g is not None]
+    lc = lc_se = None
+    if carried and len(carried) == len(glms):
+        lc = 100.0 * statistics.fmean(carried)
+        lc_sem = _sem(carried)
+        lc_se = None if lc_sem is None else 100.0 * lc_sem
+        note = f"the mean of the {len(carried)} rows' glm_preference, as AlpacaEval fitted it"
+    elif carried:
+        note = (
+            f"only {len(carried)} of {len(glms)} rows carry a glm_preference (AlpacaEval's "
+            "figure is the mean over all of them), and " + LC_NEEDS
+        )
+    else:
+        note = LC_WHY_NOT
+    return AlpacaEvalFigures(
+        win_rate=100.0 * statistics.fmean(shifted),
+        standard_error=None if se is None else 100.0 * se,
+        discrete_win_rate=100.0 * statistics.fmean(discrete),
+        n_wins=sum(p > 1.5 for p in prefs),
+        n_wins_base=sum(p < 1.5 for p in prefs),
+        n_draws=sum(p == 1.5 for p in prefs),
+        n_total=len(prefs),
+        length_controlled_winrate=lc,
+        lc_standard_error=lc_se,
+        length_controlled_note=note,
+        a_is_generator_2=found.a_is_generator_2,
+    )
+
+
+@dataclass
+class FastChatFigures:
+    """FastChat's own figures for A against B, as ``fastchat/llm_judge/show_result.py``
+    ``display_result_pairwise`` computes them (lm-sys/FastChat, commit 02d4581b; our code):
+    rows with an "error" in either game are dropped (``:50``); a row is a tie when g1 says
+    "tie" or the two games disagree, else a win for the model both games name (``:65-76``);
+    then, per model, ``win_rate = win / (win + loss + tie)``, ``loss_rate = loss / (...)`` and
+    ``win_rate_adjusted = (win + 0.5 * tie) / (...)`` (``:85-90``): fractions of 1, printed in
+    a pandas table (``:93``: at most 6 decimals). Always FastChat's own rule, whatever
+    ``--rule`` says; ``100 * win_rate_adjusted - 50`` is the paper's figure under
+    ``--rule fastchat``."""
+
+    win: int
+    loss: int
+    tie: int
+    win_rate: float
+    loss_rate: float
+    win_rate_adjusted: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        return [
+            "FastChat's own figures, A against B (llm_judge/show_result.py "
+            "display_result_pairwise, always by FastChat's rule; fractions of 1, to at most 6 "
+            "decimals as its pandas table prints them):",
+            f"  win {self.win}, loss {self.loss}, tie {self.tie}; win_rate "
+            f"{_pandas_float(self.win_rate)}, loss_rate {_pandas_float(self.loss_rate)}, "
+            f"win_rate_adjusted {_pandas_float(self.win_rate_adjusted)}",
+        ]
+
+
+def _pandas_float(x: float) -> str:
+    """A float as pandas prints it in a table: 6 decimals, trailing zeros dropped (0.2, 0.5)."""
+    text = f"{x:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def fastchat_figures(found: Judgments) -> FastChatFigures | None:
+    """See :class:`FastChatFigures`; ``None`` when every row has an "error"."""
+    outcomes = [outcome_of(j, "fastchat") for j in found.items]
+    win, tie, loss = (outcomes.count(v) for v in (WIN, TIE, LOSE))
+    n = win + tie + loss
+    if not n:
+        return None
+    return FastChatFigures(win, loss, tie, win / n, loss / n, (win + 0.5 * tie) / n)
+
+
+def owner_figures(found: Judgments) -> AlpacaEvalFigures | FastChatFigures | None:
+    """The figures the file's own tool reports (FastChat, AlpacaEval); ``None`` for others."""
+    if found.format == "alpacaeval":
+        return alpacaeval_figures(found)
+    if found.format == "fastchat":
+        return fastchat_figures(found)
+    return None
+
+
 # ------------------------------------------------------------------ writing
 
 
@@ -501,6 +734,15 @@ def jsonl_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def json_text(rows: Sequence[dict[str, Any]]) -> str:
     return json.dumps(list(rows), ensure_ascii=False, indent=1) + "\n"
+
+
+# the folding rule a file is counted by when none is asked for: a FastChat file as FastChat
+# counts it (show_result.py), everything else by the paper's rule
+DEFAULT_RULE = {"fastchat": "fastchat"}
+
+
+def default_rule(fmt: str) -> str:
+    return DEFAULT_RULE.get(fmt, "paper")
 
 
 def rule_applies(fmt: str, rule: str) -> str | None:

@@ -49,6 +49,16 @@ Replay judgments you already have::
 FastChat ``*_pair.jsonl`` judgments, AlpaGasus / Cherry LLM review logs and AlpacaEval
 annotations are read too, the format told from the content (:mod:`.formats`).
 
+The rule, when none is asked for: ``fastchat`` for a FastChat file (counted as FastChat counts
+it), ``paper`` for the others; the output names it. An AlpacaEval file's items are decided
+already (one preference each), so no rule applies (JSON ``rule``: null). For FastChat and
+AlpacaEval files the command also prints the figures their own tool reports, under that
+tool's names and on its scale (:class:`~.formats.FastChatFigures`: ``win_rate``,
+``loss_rate``, ``win_rate_adjusted``, fractions of 1; :class:`~.formats.AlpacaEvalFigures`:
+``win_rate`` = the mean preference, ``discrete_win_rate``, ``length_controlled_winrate``
+where the file carries it, 0..100), beside the paper's figure; ``--json`` puts them under the
+key ``fastchat`` / ``alpacaeval``.
+
 Answer lengths, where the file holds the answers: mean length in *words* (whitespace-separated
 pieces of the answer text: no tokenizer, so models with different tokenizers compare) and a
 length-controlled view of the win rate (:func:`length_view`).
@@ -333,10 +343,14 @@ class WinRate:
         return f"{self.win_rate:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}]"
 
     def lines(
-        self, counted: str = "judged in both orders", left_out: str = "unparseable review"
+        self,
+        counted: str = "judged in both orders",
+        left_out: str = "unparseable review",
+        fold: str | None = None,
     ) -> list[str]:
         """The figures in words; ``counted`` / ``left_out`` say what an item and a left-out
-        item are (other files than ours: "with a preference", "no preference")."""
+        item are (other files than ours: "with a preference", "no preference"); ``fold`` how
+        the outcomes were reached (default: "<rule> rule")."""
         if self.win_rate is None:
             return [f"no parsed items (unparsed: {self.unparsed})"]
         return (
@@ -347,8 +361,10 @@ class WinRate:
                     if self.rule == AUTHORS
                     else f"left out: {left_out})"
                 ),
-                f"win / tie / lose ({self.rule} rule): {self.wins} / {self.ties} / {self.losses}",
-                f"win rate: {self.win_rate:+.2f}  (95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
+                f"win / tie / lose ({fold or self.rule + ' rule'}): "
+                f"{self.wins} / {self.ties} / {self.losses}",
+                f"win rate (the paper's figure, 100 * (W + T/2) / N - 50): {self.win_rate:+.2f}  "
+                f"(95% bootstrap CI {self.ci_low:+.2f} .. {self.ci_high:+.2f}; "
                 "0 = parity, range -50..+50)",
                 f"sign test (wins vs losses, two-sided): p = {self.sign_test_p:.4g}",
             ]
@@ -690,7 +706,13 @@ def ratio_at_least_1(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from phasedsft.evaluate.formats import FORMATS, read_judgments, rule_applies
+    from phasedsft.evaluate.formats import (
+        FORMATS,
+        default_rule,
+        owner_figures,
+        read_judgments,
+        rule_applies,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m phasedsft.evaluate.winrate",
@@ -704,7 +726,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--format", choices=FORMATS, default=None, help="the file's format (default: from content)"
     )
-    parser.add_argument("--rule", choices=sorted(RULES), default="paper")
+    parser.add_argument(
+        "--rule",
+        choices=sorted(RULES),
+        default=None,
+        help="how a verdict per order folds into one outcome (default: fastchat for FastChat "
+        "pair files, as FastChat counts them; paper for the others)",
+    )
     parser.add_argument(
         "--models",
         nargs=2,
@@ -728,29 +756,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         found = read_judgments(args.file, args.format, args.models)
-        refused = rule_applies(found.format, args.rule)
+        rule = args.rule or default_rule(found.format)
+        refused = rule_applies(found.format, rule)
         if refused:
             raise ReplayError(f"{args.file}: {refused}")
     except ReplayError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     judged = found.items
-    result = summarize(judged, args.rule, args.bootstrap, args.seed)
-    lengths = length_view(judged, args.rule, args.length_ratio, args.bootstrap, args.seed)
+    result = summarize(judged, rule, args.bootstrap, args.seed)
+    lengths = length_view(judged, rule, args.length_ratio, args.bootstrap, args.seed)
+    owners = owner_figures(found)
     # the items the figure leaves out (rule=authors: its void items, kept in N)
-    left_out = [
-        j for j in (map(as_authors, judged) if args.rule == AUTHORS else judged) if not j.parsed
-    ]
+    left_out = [j for j in (map(as_authors, judged) if rule == AUTHORS else judged) if not j.parsed]
     categories = {
         k: v
-        for k, v in by_category(judged, args.rule, args.bootstrap, args.seed).items()
+        for k, v in by_category(judged, rule, args.bootstrap, args.seed).items()
         if not args.by or k in args.by
     }
+    decided = found.format in DECIDED  # one outcome per item: no rule folds anything
     if args.json:
         obj = result.to_json()
         obj["format"] = found.format
+        obj["rule"] = None if decided else rule
         if found.models:
             obj["models"] = list(found.models)
+        if owners is not None:
+            obj[found.format] = owners.to_json()  # the file's own tool's figures, its names
         obj["unparsed_ids"] = [j.id for j in left_out][:100]
         if lengths:
             obj["lengths"] = lengths.to_json()
@@ -761,11 +793,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(obj))
         return 0
     counted, missing = ITEMS_OF.get(found.format, ITEMS_OF["replay"])
-    print("\n".join(_heading(found.format, found.models) + result.lines(counted, missing)))
+    fold = DECIDED.get(found.format)
+    print(
+        "\n".join(
+            _heading(found.format, found.models, rule, args.rule)
+            + (owners.lines() if owners is not None else [])
+            + result.lines(counted, missing, fold)
+        )
+    )
     if lengths:
         print("\n".join(lengths.lines()))
     for j in left_out[:5]:
-        print(f"  {'void' if args.rule == AUTHORS else 'unparsed'} {j.id}: {j.error}")
+        print(f"  {'void' if rule == AUTHORS else 'unparsed'} {j.id}: {j.error}")
     for key, groups in categories.items():
         print(f"\nby {key}:")
         for value, w in groups.items():
@@ -781,10 +820,32 @@ ITEMS_OF = {
 }
 
 
-def _heading(fmt: str, models: tuple[str, str] | None) -> list[str]:
+# formats whose items come already decided, one outcome each: how they are counted
+DECIDED = {
+    "alpacaeval": "AlpacaEval's preferences: 2 win, 1 loss, 1.5 draw, between: the side it leans to"
+}
+
+# what each folding rule does, in a phrase
+RULE_TEXT = {
+    "paper": "the paper's: win = win twice or win + tie, tie = tie twice or win + lose",
+    "fastchat": "FastChat's: a win or a loss only when both orders agree, anything else a tie",
+    "authors": "the authors' win_tie_loss_stat.py: the paper's fold, their parser, void items in N",
+}
+
+
+def _heading(fmt: str, models: tuple[str, str] | None, rule: str, asked: str | None) -> list[str]:
+    """The file's format and models, and the folding rule used (and whether it was asked)."""
     lines = [f"format: {fmt}" + (f" (A = {models[0]}, B = {models[1]})" if models else "")]
-    if fmt == "alpacaeval":
-        lines.append("one preference per item, already decided: the rule does not change it")
+    if fmt in DECIDED:
+        lines.append(
+            "fold: none: one preference per item, already decided"
+            + (f" (--rule {asked} does not change it)" if asked else "")
+        )
+    else:
+        lines.append(
+            f"fold rule: {rule} ({RULE_TEXT[rule]}; "
+            + ("as asked)" if asked else f"the default for {fmt} files)")
+        )
     return lines
 
 

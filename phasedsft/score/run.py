@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Load the data -> estimate the cost (stop there on dry_run) -> score every example not in
     the cache -> write the scored data, the failures, the summary and the histogram."""
     run_dir = start_job(cfg)
-    _loaded, examples = load_examples(cfg)
+    loaded, examples = load_examples(cfg)
     scorer = checked_scorer(instantiate(cfg.scorer))
     cache = ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite")
     ctx = context(cfg, scorer, examples, cache)
@@ -76,6 +76,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_jsonl(run_dir / "failures.jsonl", failures)
     summary = job_summary(scorer, examples, scores, stats, scored, failures, aborted, run_dir)
     check_summary(summary)
+    summary["data"] = {  # what the loader skipped (on_error=skip) or did not use, as train.py says
+        "skipped_rows": loaded.skips.summary(),
+        "unused_fields": loaded.unused_fields,
+    }
     atomic_write_json(run_dir / "summary.json", summary)
     plot_histogram(
         scores,
@@ -125,7 +129,9 @@ def scored_rows(
                 "score": score,
             }
             if ex.messages is not None:  # the conversation itself: train.py reads it back
-                row["messages"] = [{"role": role, "content": c} for role, c in ex.messages]
+                row["messages"] = [m.as_openai() for m in ex.messages]
+            if ex.tools is not None:
+                row["tools"] = json.loads(ex.tools)
             if r is not None and r.detail:
                 row["score_detail"] = r.detail
             scored.append(row)

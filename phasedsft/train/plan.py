@@ -2,9 +2,12 @@
 
 Every job of the sweep is composed and set up exactly as training would set it up (data
 loaded, encoded, scored where scoring costs nothing, segmented, ordered) and then stops: it
-prints its ordering, stage sizes and optimizer steps, and trains nothing. At the end of a
-multirun :class:`PlanReport` prints one table of all jobs and exits with code 1 if any job
-is invalid (a single run ends with ``error: ...`` and exit code 2, as any run would).
+prints its ordering, stage sizes, optimizer steps and the tokens each stage has in the loss
+(target tokens, after truncation, over one pass of its examples), and trains nothing
+(``inspect=N`` also prints N examples per stage with those tokens marked: :mod:`.inspect`).
+At the end of a multirun :class:`PlanReport` prints one table of all jobs and exits with
+code 1 if any job is invalid (a single run ends with ``error: ...`` and exit code 2, as any
+run would).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +57,48 @@ def _record(cfg: DictConfig, run_dir: Path, **fields: Any) -> dict[str, Any]:
         "dataset": cfg.dataset.name,
         "stages": [],
         "total_steps": 0,
+        "target_tokens": 0,
         "note": None,
         "error": None,
         **fields,
     }
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a plan, in training order."""
+
+    name: str
+    examples: int
+    fed: int  # items the Trainer iterates over all epochs: planned examples, or packed rows
+    tokens: int  # tokens of its examples, as encoded (truncated), one pass
+    target_tokens: int  # those the loss is on (labels != -100)
+
+
 def plan_record(
-    cfg: DictConfig, run_dir: Path, stages: Sequence[tuple[str, int, int]], note: str | None
+    cfg: DictConfig, run_dir: Path, stages: Sequence[StagePlan], note: str | None
 ) -> dict[str, Any]:
-    """``stages``: (name, examples, items the Trainer iterates over all epochs: planned
-    examples, or packed rows with ``trainer.packing``) per stage, in training order."""
     world = world_size_for(cfg)
     rows = [
-        {"name": name, "examples": n, "fed": fed, "steps": stage_steps(fed, cfg.trainer, world)}
-        for name, n, fed in stages
+        {
+            "name": s.name,
+            "examples": s.examples,
+            "fed": s.fed,
+            "steps": stage_steps(s.fed, cfg.trainer, world),
+            "tokens": s.tokens,
+            "target_tokens": s.target_tokens,
+        }
+        for s in stages
     ]
-    total = sum(stage_steps(fed, cfg.trainer, world) for _, _, fed in stages)
-    return _record(cfg, run_dir, world_size=world, stages=rows, total_steps=total, note=note)
+    return _record(
+        cfg,
+        run_dir,
+        world_size=world,
+        stages=rows,
+        total_steps=sum(r["steps"] for r in rows),
+        target_tokens=sum(r["target_tokens"] for r in rows),
+        note=note,
+    )
 
 
 def invalid_record(cfg: DictConfig, run_dir: Path, error: BaseException) -> dict[str, Any]:
@@ -82,9 +110,13 @@ def format_plan(rec: dict[str, Any]) -> str:
     if rec["error"]:
         return f"{head}: INVALID: {rec['error']}"
     stages = ", ".join(
-        f"{s['name']} {s['examples']} ex / {s['steps']} steps" for s in rec["stages"]
+        f"{s['name']} {s['examples']} ex / {s['steps']} steps / "
+        f"{s['target_tokens']} target tokens (of {s['tokens']})"
+        for s in rec["stages"]
     )
     text = f"{head}: {stages} | {rec['total_steps']} steps on {rec['world_size']} process(es)"
+    if rec["stages"]:
+        text += f", {rec['target_tokens']} target tokens"
     return text + (f" ({rec['note']})" if rec["note"] else "")
 
 

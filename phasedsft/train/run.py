@@ -50,9 +50,11 @@ from phasedsft.train.held_out import (
     generate_answers,
     judge_answers,
 )
+from phasedsft.train.inspect import StageView, show, stage_tokens
 from phasedsft.train.ordering import Phase, Restages, group_by_length
 from phasedsft.train.packing import stage_packs
 from phasedsft.train.plan import (
+    StagePlan,
     discard_fresh_run_dir,
     format_plan,
     invalid_record,
@@ -139,6 +141,7 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         "used": len(examples),
         "skipped_rows": train.skips.summary(),
         "notes": train.notes,
+        "unused_fields": train.unused_fields,  # columns / fields the format does not train on
     }
     template = instantiate(cfg.prompt)
     tokenizer = load_tokenizer(cfg, examples)
@@ -277,12 +280,23 @@ def job_environment() -> dict[str, Any]:
 
 
 def plan(cfg: DictConfig) -> dict[str, Any]:
-    """``plan_only=true``: set the job up as training would, print its stages and steps, train nothing."""
+    """``plan_only=true``: set the job up as training would, print its stages and steps, train
+    nothing; ``inspect=N``: the same, after N examples per stage with the trained tokens marked."""
     run_dir = run_dir_for(cfg)
     existed = (run_dir / "run.json").exists()
     try:
         s = setup(cfg, Path(cfg.run.cache_dir), plan=True)
-        stages = [(p.name, len(p.ids), trainer_items(cfg, p, s.encoded)) for p in s.phases]
+        if cfg.inspect:
+            inspect_stages(cfg, s)
+        stages = [
+            StagePlan(
+                p.name,
+                len(p.ids),
+                trainer_items(cfg, p, s.encoded),
+                *stage_tokens(p.ids, s.encoded),
+            )
+            for p in s.phases
+        ]
         record = plan_record(cfg, run_dir, stages, None)
     except UnscoredPlan as e:
         record = plan_record(cfg, run_dir, [], str(e))
@@ -295,9 +309,24 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def inspect_stages(cfg: DictConfig, s: Setup) -> None:
+    """``inspect=N``: each stage's first N examples, in its planned order, loss tokens marked."""
+    views = [StageView(p.name, p.ids, planned_order(cfg, p, s.encoded)) for p in s.phases]
+    by_id = {ex.id: ex for ex in s.examples}
+    show(
+        views,
+        by_id,
+        s.encoded,
+        s.tokenizer,
+        cfg.inspect,
+        stage=cfg.inspect_stage,
+        tokens=cfg.inspect_tokens,
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Setup -> for each stage of the ordering: train, checkpoint -> evaluate."""
-    if cfg.plan_only:
+    if cfg.plan_only or cfg.inspect:
         return plan(cfg)
     started = time.time()
     export_slurm_ranks()  # one SLURM task per GPU -> torch.distributed ranks (no-op otherwise)
@@ -391,6 +420,8 @@ def write_run_record(
                 "index": sp.index,
                 "name": sp.name,
                 "n_examples": len(sp.ids),
+                "n_tokens": stage_tokens(sp.ids, s.encoded).total,
+                "n_target_tokens": stage_tokens(sp.ids, s.encoded).target,
                 "order_sha256": sp.order_hash,
                 **({"mixture": dict(p.mixture)} if p.mixture else {}),
             }

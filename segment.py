@@ -3,7 +3,7 @@
 python segment.py                                         # graded suite, paper thresholds
 python segment.py segment=jenks segment.method.k=4
 python segment.py dataset=jsonl dataset.source.path=runs/score/<run>/scored.jsonl segment=kde_valleys
-python train.py segment.manifest=runs/segment/<run>/stage_manifest.json ...
+python train.py <the command segment.py prints>              # its data options, then segment.manifest=...
 """
 
 import hydra

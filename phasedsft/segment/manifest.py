@@ -117,16 +117,81 @@ class StageManifest:
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
 
-    def check_covers(self, examples: Sequence[Example], where: str) -> None:
-        ids = [i for stage in self.stages for i in stage]
-        if sorted(ids) != sorted(ex.id for ex in examples):
-            missing = {ex.id for ex in examples} - set(ids)
-            extra = set(ids) - {ex.id for ex in examples}
+    def check_covers(self, examples: Sequence[Example], where: str) -> StageManifest:
+        """Check that this manifest stages ``examples``, and fit it to them; returns ``self``.
+
+        The training data must be the data the manifest was made from, or a subset of it (a
+        ``dataset.max_examples`` subsample, examples skipped as too long): a subset keeps the
+        manifest's stage of each example, and this manifest is narrowed to it in place (see
+        :meth:`narrowed_to`). An example the manifest does not hold is an error that says what
+        to change.
+        """
+        staged = {i for stage in self.stages for i in stage}
+        ids = [ex.id for ex in examples]
+        missing = [i for i in ids if i not in staged]
+        if missing:
             raise DataError(
-                f"{where}: stage manifest does not match the training data "
-                f"({len(missing)} ids missing, {len(extra)} unknown ids, e.g. "
-                f"{sorted(missing or extra)[:3]})"
+                f"{where}: stage manifest does not match the training data: {len(missing)} of "
+                f"the {len(ids)} training examples are not in it (e.g. ids {missing[:3]}), so it "
+                "was made from other data. Train on the "
+                "data it was made from (the dataset options of the train.py command segment.py "
+                "printed, also in its summary.json as train_command), or on a subsample of it "
+                "(dataset.max_examples=N); to train on other data, drop segment.manifest "
+                "(train.py then segments the data itself) or run segment.py on that data first"
             )
+        if len(set(ids)) < len(staged):
+            narrowed = self.narrowed_to(examples)
+            log.info(
+                "%s: training on %d of its %d examples: stages narrowed to them (sizes %s)",
+                where,
+                len(ids),
+                len(staged),
+                [len(stage) for stage in narrowed.stages],
+            )
+            for name in ("stages", "random_stages", "random_equal_stages", "params", "stats"):
+                setattr(self, name, getattr(narrowed, name))
+            self.data_hash, self.hash = narrowed.data_hash, narrowed.hash
+        return self
+
+    def narrowed_to(self, examples: Sequence[Example]) -> StageManifest:
+        """This manifest for a subset of its examples (every id must be in it).
+
+        Each example keeps its difficulty stage; the random stages are drawn again over the
+        subset with the manifest's seed and the narrowed sizes, so a subset stages exactly as
+        ``segment.py`` on that subset with these thresholds would (``params.narrowed_from``
+        names the manifest it came from).
+        """
+        keep = {ex.id for ex in examples}
+        order = [ex.id for ex in examples]
+        stages = [[i for i in stage if i in keep] for stage in self.stages]
+        seed = self.params.get("random_seed", 0)
+        rand = random_stages(order, [len(stage) for stage in stages], seed)
+        rand_equal = random_stages(order, equal_sizes(len(order), len(stages)), seed)
+        staged = sum(len(stage) for stage in self.stages)
+        params = {**self.params, "narrowed_from": {"hash": self.hash, "examples": staged}}
+        stats = stage_stats(stages, self.thresholds, {ex.id: ex.score for ex in examples})
+        return StageManifest(
+            stages, rand, rand_equal, list(self.thresholds), params, stats, data_hash(examples)
+        )
+
+
+def stage_stats(
+    stages: Sequence[Sequence[str]], thresholds: Sequence[float], scores: dict[str, float | None]
+) -> list[dict[str, Any]]:
+    """Per stage: its number, score bounds, count and mean score."""
+    stats = []
+    for i, ids in enumerate(stages, start=1):
+        s = [score for x in ids if (score := scores.get(x)) is not None]
+        stats.append(
+            {
+                "stage": i,
+                "lower": thresholds[i - 2] if i > 1 else None,
+                "upper": thresholds[i - 1] if i <= len(thresholds) else None,
+                "count": len(ids),
+                "mean_score": sum(s) / len(s) if s else None,
+            }
+        )
+    return stats
 
 
 def data_hash(examples: Sequence[Example]) -> str:
@@ -141,21 +206,7 @@ def build_manifest(
         raise DataError(f"{len(examples) - len(scores)} examples have no difficulty score")
     thresholds = segmenter.thresholds_for(scores)
     stages = split_by_thresholds(examples, thresholds)
-    by_id = {ex.id: ex for ex in examples}
-    stats = []
-    for i, ids in enumerate(stages, start=1):
-        s = [by_id[x].score or 0.0 for x in ids]
-        lo = thresholds[i - 2] if i > 1 else None
-        hi = thresholds[i - 1] if i <= len(thresholds) else None
-        stats.append(
-            {
-                "stage": i,
-                "lower": lo,
-                "upper": hi,
-                "count": len(ids),
-                "mean_score": sum(s) / len(s) if s else None,
-            }
-        )
+    stats = stage_stats(stages, thresholds, {ex.id: ex.score for ex in examples})
     ids = [ex.id for ex in examples]
     rand = random_stages(ids, [len(s) for s in stages], random_seed)
     rand_equal = random_stages(ids, equal_sizes(len(ids), len(stages)), random_seed)

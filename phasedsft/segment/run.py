@@ -6,7 +6,9 @@
              difficulty, mean tokens per stage), sensitivity.md/.json (examples that change
              stage under each method in ``compare``), summary.json
 
-Train on the result: ``python train.py segment.manifest=<run>/stage_manifest.json ...``.
+Train on the result with the command it prints (also ``train_command`` in summary.json):
+``python train.py <this job's dataset, scorer, model and seed options> segment.manifest=<run>/stage_manifest.json``;
+a subsample of the same data (``dataset.max_examples=N``) trains on the same stages too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,82 @@ from phasedsft.segment.manifest import build_manifest
 from phasedsft.segment.methods import sizes_for
 
 log = logging.getLogger(__name__)
+
+
+# What train.py must be told to read the same examples with the same scores (and to count tokens
+# with the same model): this job's overrides of these keys, as they were given.
+CARRIED_TO_TRAIN = ("dataset", "scorer", "model", "seed")
+
+
+def overridden(override: str) -> str:
+    """The top-level key (or group) a command-line override sets: ``+dataset.source.x=1`` ->
+    ``dataset``."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key.split(".", 1)[0].split("@", 1)[0]
+
+
+def carried(override: str) -> bool:
+    """Whether a command-line override sets one of :data:`CARRIED_TO_TRAIN` (or a key inside)."""
+    return overridden(override) in CARRIED_TO_TRAIN
+
+
+def config_dirs() -> list[str]:
+    """This job's ``--config-dir`` and ``hydra.searchpath`` options (a lab's own config
+    folders), so the printed command finds the same dataset options."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    hc = HydraConfig.get()
+    cwd = Path(hc.runtime.cwd)
+    out = []
+    for source in hc.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            path = Path(source.path)
+            out.append(
+                f"--config-dir={path.relative_to(cwd) if path.is_relative_to(cwd) else path}"
+            )
+    out += [o for o in hc.overrides.hydra if o.split("=", 1)[0].lstrip("+") == "hydra.searchpath"]
+    return out
+
+
+CHAT_MODEL = "smollm2_135m"  # a model with a chat template, available offline
+
+
+def train_command(
+    manifest_path: Path, conversations: bool = False, chat_template: bool = True
+) -> str:
+    """The ``train.py`` command that trains on this job's stage manifest, as it must be typed:
+    this job's options that choose the data, its scores and the model, then the manifest.
+
+    Data with conversations (more than one exchange, or a system message) trains with
+    ``prompt=chat``, which needs a model with a chat template: where this job's model has
+    none, the command names one that has (``model=smollm2_135m``, offline) instead.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    options = [o for o in task if carried(o)]
+    if conversations:
+        if not chat_template:
+            options = [o for o in options if overridden(o) != "model"] + [f"model={CHAT_MODEL}"]
+        options.append("prompt=chat")
+    args = [*config_dirs(), *options, f"segment.manifest={manifest_path}"]
+    return " ".join(["python", "train.py", *map(shlex.quote, args)])
+
+
+def train_note(conversations: bool, chat_template: bool) -> str:
+    """What the printed command leaves to the user, and what must stay."""
+    note = (
+        "(add ordering=..., trainer options, ...; the data options must stay: the manifest "
+        "stages these examples, or a subsample of them with dataset.max_examples=N"
+    )
+    if conversations and not chat_template:
+        note += (
+            f"; the data holds conversations, which train with prompt=chat and a model with a chat "
+            f"template: model={CHAT_MODEL} offline, or model=hf model.path=<hub id or directory>"
+        )
+    return note + ")"
 
 
 def stage_table(
@@ -275,14 +354,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "sensitivity": sens,
         "density_png": str(run_dir / "density.png"),
         # bad rows skipped with on_error=skip: counted, with reasons (as run.json does for train.py)
-        "data": {"examples": len(examples), "skipped_rows": loaded.skips.summary()},
+        "data": {
+            "examples": len(examples),
+            "skipped_rows": loaded.skips.summary(),
+            "unused_fields": loaded.unused_fields,
+        },
     }
+    conversations = any(ex.messages is not None for ex in examples)
+    chat_template = bool(getattr(tokenizer, "chat_template", None))
+    summary["train_command"] = train_command(manifest_path, conversations, chat_template)
     atomic_write_json(run_dir / "summary.json", summary)
     print(
         f"\n{table_markdown(rows)}\nthresholds: {manifest.thresholds}\n\n"
         + "\n".join(sens_md)
         + f"\n\ndensity plot: {run_dir / 'density.png'}\nstage manifest: {manifest_path}\n"
-        f"train on it: python train.py segment.manifest={manifest_path} ...",
+        f"train on it: {summary['train_command']}\n{train_note(conversations, chat_template)}",
         flush=True,
     )
     return summary

@@ -416,3 +416,13 @@ def test_smollm2_refuses_tools_and_trains_them_through_chatml_tools(tmp_path, sm
         assert len(starts) == 1, answer
         expected[starts[0] : starts[0] + len(piece)] = piece
     assert enc.labels == expected
+
+
+def test_hints_for_conversations_name_options_that_work(tmp_path, tiny_tokenizer):
+    """No circle: prompt=alpaca and prompt=chat (on a tokenizer without a chat template) both
+    point at a chat model that exists offline."""
+    ex = load_data(write(tmp_path / "lf.json", [LF_ALPACA])).examples[0]
+    for template in (AlpacaTemplate(), ChatTemplate()):
+        with pytest.raises(DataError) as e:
+            encode(ex, template, tiny_tokenizer, 10_000)
+        assert "model=smollm2_135m" in str(e.value), str(e.value)

@@ -89,3 +89,44 @@ def test_growth_curves_of_a_data_quantity_sweep(tmp_path):
         check=False,
     )
     assert empty.returncode == 2 and "no finished training runs" in empty.stderr
+
+
+def fake_run(sweep, name, size, cfg, loss):
+    """A finished run's files as growth curves read them (summary.json, config.yaml)."""
+    import yaml
+
+    run = sweep / name
+    run.mkdir(parents=True)
+    cfg = {"run": {"name": name}, "dataset": {"name": "d", "max_examples": size}, **cfg}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = {
+        "ordering": cfg["ordering"]["name"],
+        "per_stage": [{"eval": {"eval_loss": loss}}],
+        "final_accuracy": {},
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_growth_curves_draw_one_line_per_configuration(tmp_path):
+    from phasedsft.train.curves import run_points, write_growth
+
+    phased = {"name": "1-2-3", "stages": [1, 2, 3]}
+    paced = {"name": "paced-root", "pacing": "root", "anti": False}
+    for size in (100, 200):
+        fake_run(tmp_path, f"a{size}", size, {"ordering": phased, "seed": 0}, 3.0)
+        fake_run(tmp_path, f"b{size}", size, {"ordering": phased, "seed": 1}, 2.0)
+        fake_run(tmp_path, f"c{size}", size, {"ordering": paced, "seed": 0}, 1.0)
+        # the anti-curriculum under the same name: a line of its own, named by what differs
+        anti = {**paced, "anti": True}
+        fake_run(tmp_path, f"d{size}", size, {"ordering": anti, "seed": 0}, 0.5)
+    lines = {p["run"]: p["line"] for p in run_points(tmp_path)}
+    assert lines["a100"] == lines["a200"] != lines["b100"]
+    assert len(set(lines.values())) == 4
+    assert lines["a100"] == "ordering.name=1-2-3, seed=0"
+    assert lines["b100"] == "ordering.name=1-2-3, seed=1"
+    assert lines["d100"] == "ordering.anti=True, ordering.name=paced-root, seed=0"
+    rows = list(csv.DictReader(write_growth(tmp_path).open()))
+    by_line = {}
+    for r in rows:
+        by_line.setdefault(r["line"], set()).add((int(r["examples"]), float(r["value"])))
+    assert by_line["ordering.name=1-2-3, seed=1"] == {(100, 2.0), (200, 2.0)}

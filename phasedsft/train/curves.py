@@ -8,7 +8,8 @@
   stage (0: never worse than its best).
 - ``python -m phasedsft.train.curves growth SWEEP_DIR`` (a ``dataset.max_examples`` sweep):
   per group, the final held-out loss and accuracy against the number of training examples, one
-  line per ordering (``growth.csv``, ``growth.png`` / ``.pdf``): the ability-growth question.
+  line per configuration: runs that differ in anything but their size are separate lines, each
+  named by what differs (``growth.csv``, ``growth.png`` / ``.pdf``): the ability-growth question.
 """
 
 from __future__ import annotations
@@ -106,11 +107,62 @@ def plot_forgetting(
 # ---------------------------------------------------------------- growth across runs
 
 
+SIZE_KEYS = ("dataset.max_examples",)  # what a growth curve's x axis varies
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys of a config container, each value as compact JSON text."""
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True)}
+
+
+def configuration(cfg: dict[str, Any]) -> dict[str, str]:
+    """What a run computes, as dotted keys: its config less what does not change the result
+    (:data:`phasedsft.config.NON_SEMANTIC_KEYS`) and the data size the curve varies."""
+    from phasedsft.config import NON_SEMANTIC_KEYS
+
+    flat = _flat({k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS})
+    return {k: v for k, v in flat.items() if k not in SIZE_KEYS}
+
+
+def line_labels(configs: Sequence[dict[str, str]]) -> list[str]:
+    """A name for each distinct configuration: the settings in which it differs from the others
+    (``ordering.name=1-2-3, seed=1``), the ordering first; one configuration: its ordering."""
+    keys = sorted({k for c in configs for k in c})
+    differing = [k for k in keys if len({c.get(k) for c in configs}) > 1]
+    # an option whose name differs is named by it (ordering.name=1-2-3 vs paced-root); its other
+    # keys appear only where configurations of the same name differ in them (ordering.anti)
+    renamed = {k.rsplit(".", 1)[0] for k in differing if k.endswith(".name")}
+
+    def needed(k: str) -> bool:
+        option = k.rsplit(".", 1)[0]
+        if k.endswith(".name") or option not in renamed:
+            return True
+        values: dict[str | None, set[str | None]] = {}
+        for c in configs:
+            values.setdefault(c.get(f"{option}.name"), set()).add(c.get(k))
+        return any(len(v) > 1 for v in values.values())
+
+    named = sorted(filter(needed, differing), key=lambda k: (not k.startswith("ordering."), k))
+
+    def label(c: dict[str, str]) -> str:
+        parts = [f"{k}={json.loads(c[k])}" for k in named if k in c]
+        return ", ".join(parts) or str(json.loads(c.get("ordering.name", '"run"')))
+
+    return [label(c) for c in configs]
+
+
 def run_points(sweep: Path) -> list[dict[str, Any]]:
-    """One point per finished run under ``sweep``: its size, ordering and final figures."""
+    """One point per finished run under ``sweep``: its size, line (the runs that differ only in
+    their size) and final figures."""
     from omegaconf import OmegaConf
 
     points = []
+    configs: list[dict[str, str]] = []
     for summary_path in sorted(sweep.glob("*/summary.json")):
         run = summary_path.parent
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -118,6 +170,9 @@ def run_points(sweep: Path) -> list[dict[str, Any]]:
         size = OmegaConf.select(cfg, "dataset.max_examples") or summary.get("data", {}).get("used")
         last = summary["per_stage"][-1] if summary.get("per_stage") else {}
         accuracy = summary.get("final_accuracy") or {}
+        container = OmegaConf.to_container(cfg, resolve=False)
+        assert isinstance(container, dict)
+        configs.append(configuration(container))
         points.append(
             {
                 "run": run.name,
@@ -129,18 +184,32 @@ def run_points(sweep: Path) -> list[dict[str, Any]]:
         )
     if not points:
         raise UserError(f"{sweep}: no finished training runs (no */summary.json) to draw from")
+    distinct: list[dict[str, str]] = []
+    for c in configs:
+        if c not in distinct:
+            distinct.append(c)
+    labels = dict(zip(map(_key, distinct), line_labels(distinct), strict=True))
+    for p, c in zip(points, configs, strict=True):
+        p["line"] = labels[_key(c)]
     return points
 
 
+def _key(config: dict[str, str]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
 def write_growth(sweep: Path) -> Path:
+    """growth.csv and growth.png / .pdf: one line per configuration, final figures by size."""
     points = [p for p in run_points(sweep) if p["examples"] is not None]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["ordering", "examples", "metric", "group", "value", "run"])
-    for p in sorted(points, key=lambda p: (p["ordering"], p["examples"])):
+    w.writerow(["line", "ordering", "examples", "metric", "group", "value", "run"])
+    for p in sorted(points, key=lambda p: (p["line"], p["examples"])):
         for metric in ("loss", "accuracy"):
             for g, v in sorted(p[metric].items(), key=lambda kv: group_order(kv[0])):
-                w.writerow([p["ordering"], p["examples"], metric, g, f"{v:.6g}", p["run"]])
+                w.writerow(
+                    [p["line"], p["ordering"], p["examples"], metric, g, f"{v:.6g}", p["run"]]
+                )
     atomic_write_text(sweep / "growth.csv", buf.getvalue())
     plot_growth(sweep / "growth.png", points)
     return sweep / "growth.csv"
@@ -158,15 +227,13 @@ def plot_growth(png: Path, points: Sequence[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         groups = sorted({g for p in points for g in p[metric]}, key=group_order)
-        for ordering in sorted({p["ordering"] for p in points}):
-            mine = sorted(
-                (p for p in points if p["ordering"] == ordering), key=lambda p: p["examples"]
-            )
+        for line in sorted({p["line"] for p in points}):
+            mine = sorted((p for p in points if p["line"] == line), key=lambda p: p["examples"])
             for g in groups:
                 xs = [p["examples"] for p in mine if g in p[metric]]
                 ys = [p[metric][g] for p in mine if g in p[metric]]
                 if xs:
-                    ax.plot(xs, ys, marker="o", label=f"{ordering} · {g}")
+                    ax.plot(xs, ys, marker="o", label=f"{line} · {g}")
         ax.set_xscale("log")
         ax.set_xlabel("training examples (dataset.max_examples)")
         ax.set_ylabel(f"final held-out {metric}")

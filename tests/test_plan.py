@@ -99,3 +99,26 @@ def test_plan_counts_each_stages_target_tokens(tmp_path, capsys, monkeypatch):
         assert f"{name} {st['examples']} ex / {st['steps']} steps / {target} target tokens" in line
     assert line.endswith(f"process(es), {record['target_tokens']} target tokens")
     assert not list(tmp_path.rglob("run.json"))  # a plan writes no run
+
+
+@pytest.mark.integration
+def test_a_preview_runs_where_it_is_launched_whatever_the_launcher(tmp_path):
+    """A SLURM launcher (no cluster needed: nothing is submitted) and submitit's local executor:
+    every job of the preview runs in this process, the plan still counts the launcher's tasks."""
+    for launcher, processes in (("slurm", 8), ("submitit_local", 1)):
+        root = tmp_path / launcher
+        out = run_command(
+            [
+                sys.executable,
+                "train.py",
+                "-m",
+                "ordering=1-2-3,one_off",
+                "plan_only=true",
+                f"launcher={launcher}",
+                f"run.root={root}",
+            ],
+            no_traceback=True,
+        )
+        assert "plan: 2 jobs, 0 invalid, nothing trained" in out.stdout
+        assert out.stdout.count(f"on {processes} process(es)") >= 2
+        assert not list(root.rglob(".submitit"))  # no job was handed to submitit

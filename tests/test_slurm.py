@@ -144,3 +144,24 @@ def test_cancelled_job_relaunched_resumes_mid_stage(tmp_path):
     assert stage2["global_step"] == 1200 and stage2["fed_matches_plan"] is True
     relaunched = json.loads((run / "run.json").read_text())["job"]["slurm"]["job_id"]
     assert relaunched != job_id
+
+
+def test_a_preview_of_a_slurm_sweep_runs_here_and_queues_nothing(tmp_path):
+    """plan_only=true with a SLURM launcher: the plan is made in this process (its table printed
+    here), no job reaches the cluster (sacct shows none new)."""
+
+    def jobs() -> set[str]:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-S", "now-1days", "-o", "JobID"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return set(out.stdout.split())
+
+    before = jobs()
+    out = run_command(train_cmd(tmp_path, "ordering=1-2-3,one_off", "plan_only=true"))
+    assert "plan: 2 jobs, 0 invalid, nothing trained" in out.stdout
+    assert "nothing is queued" in out.stdout + out.stderr
+    assert jobs() == before
+    assert not list(tmp_path.rglob(".submitit"))

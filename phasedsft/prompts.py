@@ -82,9 +82,12 @@ class UserAssistantTemplate:
     ``PromptIterableDataset.tokenize_example``): the user turn is ``"User: " + prompt`` between
     the tokenizer's BOS and EOS, the model turn starts with the separator ``"\n"`` and
     ``"Assistant: "`` (both masked), and the output ends with EOS (in the loss). Their scored
-    files already hold the prompt as instruction and input joined by a newline (see
-    ``Alpaca-scored/*.jsonl``), which is what :meth:`prompt_body` rebuilds from an Alpaca
-    triplet. Each piece is tokenised on its own, as theirs is; BOS / EOS are the tokenizer's ids.
+    files hold the prompt as they trained it (``Alpaca-scored/*.jsonl``, trained verbatim by
+    ``dataset=authors_alpaca``): the instruction with "." appended when it does not end in one,
+    then a newline and the input. :meth:`prompt_body` rebuilds instruction + newline + input from
+    an Alpaca triplet you scored yourself, without that full stop (the authors' code adds none:
+    it is in their data files). Each piece is tokenised on its own, as theirs is; BOS / EOS are
+    the tokenizer's ids.
     """
 
     name: str = "authors"

@@ -31,6 +31,7 @@ from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import build_manifest
 from phasedsft.segment.methods import sizes_for
+from phasedsft.segment.paper import paper_check
 
 log = logging.getLogger(__name__)
 
@@ -360,12 +361,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "unused_fields": loaded.unused_fields,
         },
     }
+    paper = paper_check(  # the authors' released scores: stage sizes beside the paper's
+        cfg.dataset.name,
+        cfg.dataset.source.get("path"),
+        manifest.thresholds,
+        rows,
+        loaded.skips.count,
+        cfg.dataset.max_examples is not None,
+    )
+    if paper is not None:
+        summary["paper_stage_sizes"] = paper.to_json()
     conversations = any(ex.messages is not None for ex in examples)
     chat_template = bool(getattr(tokenizer, "chat_template", None))
     summary["train_command"] = train_command(manifest_path, conversations, chat_template)
     atomic_write_json(run_dir / "summary.json", summary)
     print(
         f"\n{table_markdown(rows)}\nthresholds: {manifest.thresholds}\n\n"
+        + (f"{paper.text()}\n\n" if paper is not None else "")
         + "\n".join(sens_md)
         + f"\n\ndensity plot: {run_dir / 'density.png'}\nstage manifest: {manifest_path}\n"
         f"train on it: {summary['train_command']}\n{train_note(conversations, chat_template)}",

@@ -34,6 +34,7 @@ demo: $(STAMP)  ## the whole pipeline on the embedded offline default (~7 min on
 	@echo "density + Table 1:  $(DEMO)/segment/graded/density.png, table1.md"
 	@echo "win rates:          $(DEMO)/evaluation/reference/table.md (Figure 1: figure1_stages.png)"
 	@echo "accuracy per level: $(DEMO)/evaluation/reference/categories.md"
+	@echo "everything, one page: $(DEMO)/evaluation/reference/report.html"
 
 test: $(STAMP)  ## every test: unit, config and integration (what CI runs)
 	$(PY) -m pytest -m "integration or not integration" --durations=15

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from phasedsft.config_check import check_targets
+from phasedsft.config_check import check_config
+from phasedsft.nospace import is_no_space, no_space_error
 from phasedsft.records import DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,14 +59,23 @@ def _job_name() -> str | None:
 
 
 def user_error(e: BaseException) -> BaseException | None:
-    """The user error behind ``e``, also when a library wrapped it (Hydra's ``instantiate``)."""
+    """The user error behind ``e``, also when a library wrapped it (Hydra's ``instantiate``).
+
+    A write that found the disk full (``OSError`` ENOSPC, SQLite's "database or disk is full",
+    torch's or safetensors' failed write) is one too: ``no space left on <path>``
+    (:func:`phasedsft.nospace.no_space_error`)."""
     seen: set[int] = set()
+    chain: list[BaseException] = []
     cause: BaseException | None = e
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, USER_ERRORS):
             return cause
         seen.add(id(cause))
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    for cause in chain:
+        if is_no_space(cause):
+            return no_space_error(cause)
     return None
 
 
@@ -120,7 +130,7 @@ def plain_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             if args and isinstance(args[0], DictConfig):  # misspelt or unset keys of _target_ nodes
-                check_targets(args[0])
+                check_config(args[0])
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
             print(f"\n{interrupted_message(_job_name())}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from phasedsft.io import sha256_json
+from phasedsft.ranges import Range, ranged
 
 MAX_GENERATED_STAGES = 4
 
@@ -94,14 +95,15 @@ class DatasetConfig:
     name: str = MISSING
     source: Any = MISSING  # node with _target_ (phasedsft.data.loaders.* / graded.generate_suite)
     eval: Any = None  # optional held-out data, same kind of node
-    max_examples: int | None = None  # seeded subsample, for data-quantity sweeps
-    subsample_seed: int = "${seed}"  # type: ignore[assignment]
+    # seeded subsample, for data-quantity sweeps
+    max_examples: int | None = ranged(None, ge=1, why="examples kept; null: all")
+    subsample_seed: int = ranged("${seed}", ge=0)
 
 
 @dataclass
 class SegmentConfig:
     method: Any = MISSING  # node with _target_ (phasedsft.segment.methods.ManualThresholds, ...)
-    random_seed: int = "${seed}"  # type: ignore[assignment]
+    random_seed: int = ranged("${seed}", ge=0)
     manifest: str | None = None  # use this stage manifest instead of segmenting
 
 
@@ -140,16 +142,19 @@ class StagePolicy:
 class TrainerConfig:
     """Per-stage hyper-parameters; every stage uses the same ones (paper defaults)."""
 
-    learning_rate: float = 5e-6
-    num_train_epochs: float = 2.0
-    per_device_train_batch_size: int = 16
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.1
+    learning_rate: float = ranged(5e-6, gt=0, why="the optimizer's peak step size")
+    num_train_epochs: float = ranged(2.0, gt=0, why="passes over each stage")
+    per_device_train_batch_size: int = ranged(16, ge=1, why="examples per device per step")
+    per_device_eval_batch_size: int = ranged(16, ge=1, why="examples per device per batch")
+    gradient_accumulation_steps: int = ranged(1, ge=1, why="batches per optimizer step")
+    weight_decay: float = ranged(0.1, ge=0)
+    warmup_ratio: float = ranged(0.1, ge=0, le=1, why="the share of steps warming up")
     lr_scheduler_type: str = "cosine"
-    max_seq_length: int = 512
-    max_steps: int = -1  # per stage; -1 lets num_train_epochs decide
+    max_seq_length: int = ranged(512, ge=1, why="tokens per example")
+    # per stage; -1 lets num_train_epochs decide
+    max_steps: int = ranged(
+        -1, ge=1, also=(-1,), why="optimizer steps per stage; -1: epochs decide"
+    )
     # every_epoch: a fresh seeded shuffle of the stage per epoch; once: one shuffle, fed again
     # every epoch (the authors' code: one seeded sample at load, DataLoader shuffle=False)
     shuffle: Shuffle = Shuffle.every_epoch
@@ -160,20 +165,20 @@ class TrainerConfig:
     # packing_max_tokens tokens (null: max_seq_length), attention kept per example
     # (phasedsft/train/packing.py); off in the paper's recipe.
     packing: bool = False
-    packing_max_tokens: int | None = None
+    packing_max_tokens: int | None = ranged(None, ge=1, why="tokens per packed row")
     # How a batch of packed rows reaches the model (the same loss either way): flat needs a
     # kernel that skips attention across examples (flash attention's varlen); with sdpa /
     # eager its mask is dense over the whole batch, so rows is the default there.
     packing_layout: PackingLayout = PackingLayout.auto
-    save_steps: int = 200
-    save_total_limit: int = 2
+    save_steps: int = ranged(200, ge=1, why="optimizer steps between checkpoints")
+    save_total_limit: int = ranged(2, ge=1, why="checkpoints kept per stage")
     keep_checkpoints: bool = False  # keep mid-stage checkpoints after a stage completes
-    logging_steps: int = 10
+    logging_steps: int = ranged(10, ge=1, why="optimizer steps between log lines")
     optim: str = "adamw_torch"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    adam_beta1: float = ranged(0.9, ge=0, lt=1)
+    adam_beta2: float = ranged(0.999, ge=0, lt=1)
+    adam_epsilon: float = ranged(1e-8, gt=0)
+    max_grad_norm: float = ranged(1.0, ge=0, why="gradient clipping norm; 0: none")
     # Mixed precision with fp32 master weights (phasedsft/train/precision.py). bf16: null = bf16
     # autocast wherever a CUDA GPU supports it, fp32 elsewhere.
     bf16: bool | None = None
@@ -182,7 +187,7 @@ class TrainerConfig:
     # them to fp32 (true) or stop with a plain error (false).
     upcast_half_weights: bool = True
     gradient_checkpointing: bool = False
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int = ranged(0, ge=0, why="data loading processes; 0: in the main one")
     use_cpu: bool = False
     deepspeed: Any = None  # a DeepSpeed config (trainer/deepspeed=zero2|zero3|zero3_offload); "auto" fields filled by the Trainer
     peft: Any = None  # adapter settings with _target_ (trainer/peft=lora); None: full fine-tuning
@@ -195,9 +200,9 @@ class EvalConfig:
     after_each_stage: bool = True  # held-out loss (per difficulty level) after every stage
     by_task: bool = False  # ... and per task family (meta "task"): the forgetting matrix's columns
     generate: bool = True  # greedy answers + judge at the end
-    max_new_tokens: int = 32
-    batch_size: int = 32
-    max_items: int | None = None
+    max_new_tokens: int = ranged(32, ge=1, why="answer tokens")
+    batch_size: int = ranged(32, ge=1, why="prompts per generate call")
+    max_items: int | None = ranged(None, ge=1, why="items answered; null: all")
 
 
 @dataclass
@@ -211,7 +216,7 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -231,8 +236,8 @@ class TrainConfig:
     # Print N examples of each stage with the tokens in the loss marked, then stop as plan_only
     # does (phasedsft/train/inspect.py); inspect_stage=K: stage K only (1-based, training order);
     # inspect_tokens=true: also one line per token (id, token, label)
-    inspect: int = 0
-    inspect_stage: int | None = None
+    inspect: int = ranged(0, ge=0, why="examples printed per stage; 0: none")
+    inspect_stage: int | None = ranged(None, ge=1, why="the stage printed, from 1")
     inspect_tokens: bool = False
 
 
@@ -247,11 +252,12 @@ class ScoreRunConfig:
 class DataJobConfig:
     """What every job over a dataset shares (score.py, segment.py)."""
 
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     model: ModelConfig = MISSING  # local-LM scorers; the tokenizer for token counts
     dataset: DatasetConfig = MISSING
     scorer: Any = MISSING
-    trainer: Any = None  # unused by these jobs; composed only because run names hash it (since v1)
+    # unused by these jobs; composed only because run names hash it (since v1)
+    trainer: Any = field(default=None, metadata={"schema": TrainerConfig})
 
 
 @dataclass
@@ -259,7 +265,10 @@ class ScoreConfig(DataJobConfig):
     """``score.py``: score a dataset's difficulty."""
 
     dry_run: bool = False  # print the cost estimate and stop before any request
-    thresholds: list[float] = field(default_factory=lambda: [1.5, 3.5])  # drawn on the histogram
+    # drawn on the histogram; inside the scores' range (config_check.check_thresholds)
+    thresholds: list[float] = field(
+        default_factory=lambda: [1.5, 3.5], metadata={"range": Range(why="lines drawn")}
+    )
     run: ScoreRunConfig = field(default_factory=ScoreRunConfig)
 
 
@@ -296,12 +305,16 @@ class EvalSetConfig:
     name: str = MISSING
     source: Any = None  # node with _target_ (load_eval_set); None: the run's own held-out data
     categories: list[str] = field(default_factory=list)  # item fields to break results down by
-    max_items: int | None = None  # the first N items (quick looks)
-    expected_items: int | None = None  # the paper's count: a different count is reported
+    # the first N items (quick looks)
+    max_items: int | None = ranged(None, ge=1, why="the first N items; null: all")
+    # the paper's count: a different count is reported
+    expected_items: int | None = ranged(None, ge=1, why="the items the set should have")
     # This set's answer lengths: max_new_tokens (answer tokens) and / or max_length (prompt +
     # answer tokens, the authors' setting); null = no limit of that kind. A non-null
     # generator.max_new_tokens / generator.max_length overrides them for every set.
-    generation: dict[str, int | None] = field(default_factory=dict)
+    generation: dict[str, int | None] = field(
+        default_factory=dict, metadata={"range": Range(ge=1, why="tokens")}
+    )
 
 
 @dataclass
@@ -317,8 +330,8 @@ class EvaluateConfig:
     generator: Any = MISSING
     judge: Any = MISSING
     rule: FoldRule = FoldRule.paper
-    bootstrap: int = 2000
-    seed: int = 0
+    bootstrap: int = ranged(2000, ge=1, why="bootstrap resamples for the CIs")
+    seed: int = ranged(0, ge=0)
     generate_only: bool = False  # stop after the answers (e.g. to judge elsewhere)
     dry_run: bool = False  # answers + the judge's cost estimate; no judge request
     export_alpacaeval: bool = True
@@ -338,6 +351,8 @@ class OneOffOrdering:
 @dataclass
 class PhasedOrdering:
     _target_: str = "phasedsft.train.ordering.Phased"
+    # A name that spells stages (``3-2-1``, ``only-3``) must be the stages trained: a run is
+    # named, summarized and evaluated by it (phasedsft.train.ordering.check_stages)
     name: str = "phased"
     stages: list[int] = MISSING
 
@@ -400,6 +415,24 @@ def stage_sequences(max_stages: int = MAX_GENERATED_STAGES) -> list[tuple[int, .
     """Every ordered selection of distinct stages from 1..max_stages (permutations and subsets)."""
     stages = range(1, max_stages + 1)
     return [p for r in range(1, max_stages + 1) for p in itertools.permutations(stages, r)]
+
+
+def stages_name(stages: list[int] | tuple[int, ...]) -> str:
+    """The name of an ordering training these difficulty stages: ``1-2-3``, ``only-3``."""
+    seq = [int(s) for s in stages]
+    return "-".join(map(str, seq)) if len(seq) > 1 else f"only-{seq[0]}"
+
+
+_STAGES_NAME = re.compile(r"^(?:only-(\d+)|(\d+(?:-\d+)+))$")
+
+
+def named_stages(name: str) -> tuple[int, ...] | None:
+    """The stages an ordering name spells (``3-2-1`` -> (3, 2, 1), ``only-3`` -> (3,)); None
+    for a name that spells none (``phased``, ``random``, ``self_paced``, ...)."""
+    m = _STAGES_NAME.match(str(name))
+    if m is None:
+        return None
+    return (int(m.group(1)),) if m.group(1) else tuple(int(s) for s in m.group(2).split("-"))
 
 
 # ----------------------------------------------------------------- resolvers
@@ -562,7 +595,7 @@ def register() -> None:
     cs.store(group="ordering", name="self_paced", node=SelfPacedOrdering)
     cs.store(group="ordering", name="phased", node=PhasedOrdering)
     for seq in stage_sequences():
-        name = "-".join(map(str, seq)) if len(seq) > 1 else f"only-{seq[0]}"
+        name = stages_name(seq)
         cs.store(group="ordering", name=name, node=PhasedOrdering(name=name, stages=list(seq)))
 
 

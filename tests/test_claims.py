@@ -23,7 +23,9 @@ CTX = mp.get_context("spawn")  # no fork of a parent that may run threads (torch
 
 
 def result(key: str, status: str = "ok", who: str = "") -> Result:
-    return Result(key, who or key, "test", status, 3.0 if status == "ok" else None)
+    # a failure answers its item only when a request was sent (one given up before never does)
+    score = 3.0 if status == "ok" else None
+    return Result(key, who or key, "test", status, score, requests=1)
 
 
 # ------------------------------------------------------------------ worker processes

@@ -59,10 +59,32 @@ def test_recent_replay_weights_the_last_stage_most():
 
 
 def test_matched_compute_feeds_as_many_examples_as_one_off():
-    phases = Replay(fraction=0.5, match_one_off_steps=True).apply(stages(40, 40), 80)
+    phases = Replay(fraction=0.5, match_one_off_steps=True).apply(stages(40, 40), 80, 2.0)
     fed = sum(len(p.sequence(2.0, seed=0)) for p in phases)
     assert fed == 2 * 80  # one-off: 80 examples x 2 epochs
-    assert phases[1].epochs_scale == pytest.approx(80 / 100)
+    assert [p.fed for p in phases] == [64, 96]  # 160 split 40 : 60 (stage 2 holds 20 replayed)
+
+
+@pytest.mark.parametrize("n", [60, 61, 77, 120, 121])
+def test_matched_compute_is_exact_whatever_the_rounding(n):
+    """Per-stage rounding fed 121 against one-off's 120 (#23 item 11): the total is split once."""
+    sizes = (n // 3, n // 3, n - 2 * (n // 3))
+    for epochs in (1.0, 2.0, 3.0, 1.5):
+        phases = Replay(fraction=0.5, match_one_off_steps=True).apply(stages(*sizes), n, epochs)
+        fed = [p.sequence(epochs, seed=0) for p in phases]
+        assert sum(map(len, fed)) == round(n * epochs), (n, epochs)
+        for p, order in zip(phases, fed, strict=True):  # full passes first: no id twice early
+            assert len(set(order[: len(p.ids)])) == min(len(p.ids), len(order))
+
+
+def test_allocate_gives_the_rest_to_the_largest_remainders():
+    # shares 3.5 / 2.333 / 1.167: floors 3 / 2 / 1, the one left to the largest remainder (0.5)
+    assert allocate(7, [3.0, 2.0, 1.0], [10, 10, 10]) == [4, 2, 1]
+    # shares 1.4 / 1.4 / 4.2: floors 1/1/4, one left: remainders .4/.4/.2 -> the first .4
+    assert allocate(7, [1.0, 1.0, 3.0], [10, 10, 10]) == [2, 1, 4]
+    # a cap binds: the rest is split among the others
+    assert allocate(10, [1.0, 1.0, 8.0], [10, 10, 2]) == [4, 4, 2]
+    assert allocate(5, [1.0, 1.0], [1, 1]) == [1, 1]
 
 
 def test_replay_settings_are_checked():
@@ -220,6 +242,29 @@ def test_self_paced_restages_the_rest_by_the_trained_model_and_resumes_exactly(t
     stamps = [(s / "stage.json").stat().st_mtime_ns for s in (s1, s2, s3)]
     assert train(tmp_path, "ordering=self_paced", "trainer.max_steps=3") == run
     assert [(s / "stage.json").stat().st_mtime_ns for s in (s1, s2, s3)] == stamps
+
+
+@pytest.mark.integration
+def test_self_paced_with_replay_recuts_each_example_once_and_records_the_mixture(tmp_path, caplog):
+    """#23 item 8: the re-cut pooled replayed ids with the stage's own (an id fed 4 times in one
+    stage, run.json's mixture wrong); and the last stage alone is not re-scored (item 12)."""
+    from collections import Counter
+
+    run = train(tmp_path, "ordering=self_paced", "replay=uniform", "replay.fraction=0.5")
+    info = json.loads((run / "run.json").read_text())
+    stages = stage_dirs(run)
+    trained: set[str] = set()
+    for k, (stage, record) in enumerate(zip(stages, info["stages"], strict=True)):
+        order = (stage / "data_order.txt").read_text().split()
+        assert max(Counter(order).values()) == 1, stage.name  # one epoch: each id once
+        mixture = record["mixture"]
+        own = mixture[record["name"]]
+        assert sum(mixture.values()) == record["n_examples"] == len(order)
+        if k:  # what replay drew comes from the stages already trained, as they were cut
+            assert 0 < len(order) - own == len(set(order) & trained)
+        trained |= set(order)
+    log = (run / "train.log").read_text()
+    assert log.count("re-staged") == 1  # after stage 1; stage 3 alone keeps its examples
 
 
 def test_self_paced_needs_a_model_based_rescorer():

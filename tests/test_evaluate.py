@@ -44,6 +44,9 @@ def test_reports_from_a_tiny_sweep(sweep, capsys):
     assert {r["baseline"] for r in table} == {next(sweep.glob("graded-tiny-one_off-*")).name}
     md = (out / "table.md").read_text()
     assert md.count("| graded | tiny | 0 |") == 6
+    # the authors' accounting would read every wrong exact-match answer as void: not shown, said why
+    assert "authors' script" not in md and "void" not in md
+    assert "not shown for judge=reference" in md
 
     # Every number in the table is what the replay command computes from the written reviews.
     for row in table:
@@ -147,6 +150,9 @@ def test_llm_judge_on_a_real_test_set_through_a_real_server(sweep, server):
     # structured output keeps even a 135M model to the score format
     assert all(r["n"] + r["unparsed"] == 3 for r in table)
     assert sum(r["n"] for r in table) >= 5
+    # an LLM judge scores both answers: the authors' accounting is kept beside the rule's
+    figures = [json.loads(p.read_text()) for p in (out / "comparisons" / "koala").glob("*.json")]
+    assert len(figures) == 2 and all(f["authors_rule"]["rule"] == "authors" for f in figures)
 
     # Rerun: every reply comes from the cache.
     evaluate(sweep, *args, env={"OPENAI_API_KEY": FAKE_KEY})

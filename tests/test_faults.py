@@ -175,7 +175,9 @@ def test_thirty_percent_bad_replies_finish_within_three_runs(server, tmp_path):
 @pytest.mark.integration
 def test_budget_is_a_hard_cap_when_every_reply_fails_to_parse(server, tmp_path):
     # every reply is a well-formed completion with out-of-range scores, reporting the most a
-    # request can cost (20 output tokens at $1/1K = $0.02); 3 attempts per item. $0.05 buys 2.
+    # request can cost (20 output tokens at $1/1K = $0.02); 3 attempts per item, so an item's
+    # worst case is $0.06. $0.13 holds two items whole: both finish (failed), the third never
+    # starts. (A budget under $0.06 stops before sending: tests/test_budget.py.)
     with FaultProxy(server, ["out_of_range"], cycle=True, usage=(0, 20)) as proxy:
         cmd = score_cmd(
             tmp_path,
@@ -184,14 +186,17 @@ def test_budget_is_a_hard_cap_when_every_reply_fails_to_parse(server, tmp_path):
             "scorer.parse_retries=2",
             "scorer.concurrency=2",
             "scorer.price.output_per_1k=1.0",
-            "scorer.budget_usd=0.05",
+            "scorer.budget_usd=0.13",
         )
         out = run_score(cmd, check=False)
-    assert out.returncode == 3 and "budget of $0.05 reached" in out.stderr, out.stderr[-3000:]
+    assert out.returncode == 3 and "budget of $0.13 reached" in out.stderr, out.stderr[-3000:]
     d = run_dir(tmp_path, 3)
     s = summary(d)
-    assert proxy.counts.total() * 0.02 <= 0.05 + 1e-9 and s["cost_usd"] <= 0.05 + 1e-9
-    assert s["requests"] == proxy.counts.total() == 2  # item 0 and its first retry, each reserved
+    assert proxy.counts.total() * 0.02 <= 0.13 + 1e-9 and s["cost_usd"] <= 0.13 + 1e-9
+    # items 0 and 1, each with its two retries, all reserved before item 0 started
+    assert s["requests"] == proxy.counts.total() == 6
+    assert (s["failed"], s["not_scored"], s["unfinished_kept"]) == (2, 1, 0)
+    assert s["cost_usd"] == pytest.approx(s["cost_from_tokens_usd"] + s["cost_unmetered_usd"])
     adds_up(d)
     e = json.loads((d / "estimate.json").read_text())
     assert e["max_requests"] == 9 and e["est_cost_usd_upper_bound"] == pytest.approx(0.18)

@@ -134,3 +134,124 @@ def test_paper_trainer_shuffles_once_and_planned_order_follows_it():
     assert order[:10] == order[10:] and sorted(order[:10]) == sorted(phase.ids)
     every = compose(["model=llama2_7b", "trainer.shuffle=every_epoch"])
     assert planned_order(every, phase, {})[:10] != planned_order(every, phase, {})[10:]
+
+
+# ------------------------------------------------------------------ a name says what it trains
+
+
+def test_a_generated_ordering_is_named_by_its_stages_and_keeps_its_name():
+    from conftest import compose
+
+    from phasedsft.config import named_stages, stage_sequences, stages_name
+    from phasedsft.train.ordering import check_ordering
+
+    for seq in stage_sequences():  # every option of the group: its name spells its stages
+        assert named_stages(stages_name(seq)) == seq
+        Phased(name=stages_name(seq), stages=list(seq))  # accepted as it is
+    for option in ("1-2-3", "3-2-1", "only-3", "2-4"):
+        cfg = compose([f"ordering={option}"])
+        check_ordering(cfg.ordering)
+        assert cfg.ordering.name == option and stages_name(cfg.ordering.stages) == option
+    # restating an option's own stages changes nothing: the same run, the same directory
+    assert compose(["ordering.stages=[1,2,3]"]).run.name == compose([]).run.name
+    assert [named_stages(n) for n in ("phased", "random", "one_off", "self_paced")] == [None] * 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["ordering.stages=[3,2,1]"],
+            "the ordering is named 1-2-3 (stages 1, 2, 3) but ordering.stages=[3, 2, 1]: a run is "
+            "named, summarized and evaluated by its ordering's name, so choose the ordering by "
+            "name: ordering=3-2-1",
+        ),
+        (
+            ["ordering=only-3", "ordering.stages=[1]"],
+            "choose the ordering by name: ordering=only-1",
+        ),
+        (
+            ["ordering=phased", "ordering.stages=[5,4,3,2,1]", "ordering.name=1-2-3"],
+            "ordering=phased 'ordering.stages=[5,4,3,2,1]' ordering.name=5-4-3-2-1",
+        ),
+        (
+            ["ordering.stages=[1,1,2]"],
+            "ordering.stages=[1, 1, 2] trains stage 1 more than once: each stage is trained once "
+            "per run (more passes over a stage: trainer.num_train_epochs; earlier stages again "
+            "within later ones: replay=uniform)",
+        ),
+        (["ordering=phased", "ordering.stages=[2,3,2]"], "trains stage 2 more than once"),
+        (["ordering=random", "ordering.stages=[2,2]"], "trains stage 2 more than once"),
+        (["ordering=self_paced", "ordering.stages=[1,2,2]"], "trains stage 2 more than once"),
+        (["ordering=interleaved", "ordering.stages=[3,3]"], "trains stage 3 more than once"),
+        # the anti-curriculum is not the curriculum (#23 item 9), nor one pacing another
+        (
+            ["ordering=paced", "ordering.pacing=root", "ordering.anti=true"],
+            "the ordering is named paced-root but trains ordering.pacing=root, ordering.anti=true"
+            ": a run is named, summarized and evaluated by its ordering's name; choose the "
+            "ordering by name: ordering=paced-root-anti",
+        ),
+        (["ordering=paced-root-anti", "ordering.anti=false"], "ordering=paced-root"),
+        (["ordering=paced-root-anti", "ordering.pacing=step"], "ordering=paced-step-anti"),
+    ],
+)
+def test_stages_a_name_contradicts_or_repeats_are_refused_by_name(overrides, message):
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    from phasedsft.records import UserError
+    from phasedsft.train.ordering import check_ordering
+
+    cfg = compose(overrides)
+    with pytest.raises(UserError) as refused:
+        check_ordering(cfg.ordering)
+    assert message in str(refused.value)
+    if cfg.ordering._target_.endswith(("Phased", "RandomPhased")):  # the classes refuse it too
+        with pytest.raises(Exception) as wrapped:
+            instantiate(cfg.ordering)
+        from phasedsft.cli import user_error
+
+        assert message in str(user_error(wrapped.value))
+
+
+def test_stages_that_match_their_name_or_a_name_that_spells_none_are_trained():
+    from conftest import compose
+
+    from phasedsft.train.ordering import check_ordering
+
+    for overrides in (
+        ["ordering=phased", "ordering.stages=[5,4,3,2,1]"],  # named "phased": says no stages
+        ["ordering=phased", "ordering.stages=[3,1]", "ordering.name=3-1"],
+        ["ordering=random", "ordering.stages=[2,1]"],
+        ["ordering=self_paced", "ordering.stages=[3,2,1]"],
+        ["ordering=one_off"],
+        ["ordering=paced-linear"],
+        ["ordering=paced-root-anti"],
+        ["ordering=paced", "ordering.pacing=step"],  # named paced-step by its pacing
+        ["ordering=paced", "ordering.anti=true", "ordering.name=mine"],  # a name of one's own
+    ):
+        check_ordering(compose(overrides).ordering)
+    assert [p.name for p in Phased(stages=[3, 1]).phases(EXAMPLES, MANIFEST)] == [
+        "difficulty-3",
+        "difficulty-1",
+    ]
+
+
+@pytest.mark.integration
+def test_train_py_refuses_a_contradicting_override_before_writing_anything(tmp_path):
+    import sys
+
+    from helpers import run_command
+
+    out = run_command(
+        [sys.executable, "train.py", "ordering.stages=[3,2,1]", f"run.root={tmp_path}"],
+        check=False,
+        no_traceback=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "error: the ordering is named 1-2-3 (stages 1, 2, 3) but ordering.stages=[3, 2, 1]" in (
+        out.stderr
+    )
+    assert "choose the ordering by name: ordering=3-2-1" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no run directory named 1-2-3 left behind

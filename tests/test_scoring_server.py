@@ -165,17 +165,18 @@ def test_server_killed_mid_run_stops_cleanly_and_resumes(tmp_path):
 
 
 def test_budget_stops_then_a_rerun_continues(server, tmp_path):
-    # at this (made-up) price a request may cost up to ~$0.38 (1 token per prompt byte, the
-    # reservation for a model tiktoken does not know) and costs ~$0.14: $0.5 stops early
+    # at this (made-up) price a request may cost up to ~$0.37 (1 token per prompt byte, the
+    # reservation for a model tiktoken does not know) and costs ~$0.14; an item reserves its
+    # worst case, 3 requests (1 + parse_retries), ~$1.10, before it starts: $1.5 stops early
     priced = [
         "scorer.price.input_per_1k=0.5",
         "scorer.price.output_per_1k=1.0",
         "scorer.concurrency=1",
     ]
-    out = run_score(score_cmd(tmp_path, server, 6, *priced, "scorer.budget_usd=0.5"), check=False)
-    assert out.returncode == 3 and "budget of $0.50 reached" in out.stderr
+    out = run_score(score_cmd(tmp_path, server, 6, *priced, "scorer.budget_usd=1.5"), check=False)
+    assert out.returncode == 3 and "budget of $1.50 reached" in out.stderr
     s = summary(tmp_path)
-    assert s["stopped"] and s["cost_usd"] <= 0.5 and 0 < s["ok"] < 6
+    assert s["stopped"] and s["cost_usd"] <= 1.5 and 0 < s["ok"] < 6
     before = cached_rows(tmp_path)
     run_score(score_cmd(tmp_path, server, 6, *priced, "scorer.budget_usd=10"))
     s2 = summary(tmp_path)  # a bigger budget continues the same run (same directory)

@@ -291,7 +291,9 @@ def test_the_engine_redacts_what_it_caches(tmp_path):
     cache = ScoreCache(tmp_path / "s.sqlite")
 
     async def call(job):
-        return Result(job.key, "0", "t", "failed", None, {}, '["key=k-12345"]', "400: k-12345")
+        return Result(
+            job.key, "0", "t", "failed", None, {}, '["key=k-12345"]', "400: k-12345", requests=1
+        )
 
     run_jobs(jobs(1), call, cache, secrets=["k-12345"])
     (r,) = cache.get_many(["k0"]).values()

@@ -65,6 +65,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from phasedsft.checksums import require_verified
 from phasedsft.config import (
     NON_SEMANTIC_KEYS,
     NON_SEMANTIC_SCORER_KEYS,
@@ -112,7 +113,12 @@ class Checkpoint:
 
     @property
     def model_dir(self) -> Path:
-        return self.dir / "model"
+        """The stage's weights, checked against their manifest the first time this process
+        asks (``error: <dir>: <file> does not match its manifest ...`` if they do not)."""
+        model_dir = self.dir / "model"
+        if model_dir.is_dir():
+            require_verified(model_dir, self.dir, once=True)
+        return model_dir
 
     @property
     def final(self) -> bool:

@@ -30,8 +30,9 @@ from phasedsft.evaluate.winrate import ParseError, parse_scores
 from phasedsft.io import sha256_json
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.cost import prompt_tokens
-from phasedsft.llm.endpoint import ChatEndpoint, Rejected, Tally
+from phasedsft.llm.endpoint import ChatEndpoint, Rejected
 from phasedsft.llm.engine import Job, RunStats
+from phasedsft.ranges import ranged
 from phasedsft.records import DataError
 
 ORDERS = ("ab", "ba")
@@ -247,9 +248,11 @@ class OpenAIJudge(ChatEndpoint):
 
     task: ClassVar[str] = "judging"
 
-    max_tokens: int = 512  # the first line holds the scores; the explanation follows
+    # the first line holds the scores; the explanation follows
+    max_tokens: int = ranged(512, ge=1, why="tokens a review may take")
     style: str = "vicuna"  # the prompt: "authors" (their eval.py) or "vicuna" (see STYLES)
-    top_p: float | None = None  # sent when set (the authors sent 1.0, eval.py:181)
+    # sent when set (the authors sent 1.0, eval.py:181)
+    top_p: float | None = ranged(None, gt=0, le=1, why="nucleus sampling mass; null: not sent")
     name: str = "openai"
 
     def __post_init__(self) -> None:
@@ -307,6 +310,7 @@ class OpenAIJudge(ChatEndpoint):
                         (pair, order),
                         prompt_tokens(msgs, self.model) + self.max_tokens,
                         self.price.cost(worst_in, self.max_tokens),
+                        max_requests=1 + self.parse_retries,
                     )
                 )
         return jobs
@@ -337,8 +341,10 @@ class OpenAIJudge(ChatEndpoint):
 
         async def call(job: Job) -> Result:
             pair, order = job.example
-            item, tally = f"{pair.id}:{order}", Tally()
-            for attempt in range(1 + self.parse_retries):
+            item = f"{pair.id}:{order}"
+            # an item an earlier run stopped (budget, endpoint) continues after its kept replies
+            tally = self.tally_for(job, item)
+            for attempt in range(tally.attempts, 1 + self.parse_retries):
                 try:
                     resp = await self.ask(
                         client,
@@ -358,7 +364,7 @@ class OpenAIJudge(ChatEndpoint):
                 except ParseError as e:
                     tally.reason = str(e)
                     continue
-                detail = {"scores": [first, second], "attempts": len(tally.raws)}
+                detail = {"scores": [first, second], "attempts": tally.attempts}
                 return self.succeeded(job, item, tally, first - second, detail, text)
             return self.failed(job, item, tally, f"unparseable review: {tally.reason}")
 

@@ -48,6 +48,7 @@ class Comparison:
     # equal for the same comparison under another seed (None: compare by group label)
     seeds_key: str | None = None
     items_sha: str | None = None  # the test items as judged (ids, questions, references)
+    judge: str | None = None  # the judge's name
 
     @property
     def row(self) -> tuple[str, str, int, str, int]:
@@ -226,6 +227,13 @@ def _same_figures(a: WinRate, b: WinRate) -> bool:
     return abs(a.win_rate - b.win_rate) < 1e-9
 
 
+AUTHORS_ABSENT = (
+    "\n\nThe authors' accounting (`rule=authors`) is not shown for {judges}: it reads two scores "
+    "on a 1-10 scale and calls an item with a score <= 0 void, and this judge marks an answer "
+    "right (1) or wrong (0), so every wrong answer would be void.\n"
+)
+
+
 def authors_differences(comparisons: Sequence[Comparison]) -> str:
     """Cells whose figures under the authors' script (``rule=authors``) differ from the table's:
     the win rate, or W / T / L / N (a void item that the table's rule counts as a loss leaves
@@ -242,9 +250,11 @@ def authors_differences(comparisons: Sequence[Comparison]) -> str:
             f"{other.cell()}; {other.wins}/{other.ties}/{other.losses} of {other.n} "
             f"({other.unparsed} void, kept in N) |"
         )
+    absent = sorted({c.judge for c in comparisons if c.authors is None and c.judge})
+    note = AUTHORS_ABSENT.format(judges=", ".join(f"judge={j}" for j in absent)) if absent else ""
     if not lines:
-        return ""
-    return (
+        return note
+    return note + (
         f"\n\nWhere the authors' script (`rule=authors`: its parser; an item with an unparseable "
         f"review or a score <= 0 in either order stays in N and adds nothing) gives other figures "
         f"(win rate [CI]; W/T/L of N):\n\n"

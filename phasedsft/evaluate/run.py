@@ -63,6 +63,7 @@ from phasedsft.io import atomic_write_json, atomic_write_text, sha256_json
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.llm.engine import RequestsAborted
 from phasedsft.records import DataError
+from phasedsft.report import write_report
 
 log = logging.getLogger(__name__)
 # (data label, model, seed): the label is the dataset's name, plus what tells its group apart
@@ -359,7 +360,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "across_seeds": [a.to_json() for a in seeds],
         "wandb_runs_updated": tracked,
     }
+    summary["report"] = str(out / "report.html")
     atomic_write_json(out / "summary.json", summary)
+    write_report(out, cfg.sweep_dir)  # one self-contained page: figures, tables, every judged item
+    print(f"report: {summary['report']}", flush=True)
     if judged.aborted:
         print(f"error: {judged.aborted}", file=sys.stderr, flush=True)
         raise SystemExit(3)
@@ -545,7 +549,14 @@ def judge_comparison(
     )
     win = summarize(judged, rule, cfg.bootstrap, cfg.seed)
     lengths = length_view(judged, rule, resamples=cfg.bootstrap, seed=cfg.seed)
-    authors = summarize(judged, "authors", cfg.bootstrap, cfg.seed)
+    # The authors' script reads two 1-10 scores and calls an item with a score <= 0 void: a judge
+    # that marks answers right (1) or wrong (0) would make every wrong answer void, so their
+    # accounting is shown only for judges that score both answers (report.AUTHORS_ABSENT says so).
+    authors = (
+        None
+        if isinstance(judge, MarksAnswers)
+        else summarize(judged, "authors", cfg.bootstrap, cfg.seed)
+    )
     accuracy = None
     if t.es.has_references and isinstance(judge, MarksAnswers):
         n = len(t.pairs)
@@ -570,6 +581,7 @@ def judge_comparison(
         lengths,
         seeds_key=seeds_key_of(t.run),
         items_sha=items_sha(t.pairs),
+        judge=judge.name,
     )
     atomic_write_json(
         folder / f"{t.label}.json",
@@ -584,7 +596,7 @@ def judge_comparison(
             "accuracy": accuracy,
             "category_accuracy": cat_acc,
             "judge_run": result.stats,
-            "authors_rule": authors.to_json(),
+            "authors_rule": authors.to_json() if authors else None,
             "lengths": lengths.to_json() if lengths else None,
         },
     )

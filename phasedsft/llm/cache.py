@@ -17,10 +17,22 @@ as stale (free) once its ``ttl`` has passed, or at once when the holder ran on t
 its pid is gone (``kill -9``, a crash). A holder that claims a key again renews it, so a call
 that may outlast the ``ttl`` can keep its claim. Claims never block a read: they only
 decide who asks.
+
+**Partial records** (table ``partials``) keep the paid replies of an item whose call stopped
+before its answer (the budget, the endpoint, an interruption): its raw replies, attempts,
+tokens and cost. They are never an answer; the next run continues the item from them, and
+the item's ``put`` removes its partial record in the same transaction.
+
+**A full disk loses no answer.** Each cache keeps :data:`RESERVE_BYTES` of disk in a file
+beside it (``<name>.reserve``). A write of an answer (or a partial record) that finds the disk
+full deletes the reserve and writes again, so the answer in hand is kept; ``disk_full`` then
+tells the engine to stop asking (:class:`~phasedsft.nospace.NoSpace`). The next run makes the
+reserve again first: with the disk still full, it stops before sending anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,12 +40,13 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from phasedsft.io import sha256_json
+from phasedsft.nospace import NoSpace, is_no_space, no_space_message
 from phasedsft.records import Example
 
 SCHEMA = """
@@ -53,6 +66,24 @@ CREATE TABLE IF NOT EXISTS results (
     created REAL NOT NULL
 )
 """
+UNMETERED = "ALTER TABLE results ADD COLUMN unmetered_usd REAL NOT NULL DEFAULT 0"
+
+PARTIALS = """
+CREATE TABLE IF NOT EXISTS partials (
+    key TEXT PRIMARY KEY,            -- a results key with no answer yet
+    example_id TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    detail TEXT NOT NULL,            -- JSON: {"attempts": replies asked for so far}
+    raw TEXT,                        -- JSON list of the raw replies received
+    error TEXT,                      -- why the last attempt failed
+    cost_usd REAL NOT NULL DEFAULT 0,
+    unmetered_usd REAL NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+)
+"""
 
 CLAIMS = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -65,6 +96,11 @@ CREATE TABLE IF NOT EXISTS claims (
 )
 """
 
+RESERVE_BYTES = 512 * 1024  # disk kept free beside each cache for answers that meet a full disk
+# what counts as an item's answer to a run of requests (run_jobs, claims): any ok result, or a
+# failure some request answered (a request failure recorded with no request sent says nothing
+# about the item: a setting gave up before asking). Local scorers read their results directly.
+ANSWERED = "(status = 'ok' OR (status = 'failed' AND requests > 0))"
 CLAIM_TTL_S = 900.0  # a claim's lifetime: longer than one item's call, retries and backoff included
 HOST = socket.gethostname()
 _CHUNK = 900  # SQLite's limit on bound parameters, with room to spare
@@ -114,17 +150,33 @@ class Result:
     detail: dict[str, Any] = field(default_factory=dict)
     raw: str | None = None
     error: str | None = None
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # every request's cost: usage x prices, or its worst case (unmetered)
     tokens_in: int = 0
     tokens_out: int = 0
     requests: int = 0
+    unmetered_usd: float = 0.0  # of cost_usd: requests whose reply reported no usage
+
+
+def is_answer(r: Result) -> bool:
+    """Whether a recorded result answers its item (see :data:`ANSWERED`)."""
+    return r.status == "ok" or (r.status == "failed" and r.requests > 0)
+
+
+_COLUMNS = (
+    "key, example_id, scorer, status, score, detail, raw, error, cost_usd, tokens_in, "
+    "tokens_out, requests, unmetered_usd"
+)
 
 
 class ScoreCache:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, reserve_bytes: int = RESERVE_BYTES):
         self._token = secrets.token_hex(4)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve = self.path.with_name(self.path.name + ".reserve")
+        self.reserve_bytes = reserve_bytes
+        self.disk_full: NoSpace | None = None  # set once a write needed the reserve
+        self._make_reserve()
         # used by one thread at a time (the engine may run its event loop in a helper thread)
         self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         # Switching a new file to WAL does not wait on SQLite's busy timeout: two processes
@@ -137,9 +189,78 @@ class ScoreCache:
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute(SCHEMA)
                 self.db.execute(CLAIMS)
+                self.db.execute(PARTIALS)
+                columns = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+                if "unmetered_usd" not in columns:  # a cache written before the column
+                    self.db.execute(UNMETERED)
                 self.db.commit()
+            except sqlite3.Error as e:
+                if is_no_space(e):
+                    raise self._no_space("the cache could not be set up") from e
+                raise
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------ a full disk
+
+    def _no_space(self, what: str) -> NoSpace:
+        return NoSpace(f"{no_space_message(self.path)}: {what} ({self.path})", path=str(self.path))
+
+    def _make_reserve(self) -> None:
+        """The disk this cache keeps free for answers that arrive as the disk fills up."""
+        if not self.reserve_bytes:
+            return
+        try:
+            if self.reserve.exists() and self.reserve.stat().st_size >= self.reserve_bytes:
+                return
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            self.reserve.unlink(missing_ok=True)
+            raise NoSpace(
+                f"{no_space_message(self.path)}: the cache keeps {self.reserve_bytes // 1024} KiB "
+                f"free beside it ({self.reserve}) so that no answer is lost when the disk fills "
+                "up; nothing was sent. Free space and rerun the same command to continue",
+                path=str(self.path),
+            ) from e
+
+    def _write(self, statements: Callable[[], None], what: str, reserve: bool = True) -> None:
+        """Run ``statements`` and commit. A full disk: with ``reserve``, free the reserve and
+        write again (then ``disk_full`` is set: stop asking), else :class:`NoSpace`."""
+        try:
+            statements()
+            self.db.commit()
+            return
+        except sqlite3.Error as e:
+            self._rollback()
+            if not is_no_space(e):
+                raise
+            if not reserve:
+                raise self._no_space(f"{what} not written") from e
+            # free the reserve (another process sharing the cache may have freed it already:
+            # write again either way)
+            self.reserve.unlink(missing_ok=True)
+            first = e
+        try:
+            statements()
+            self.db.commit()
+        except sqlite3.Error as e:
+            self._rollback()
+            if is_no_space(e):
+                raise self._no_space(f"{what} not written, even into the reserve") from first
+            raise
+        self.disk_full = self._no_space(
+            f"the disk filled up; {what} was written into the space kept in reserve"
+        )
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.rollback()
 
     @property
     def owner(self) -> str:
@@ -147,41 +268,105 @@ class ScoreCache:
         return f"{HOST}:{os.getpid()}:{self._token}"
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Result]:
+        """The recorded results of these keys (failures given up before asking included:
+        :func:`is_answer` tells which answer their item)."""
         keys = list(keys)
         out: dict[str, Result] = {}
-        for start in range(0, len(keys), 900):  # SQLite's limit on bound parameters
-            chunk = keys[start : start + 900]
+        for chunk in _chunks(keys):
             rows = self.db.execute(
-                "SELECT key, example_id, scorer, status, score, detail, raw, error, cost_usd, tokens_in, "
-                f"tokens_out, requests FROM results WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT {_COLUMNS} FROM results WHERE key IN ({','.join('?' * len(chunk))})",
+                list(chunk),
             ).fetchall()
             for r in rows:
                 out[r[0]] = Result(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), *r[6:])
         return out
 
     def put(self, r: Result) -> None:
-        """Record a result (one commit); the claim this cache's owner held on its key ends."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                r.key,
-                r.example_id,
-                r.scorer,
-                r.status,
-                r.score,
-                json.dumps(r.detail),
-                r.raw,
-                r.error,
-                r.cost_usd,
-                r.tokens_in,
-                r.tokens_out,
-                r.requests,
-                time.time(),
-            ),
-        )
-        self.db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (r.key, self.owner))
-        self.db.commit()
+        """Record a result (one commit); the claim this cache's owner held on its key ends, and
+        so does the item's partial record."""
+
+        def statements() -> None:
+            self.db.execute(
+                f"INSERT OR REPLACE INTO results ({_COLUMNS}, created) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    r.key,
+                    r.example_id,
+                    r.scorer,
+                    r.status,
+                    r.score,
+                    json.dumps(r.detail),
+                    r.raw,
+                    r.error,
+                    r.cost_usd,
+                    r.tokens_in,
+                    r.tokens_out,
+                    r.requests,
+                    r.unmetered_usd,
+                    time.time(),
+                ),
+            )
+            self.db.execute("DELETE FROM partials WHERE key = ?", (r.key,))
+            self.db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (r.key, self.owner))
+
+        self._write(statements, f"the answer of item {r.example_id}")
+
+    def put_partial(self, r: Result) -> None:
+        """Keep the paid replies of an item stopped before its answer (one commit); the item
+        stays unanswered, and this owner's claim on it ends."""
+
+        def statements() -> None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO partials (key, example_id, scorer, detail, raw, error, "
+                "cost_usd, unmetered_usd, tokens_in, tokens_out, requests, created) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    r.key,
+                    r.example_id,
+                    r.scorer,
+                    json.dumps(r.detail),
+                    r.raw,
+                    r.error,
+                    r.cost_usd,
+                    r.unmetered_usd,
+                    r.tokens_in,
+                    r.tokens_out,
+                    r.requests,
+                    time.time(),
+                ),
+            )
+            self.db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (r.key, self.owner))
+
+        self._write(statements, f"the replies received for item {r.example_id}")
+
+    def partials(self, keys: Iterable[str]) -> dict[str, Result]:
+        """The kept partial records of these keys (status ``partial``)."""
+        keys = list(keys)
+        out: dict[str, Result] = {}
+        for chunk in _chunks(keys):
+            rows = self.db.execute(
+                "SELECT key, example_id, scorer, detail, raw, error, cost_usd, tokens_in, "
+                "tokens_out, requests, unmetered_usd FROM partials "
+                f"WHERE key IN ({','.join('?' * len(chunk))})",
+                list(chunk),
+            ).fetchall()
+            for k, ex, sc, detail, raw, err, cost, t_in, t_out, req, unmetered in rows:
+                out[k] = Result(
+                    k,
+                    ex,
+                    sc,
+                    "partial",
+                    None,
+                    json.loads(detail),
+                    raw,
+                    err,
+                    cost,
+                    t_in,
+                    t_out,
+                    req,
+                    unmetered,
+                )
+        return out
 
     # ------------------------------------------------------------ claims (see the module doc)
 
@@ -191,7 +376,8 @@ class ScoreCache:
         done: set[str] = set()
         for chunk in _chunks(keys):
             rows = self.db.execute(
-                f"SELECT key, status, created FROM results WHERE key IN ({','.join('?' * len(chunk))})",
+                f"SELECT key, status, created FROM results WHERE {ANSWERED} "
+                f"AND key IN ({','.join('?' * len(chunk))})",
                 list(chunk),
             ).fetchall()
             done.update(
@@ -225,8 +411,8 @@ class ScoreCache:
         granted: list[str] = []
         if not keys:
             return granted
-        self.db.execute("BEGIN IMMEDIATE")  # the write lock first: check and take atomically
         try:
+            self.db.execute("BEGIN IMMEDIATE")  # the write lock first: check and take atomically
             now = time.time()
             done = self._done(keys, since)
             held: dict[str, tuple[str, str, int, float]] = {}
@@ -248,8 +434,10 @@ class ScoreCache:
                 [(k, owner, HOST, os.getpid(), now, now + ttl) for k in granted],
             )
             self.db.commit()
-        except BaseException:
-            self.db.rollback()
+        except BaseException as e:
+            self._rollback()
+            if isinstance(e, sqlite3.Error) and is_no_space(e):  # nothing sent yet: nothing lost
+                raise self._no_space("no item can be claimed") from e
             raise
         return granted
 
@@ -271,12 +459,17 @@ class ScoreCache:
         """Give up ``owner``'s claims on these keys (its call failed or the run stopped)."""
         keys = list(keys)
         owner = owner or self.owner
-        for chunk in _chunks(keys):
-            self.db.execute(
-                f"DELETE FROM claims WHERE owner = ? AND key IN ({','.join('?' * len(chunk))})",
-                [owner, *chunk],
-            )
-        self.db.commit()
+
+        def statements() -> None:
+            for chunk in _chunks(keys):
+                self.db.execute(
+                    f"DELETE FROM claims WHERE owner = ? AND key IN ({','.join('?' * len(chunk))})",
+                    [owner, *chunk],
+                )
+
+        # a full disk: the claim stays, and is free once its holder has exited (stale)
+        with contextlib.suppress(NoSpace):
+            self._write(statements, "a claim's release", reserve=False)
 
     def claims(self) -> dict[str, dict[str, Any]]:
         """Every claim on record, stale ones included (``stale`` says which): for a look."""
@@ -295,6 +488,7 @@ class ScoreCache:
         }
 
     def count(self) -> int:
+        """Results recorded (partial records not included)."""
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
     def close(self) -> None:

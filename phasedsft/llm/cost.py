@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from phasedsft.ranges import ranged
+
 log = logging.getLogger(__name__)
 
 
@@ -15,8 +17,8 @@ log = logging.getLogger(__name__)
 class Price:
     """US dollars per 1,000 tokens (set them from your provider's price list)."""
 
-    input_per_1k: float = 0.0
-    output_per_1k: float = 0.0
+    input_per_1k: float = ranged(0.0, ge=0, why="USD per 1,000 prompt tokens")
+    output_per_1k: float = ranged(0.0, ge=0, why="USD per 1,000 completion tokens")
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return tokens_in / 1000 * self.input_per_1k + tokens_out / 1000 * self.output_per_1k

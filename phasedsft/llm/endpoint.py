@@ -25,7 +25,8 @@ from typing import Any, ClassVar
 
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.cost import Price
-from phasedsft.llm.engine import EndpointError, Job, RunStats, redact, run_jobs
+from phasedsft.llm.engine import EndpointError, Job, RunStats, Tally, redact, run_jobs
+from phasedsft.ranges import ranged
 from phasedsft.records import DataError
 
 RETRY_STATUS = (408, 409, 429)  # and 5xx: retried with backoff, as the openai client does
@@ -101,35 +102,25 @@ def retry_delay(retry: int, headers: Any = None) -> float:
 
 
 @dataclass
-class Tally:
-    """What one item's requests sent and got back: every raw reply, tokens, requests, and the
-    reason the last attempt failed (for the record when every attempt fails)."""
-
-    raws: list[str | None] = field(default_factory=list)
-    tokens_in: int = 0
-    tokens_out: int = 0
-    requests: int = 0
-    reason: str = ""
-
-
-@dataclass
 class ChatEndpoint:
     task: ClassVar[str] = "scoring"  # what a stopped run says stopped ("judging" for judges)
     model: str = "gpt-4-0613"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 24
-    seed: int | None = 0
-    parse_retries: int = 2  # ask again when a reply cannot be parsed
+    temperature: float = ranged(0.0, ge=0, le=2, why="sampling temperature; 0: greedy")
+    max_tokens: int = ranged(24, ge=1, why="tokens a reply may take")
+    seed: int | None = ranged(0, ge=0, why="the first request's seed; null: none sent")
+    # ask again when a reply cannot be parsed
+    parse_retries: int = ranged(2, ge=0, why="requests after an unparseable reply")
     structured: bool = False  # send a JSON schema as response_format (servers that support it)
-    concurrency: int = 16
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    max_retries: int = 5  # retries of a request on 429 / 5xx / timeouts / no reply, with backoff
-    timeout: float = 120.0
+    concurrency: int = ranged(16, ge=1, why="requests in flight at once")
+    requests_per_minute: float | None = ranged(None, gt=0, why="null: no limit")
+    tokens_per_minute: float | None = ranged(None, gt=0, why="null: no limit")
+    # retries of a request on 429 / 5xx / timeouts / no reply, with backoff
+    max_retries: int = ranged(5, ge=0, why="resends of a request that got no usable answer")
+    timeout: float = ranged(120.0, gt=0, why="seconds to wait for a reply")
     price: Price = field(default_factory=Price)
-    budget_usd: float | None = None
+    budget_usd: float | None = ranged(None, gt=0, why="this run's spending cap in USD; null: none")
     retry_failed: bool = False  # ask again for items cached as failed (unparseable, rejected)
     name: str = "openai"
 
@@ -194,10 +185,11 @@ class ChatEndpoint:
         """One HTTP request: reserve its worst case, send it, settle what it cost."""
         import openai
 
-        account = job.account
+        account, tally = job.account, job.tally
         if account is not None:
             await account.begin()  # OutOfBudget: the engine stops the run cleanly
         cost = job.est_cost  # unless the reply says what it cost, assume the worst
+        usage: tuple[int, int] | None = None
         try:
             try:
                 resp = await client.chat.completions.create(
@@ -233,42 +225,53 @@ class ChatEndpoint:
                     "the reply is not a chat completion (a non-JSON content type)",
                     self.redact(resp)[:RAW_CHARS],
                 )
+            usage = usage_of(resp)  # a reply that is not a completion may still report it
+            if usage is not None:
+                cost = self.price.cost(*usage)
             problem = completion_problem(resp)
             if problem:
                 dump = getattr(resp, "model_dump_json", None)
                 body = dump() if callable(dump) else repr(resp)
                 raise BadReply(problem, self.redact(body)[:RAW_CHARS])
-            usage = usage_of(resp)
-            if usage is not None:
-                cost = self.price.cost(*usage)
             return resp
         finally:
+            if tally is not None:  # every request sent, and the tokens its reply reported
+                tally.requests += 1
+                if usage is not None:
+                    tally.tokens_in += usage[0]
+                    tally.tokens_out += usage[1]
             if account is not None:
-                account.end(cost)
+                account.end(cost, metered=usage is not None or cost == 0)
 
     async def ask(
         self, client: Any, job: Job, messages: list[dict[str, str]], tally: Tally, **kwargs: Any
     ) -> Any | None:
         """One attempt of ``job``: the completion, or ``None`` when the reply was not a chat
         completion (a failed attempt, its raw text kept). :class:`Rejected` propagates: the
-        item is then recorded as failed. What was sent and used is added to ``tally``."""
+        item is then recorded as failed. Every request sent and the tokens its reply reported
+        are added to ``tally`` (the job's: the engine keeps its replies if the call stops)."""
+        job.tally = tally
         try:
             resp = await self.complete(client, job, messages, **kwargs)
         except BadReply as e:
-            tally.requests += 1
+            tally.attempts += 1
             tally.raws.append(e.raw)
             tally.reason = str(e)
             return None
-        tally.requests += 1
-        usage = usage_of(resp)
-        if usage is not None:
-            tally.tokens_in += usage[0]
-            tally.tokens_out += usage[1]
+        tally.attempts += 1
         return resp
+
+    def tally_for(self, job: Job, item_id: str) -> Tally:
+        """The item's tally: it continues the replies an earlier run kept (``job.resume``)."""
+        job.tally = Tally.resumed(job.resume, item_id, self.name)
+        return job.tally
 
     def failed(self, job: Job, item_id: str, tally: Tally, reason: str) -> Result:
         """The item's failure, with every raw reply and what its requests cost."""
-        return self._result(job, item_id, tally, "failed", None, {}, json.dumps(tally.raws), reason)
+        detail = {"attempts": tally.attempts}
+        return self._result(
+            job, item_id, tally, "failed", None, detail, json.dumps(tally.raws), reason
+        )
 
     def succeeded(
         self, job: Job, item_id: str, tally: Tally, score: float, detail: dict[str, Any], raw: str
@@ -320,4 +323,8 @@ class ChatEndpoint:
             desc=desc,
             secrets=self.secrets(),
             task=self.task,
+            budget_option=f"{ROLES.get(self.task, 'scorer')}.budget_usd",
         )
+
+
+ROLES = {"scoring": "scorer", "judging": "judge", "generation": "generator"}  # config groups

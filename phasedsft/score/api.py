@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 from phasedsft.llm.cache import Result, cache_key
 from phasedsft.llm.cost import count_tokens, prompt_tokens, tiktoken_knows
-from phasedsft.llm.endpoint import ChatEndpoint, Rejected, Tally
+from phasedsft.llm.endpoint import ChatEndpoint, Rejected
 from phasedsft.llm.engine import Job, RunStats
+from phasedsft.ranges import ranged
 from phasedsft.records import DataError, Example
 from phasedsft.score.base import ScorerBase
 from phasedsft.score.context import ScoreContext
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 class OpenAIScorer(ChatEndpoint, ScorerBase):
     """Ask an LLM for the two difficulty ratings; average ``samples`` draws (and/or use logprobs)."""
 
-    samples: int = 1
+    samples: int = ranged(1, ge=1, why="draws averaged per item")
     logprobs: bool = False
     score_from: str = "samples"  # or "logprobs": the probability-weighted expected score
     combine: str = "mean"
@@ -85,6 +86,7 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
                     ex,
                     prompt_tokens(msgs, self.model) + tokens_out,
                     self.price.cost(worst_in, tokens_out),
+                    max_requests=1 + self.parse_retries,
                 )
             )
         return out
@@ -128,10 +130,12 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
             extra["response_format"] = {"type": "json_schema", "json_schema": SCHEMA}
 
         async def call(job: Job) -> Result:
-            item, tally = job.example.id, Tally()
+            item = job.example.id
+            # an item an earlier run stopped (budget, endpoint) continues after its kept replies
+            tally = self.tally_for(job, item)
             parsed: list[tuple[float, float]] = []
             expected = None
-            for attempt in range(1 + self.parse_retries):
+            for attempt in range(tally.attempts, 1 + self.parse_retries):
                 try:
                     resp = await self.ask(
                         client,
@@ -166,7 +170,7 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
                 "response": statistics.mean(r for _, r in parsed),
                 "samples": values,
                 "n_valid": len(parsed),
-                "n_requested": self.samples * tally.requests,
+                "n_requested": self.samples * tally.attempts,
                 "spread": spread(values),
             }
             score = statistics.mean(values)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from phasedsft.llm.cache import Result, cache_key
 from phasedsft.llm.engine import RunStats
 from phasedsft.prompts import AlpacaTemplate, pad_batch
+from phasedsft.ranges import ranged
 from phasedsft.records import DataError, Example
 from phasedsft.score.base import ScorerBase, rank_to_scale
 from phasedsft.score.context import ScoreContext
@@ -96,12 +97,12 @@ def _lazy_model(ctx: ScoreContext) -> Callable[[], Any]:
 class LocalLMScorer(ScorerBase):
     """A local causal LM answers the scoring prompt (through its chat template)."""
 
-    samples: int = 1
-    temperature: float = 0.0
-    max_new_tokens: int = 24
+    samples: int = ranged(1, ge=1, why="draws averaged per item")
+    temperature: float = ranged(0.0, ge=0, why="sampling temperature; 0: greedy")
+    max_new_tokens: int = ranged(24, ge=1, why="tokens a reply may take")
     combine: str = "mean"
-    batch_size: int = 8
-    seed: int = 0
+    batch_size: int = ranged(8, ge=1, why="prompts per generate call")
+    seed: int = ranged(0, ge=0)
     name: str = "local"
     uses_model: ClassVar[bool] = True
 
@@ -431,9 +432,11 @@ class IFDScorer(ScorerBase):
     example whose prompt leaves no room fails, saying so.
     """
 
-    batch_size: int = 8  # sequences per forward pass
+    batch_size: int = ranged(8, ge=1, why="sequences per forward pass")
     name: str = "ifd"
-    max_length: int | None = None
+    max_length: int | None = ranged(
+        None, ge=1, why="tokens of prompt + output kept; null: no limit"
+    )
     uses_model: ClassVar[bool] = True
     conditioned_only: ClassVar[bool] = False
 

@@ -92,6 +92,13 @@ def check_summary(s: dict[str, Any]) -> None:
         problems.append(f"counts {s['counts']} do not sum to ok + failed")
     if not 0 <= s["failed_this_run"] <= s["failed"]:
         problems.append(f"failed_this_run {s['failed_this_run']} > failed {s['failed']}")
+    if "cost_from_tokens_usd" in s:  # every dollar from tokens x prices, or a worst case
+        parts = s["cost_from_tokens_usd"] + s["cost_unmetered_usd"]
+        if abs(s["cost_usd"] - parts) > 1e-9 * max(1.0, abs(s["cost_usd"])):
+            problems.append(
+                f"cost_usd {s['cost_usd']} != cost_from_tokens_usd {s['cost_from_tokens_usd']} + "
+                f"cost_unmetered_usd {s['cost_unmetered_usd']}"
+            )
     if problems:
         raise SummaryMismatch("the scoring summary does not add up: " + "; ".join(problems))
 
@@ -103,4 +110,10 @@ def summary_lines(summary: dict[str, Any]) -> str:
         f"{s['failed_this_run']} of them in this run; {s['cached']} from cache, "
         f"{s['not_scored']} not scored); this run: {s['requests']} requests, "
         f"{s['tokens_in']} + {s['tokens_out']} tokens, ${s['cost_usd']:.4f}"
+        + (
+            f" (${s['cost_unmetered_usd']:.4f} of it the worst case of requests whose reply "
+            "reported no usage)"
+            if s.get("cost_unmetered_usd")
+            else ""
+        )
     )

@@ -178,8 +178,25 @@ def job_summary(
         "answered_this_run": this_run["done"],
         "failed_this_run": this_run["failed"],
         "requests": this_run["requests"],  # every HTTP request sent, retries and rejections too
+        # items stopped before their answer whose paid replies are kept (a rerun continues them)
+        "unfinished_kept": this_run.get("unfinished", 0),
         "cost_usd": this_run["cost_usd"],
         "tokens_in": this_run["tokens_in"],
         "tokens_out": this_run["tokens_out"],
+        **cost_breakdown(scorer, this_run),
         "seconds": this_run["seconds"],
+    }
+
+
+def cost_breakdown(scorer: Scorer, this_run: dict[str, Any]) -> dict[str, Any]:
+    """Where this run's cost comes from: tokens x prices, plus the worst case charged for
+    requests whose reply reported no usage (cost_usd == cost_from_tokens_usd +
+    cost_unmetered_usd, checked by :func:`check_summary`)."""
+    price = getattr(scorer, "price", None)
+    if price is None or not hasattr(price, "cost"):
+        return {}
+    return {
+        "cost_from_tokens_usd": price.cost(this_run["tokens_in"], this_run["tokens_out"]),
+        "cost_unmetered_usd": this_run.get("cost_unmetered_usd", 0.0),
+        "price": {"input_per_1k": price.input_per_1k, "output_per_1k": price.output_per_1k},
     }

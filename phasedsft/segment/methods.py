@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from phasedsft.ranges import Range, ranged
 from phasedsft.records import DataError, stage_of
 
 __all__ = [
@@ -60,7 +61,10 @@ class Segmenter(Protocol):
 class ManualThresholds:
     """Thresholds given by hand (paper: 1.5 and 3.5, read off the KDE/CDF of the scores)."""
 
-    thresholds: list[float] = field(default_factory=lambda: [1.5, 3.5])
+    # inside the scores' range (checked with the config: phasedsft.config_check.check_thresholds)
+    thresholds: list[float] = field(
+        default_factory=lambda: [1.5, 3.5], metadata={"range": Range(why="stage boundaries")}
+    )
     name: str = "manual"
 
     def __post_init__(self) -> None:
@@ -112,7 +116,7 @@ def sizes_for(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]
 class QuantileThresholds:
     """Stages of (nearly) equal size."""
 
-    k: int = 3
+    k: int = ranged(3, ge=2, why="stages")
     name: str = "quantile"
 
     def thresholds_for(self, scores: Sequence[float]) -> list[float]:
@@ -137,9 +141,12 @@ class QuantileThresholds:
 class KDEValleys:
     """Thresholds at the lowest minima of a Gaussian KDE of the scores (all minima if k is None)."""
 
-    k: int | None = 3
-    bandwidth: Any = None  # scipy's bw_method: None (Scott), "silverman", or a number
-    grid: int = 512
+    k: int | None = ranged(3, ge=2, why="stages; null: every valley")
+    # scipy's bw_method: None (Scott), "silverman", or a number
+    bandwidth: Any = field(
+        default=None, metadata={"range": Range(gt=0, why="the KDE's bandwidth factor")}
+    )
+    grid: int = ranged(512, ge=3, why="points the KDE is evaluated at")
     name: str = "kde_valleys"
 
     def density(
@@ -218,7 +225,7 @@ def _snap(values: np.ndarray, cuts: Sequence[float], method: str) -> list[float]
 class Jenks:
     """Optimal 1-D k-means (Jenks natural breaks): exact dynamic programming on distinct values."""
 
-    k: int = 3
+    k: int = ranged(3, ge=2, why="stages")
     name: str = "jenks"
 
     def thresholds_for(self, scores: Sequence[float]) -> list[float]:
@@ -274,11 +281,12 @@ def optimal_breaks(x: np.ndarray, w: np.ndarray, k: int) -> list[int]:
 class GMMThresholds:
     """A 1-D Gaussian mixture (EM on weighted distinct values); k by BIC when k is None."""
 
-    k: int | None = None
-    k_max: int = 6
-    var_floor: float = 1e-3  # times the score range squared
-    iterations: int = 200
-    max_points: int = 2000
+    k: int | None = ranged(None, ge=2, why="stages; null: chosen by BIC")
+    k_max: int = ranged(6, ge=2, why="the most stages BIC may choose")
+    # times the score range squared
+    var_floor: float = ranged(1e-3, gt=0, why="the smallest variance of a component")
+    iterations: int = ranged(200, ge=1, why="EM iterations")
+    max_points: int = ranged(2000, ge=2, why="distinct scores fitted at most")
     name: str = "gmm"
 
     def fit(
@@ -354,8 +362,8 @@ class Balanced:
     """Another method's thresholds, moved towards equal-size ones until max/min size <= max_ratio."""
 
     method: Any = field(default_factory=ManualThresholds)
-    max_ratio: float = 3.0
-    steps: int = 20
+    max_ratio: float = ranged(3.0, ge=1, why="the largest stage over the smallest")
+    steps: int = ranged(20, ge=1, why="moves towards equal-size thresholds")
     name: str = "balanced"
 
     def thresholds_for(self, scores: Sequence[float]) -> list[float]:

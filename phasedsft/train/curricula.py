@@ -40,24 +40,31 @@ PACINGS = ("linear", "root", "geometric", "step")
 
 
 def allocate(n: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
-    """``n`` split in proportion to ``weights`` (largest remainders), none above its cap."""
+    """``n`` split in proportion to ``weights``, none above its cap (Hamilton's largest
+    remainders): pools whose share reaches their cap get the cap and the rest is split again
+    among the others; then each gets the floor of its share, and the units left over go one
+    each to the largest remainders (ties: the heavier pool, then the earlier)."""
     counts = [0] * len(weights)
     left = min(n, sum(caps))
-    while left > 0:
-        open_ = [i for i in range(len(weights)) if counts[i] < caps[i] and weights[i] > 0]
-        if not open_:
-            break
+    open_ = [i for i in range(len(weights)) if weights[i] > 0 and caps[i] > 0]
+    while left > 0 and open_:
         total = sum(weights[i] for i in open_)
-        shares = {i: left * weights[i] / total for i in open_}
-        floors = {i: min(int(shares[i]), caps[i] - counts[i]) for i in open_}
-        given = sum(floors.values())
-        if given == 0:  # hand out one at a time, biggest remainder first
-            best = max(open_, key=lambda i: (shares[i] - int(shares[i]), weights[i], -i))
-            floors[best] = 1
-            given = 1
-        for i, f in floors.items():
-            counts[i] += f
-        left -= given
+        share = {i: left * weights[i] / total for i in open_}
+        capped = [i for i in open_ if share[i] >= caps[i] - counts[i]]
+        if capped:
+            for i in capped:
+                left -= caps[i] - counts[i]
+                counts[i] = caps[i]
+            open_ = [i for i in open_ if i not in capped]
+            continue
+        floors = {i: math.floor(share[i]) for i in open_}
+        for i in open_:
+            counts[i] += floors[i]
+        rest = left - sum(floors.values())
+        by_remainder = sorted(open_, key=lambda i: (floors[i] - share[i], -weights[i], i))
+        for i in by_remainder[:rest]:
+            counts[i] += 1
+        left = 0
     return counts
 
 
@@ -78,7 +85,10 @@ class Replay:
         if self.weighting not in WEIGHTINGS:
             raise DataError(f"replay.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
 
-    def apply(self, phases: Sequence[Phase], n_examples: int) -> list[Phase]:
+    def apply(self, phases: Sequence[Phase], n_examples: int, epochs: float = 1.0) -> list[Phase]:
+        """``phases`` with earlier stages' examples mixed in; with ``match_one_off_steps``, the
+        positions one-off feeds (``n_examples`` x ``epochs``) split over the stages by their
+        sizes (largest remainders), so the run feeds exactly as many as one-off."""
         rng = random.Random(f"replay-{self.seed}")
         out = [replace(phases[0], mixture=((phases[0].name, len(phases[0].ids)),))]
         for k, phase in enumerate(phases[1:], start=1):
@@ -97,8 +107,10 @@ class Replay:
             ids = phase.ids + tuple(i for part in drawn for i in part)
             out.append(replace(phase, ids=ids, mixture=mixture))
         if self.match_one_off_steps:
-            scale = n_examples / sum(len(p.ids) for p in out)
-            out = [replace(p, epochs_scale=scale) for p in out]
+            total = round(n_examples * epochs)
+            sizes = [len(p.ids) for p in out]
+            fed = allocate(total, [float(n) for n in sizes], [total] * len(out))
+            out = [replace(p, fed=n) for p, n in zip(out, fed, strict=True)]
         return out
 
 

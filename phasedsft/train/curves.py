@@ -172,7 +172,7 @@ def run_points(sweep: Path) -> list[dict[str, Any]]:
         accuracy = summary.get("final_accuracy") or {}
         container = OmegaConf.to_container(cfg, resolve=False)
         assert isinstance(container, dict)
-        configs.append(configuration(container))
+        configs.append(configuration({str(k): v for k, v in container.items()}))
         points.append(
             {
                 "run": run.name,

@@ -5,7 +5,7 @@ recipe trains one phase after another, each from the previous phase's weights.
 
 - ``OneOff``: all data in one phase (the paper's baseline); needs no scores.
 - ``Phased(stages=[1, 2, 3])``: difficulty stages in the given order; any permutation,
-  any subset (``[3]`` = stage 3 alone), any number of stages.
+  any subset of distinct stages (``[3]`` = stage 3 alone), any number of stages.
 - ``RandomPhased``: random stages of equal sizes, or (``sizes="matched"``) of the sizes
   of the difficulty stages.
 - ``Sorted``: one phase in ascending difficulty, no stage breaks (classic curriculum).
@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from phasedsft.records import DataError, Example
+from phasedsft.config import named_stages, stage_sequences, stages_name
+from phasedsft.records import DataError, Example, UserError
 from phasedsft.segment.manifest import StageManifest
 
 
@@ -32,7 +33,8 @@ class Phase:
     shuffle: bool = True
     # the whole fed order, fixed by the ordering itself (a paced curriculum), epochs included
     planned: tuple[str, ...] | None = None
-    epochs_scale: float = 1.0  # replay with matched compute: fewer passes over a bigger stage
+    # replay with matched compute: the positions fed over the whole stage (its share of one-off's)
+    fed: int | None = None
     mixture: tuple[tuple[str, int], ...] = ()  # replay: (stage, examples) it holds, own first
 
     def sequence(self, epochs: float, seed: int, reshuffle: bool = True) -> list[str]:
@@ -41,20 +43,27 @@ class Phase:
         Each full pass is a fresh seeded shuffle (``reshuffle``), or the first pass's shuffle
         again (``reshuffle=False``: the authors' code shuffles a stage once and feeds that order
         every epoch), or the fixed order (``shuffle=False``); a fractional epoch takes the first
-        part of one more pass. A phase whose ordering planned its whole order feeds that.
+        part of one more pass. A phase whose ordering planned its whole order feeds that; one with
+        a ``fed`` count (replay at one-off's compute) feeds exactly that many, in passes.
         """
         if epochs <= 0:
             raise DataError(f"trainer.num_train_epochs must be positive, got {epochs}")
         if self.planned is not None:
             return list(self.planned)
-        epochs *= self.epochs_scale
+        if self.fed is not None:  # passes over the stage until exactly its share is fed
+            epochs = self.fed / len(self.ids)
         out: list[str] = []
         for epoch in range(math.ceil(epochs)):
             order = list(self.ids)
             if self.shuffle:
                 key = epoch if reshuffle else 0
                 random.Random(f"{seed}-{self.name}-epoch{key}").shuffle(order)
-            take = len(order) if epoch + 1 <= epochs else round(len(order) * (epochs - epoch))
+            if self.fed is not None:
+                take = min(len(order), self.fed - len(out))
+            elif epoch + 1 <= epochs:
+                take = len(order)
+            else:
+                take = round(len(order) * (epochs - epoch))
             out.extend(order[:take])
         return out
 
@@ -103,6 +112,71 @@ def _check_stages(
             )
 
 
+def check_stages(name: str, stages: Sequence[int] | None) -> None:
+    """Refuse stages that a run would be misnamed by: a stage given twice, or stages other than
+    those the ordering's name spells (``ordering=1-2-3 'ordering.stages=[3,2,1]'``). A run is
+    named, summarized and evaluated by its ordering's name, and the same training must not run
+    under two names (two run directories, two rows of one comparison)."""
+    if stages is None:
+        return
+    seq = [int(s) for s in stages]
+    repeated = sorted({s for s in seq if seq.count(s) > 1})
+    if repeated:
+        raise UserError(
+            f"ordering.stages={seq} trains stage {', '.join(map(str, repeated))} more than once: "
+            "each stage is trained once per run (more passes over a stage: "
+            "trainer.num_train_epochs; earlier stages again within later ones: replay=uniform)"
+        )
+    spelled = named_stages(name)
+    if spelled is None or spelled == tuple(seq) or not seq:
+        return
+    right = stages_name(seq)
+    listed = ",".join(map(str, seq))
+    choose = (
+        f"ordering={right}"
+        if tuple(seq) in stage_sequences()
+        else f"ordering=phased 'ordering.stages=[{listed}]' ordering.name={right}"
+    )
+    raise UserError(
+        f"the ordering is named {name} (stages {', '.join(map(str, spelled))}) but "
+        f"ordering.stages={seq}: a run is named, summarized and evaluated by its ordering's "
+        f"name, so choose the ordering by name: {choose}"
+    )
+
+
+def paced_name(pacing: str, anti: bool) -> str:
+    """The name of a paced curriculum (``paced-root``), anti-curricula suffixed (``-anti``)."""
+    return f"paced-{pacing}" + ("-anti" if anti else "")
+
+
+def check_paced_name(name: str, pacing: str, anti: bool) -> None:
+    """A paced ordering named by a pacing (``paced-*``) must train that pacing, in that direction:
+    evaluate and the growth curves label runs by it (a custom ``ordering.name`` is left alone)."""
+    expected = paced_name(pacing, anti)
+    if name.startswith("paced-") and name != expected:
+        raise UserError(
+            f"the ordering is named {name} but trains ordering.pacing={pacing}, "
+            f"ordering.anti={str(anti).lower()}: a run is named, summarized and evaluated by its "
+            f"ordering's name; choose the ordering by name: ordering={expected}"
+        )
+
+
+def check_ordering(node: Any) -> None:
+    """:func:`check_stages` on an ``ordering`` config node (any ordering with ``stages``); a paced
+    curriculum's name checked against its pacing and direction (:func:`check_paced_name`)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith(".Paced"):
+        check_paced_name(str(node.name), str(node.pacing), bool(node.anti))
+    if (
+        not isinstance(node, DictConfig)
+        or "stages" not in node
+        or OmegaConf.is_missing(node, "stages")
+    ):
+        return
+    check_stages(str(node.get("name", "")), node.stages)
+
+
 @dataclass
 class OneOff:
     """All examples at once, shuffled each epoch (the paper's one-off baseline)."""
@@ -124,6 +198,9 @@ class Phased:
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        check_stages(self.name, self.stages)
+
     def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
         assert manifest is not None
         if not self.stages:
@@ -141,6 +218,9 @@ class RandomPhased:
     name: str = "random"
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_stages(self.name, self.stages)
 
     def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
         assert manifest is not None

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from phasedsft import __version__
+from phasedsft.checksums import require_verified
 from phasedsft.cli import USER_ERRORS
 from phasedsft.config import OptimizerState, StageSchedule
 from phasedsft.data.loaders import Loaded
@@ -36,6 +37,7 @@ from phasedsft.io import (
 )
 from phasedsft.jobs import build_context, load_examples, load_tokenizer, run_dir_for, start_job
 from phasedsft.llm.cache import ScoreCache
+from phasedsft.locks import RunLock, held
 from phasedsft.models import BuildContext
 from phasedsft.prompts import Encoded, encode
 from phasedsft.records import DataError, Example, UserError
@@ -51,7 +53,7 @@ from phasedsft.train.held_out import (
     judge_answers,
 )
 from phasedsft.train.inspect import StageView, show, stage_tokens
-from phasedsft.train.ordering import Phase, Restages, group_by_length
+from phasedsft.train.ordering import Phase, Restages, check_ordering, group_by_length
 from phasedsft.train.packing import stage_packs
 from phasedsft.train.plan import (
     StagePlan,
@@ -127,6 +129,7 @@ class Setup:
     manifest_path: str | None
     data_report: dict[str, Any]
     ordering: Any = None  # the instantiated ordering (a self-paced one re-stages between stages)
+    own_phases: list[Phase] | None = None  # the stages before replay mixed earlier ones in
 
 
 class UnscoredPlan(Exception):
@@ -168,9 +171,9 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         examples = apply_scores(examples, scores, scorer.name)
     if ordering.needs_stages:
         manifest, manifest_path = stage_manifest(cfg, examples, cache_dir)
-    phases = ordering.phases(examples, manifest)
+    phases = own_phases = ordering.phases(examples, manifest)
     if cfg.replay:
-        phases = instantiate(cfg.replay).apply(phases, len(examples))
+        phases = instantiate(cfg.replay).apply(phases, len(examples), cfg.trainer.num_train_epochs)
     return Setup(
         examples,
         eval_examples,
@@ -183,6 +186,7 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         manifest_path,
         report,
         ordering,
+        list(own_phases),
     )
 
 
@@ -200,11 +204,10 @@ def model_loader(
 
     def load() -> Any:
         if adapter is not None:
-            return (
-                adapter.wrap(base())
-                if previous is None
-                else adapter.resume(base(), previous / "adapter")
-            )
+            if previous is None:
+                return adapter.wrap(base())
+            require_verified(previous / "adapter", previous)  # error: ... unless it matches
+            return adapter.resume(base(), previous / "adapter")
         if previous is None:
             return base()
         return load_stage_model(previous / "model", cfg.model.loader)
@@ -232,8 +235,11 @@ def adapter_export(adapter: Any, base: Any, tokenizer: Any, deepspeed: bool) -> 
 
 
 def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
-    """A stage's saved weights, in their saved dtype, with the model config's loading options."""
+    """A stage's saved weights, in their saved dtype, with the model config's loading options;
+    first checked against their manifest (``error: ...``, exit code 2, if they do not match)."""
     from transformers import AutoModelForCausalLM
+
+    require_verified(model_dir, model_dir.parent)
 
     options = {
         k: loader_cfg[k] for k in ("attn_implementation", "trust_remote_code") if loader_cfg.get(k)
@@ -283,8 +289,9 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     """``plan_only=true``: set the job up as training would, print its stages and steps, train
     nothing; ``inspect=N``: the same, after N examples per stage with the trained tokens marked."""
     run_dir = run_dir_for(cfg)
-    existed = (run_dir / "run.json").exists()
+    existed = (run_dir / "run.json").exists() or held(run_dir)  # never a training run's
     try:
+        check_ordering(cfg.ordering)
         s = setup(cfg, Path(cfg.run.cache_dir), plan=True)
         if cfg.inspect:
             inspect_stages(cfg, s)
@@ -302,6 +309,7 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
         record = plan_record(cfg, run_dir, [], str(e))
     except USER_ERRORS as e:
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            discard_fresh_run_dir(run_dir, existed)  # a plan writes nothing, refused or not
             raise  # a single run ends like any run: error: ..., exit code 2
         record = invalid_record(cfg, run_dir, e)
     print("plan: " + format_plan(record), flush=True)
@@ -328,8 +336,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Setup -> for each stage of the ordering: train, checkpoint -> evaluate."""
     if cfg.plan_only or cfg.inspect:
         return plan(cfg)
-    started = time.time()
     export_slurm_ranks()  # one SLURM task per GPU -> torch.distributed ranks (no-op otherwise)
+    run_dir = run_dir_for(cfg)
+    try:  # a run is named after what it trains: refused before anything is written
+        check_ordering(cfg.ordering)
+    except UserError:
+        if is_main():  # the directory Hydra made for this refused command (never a run's)
+            discard_fresh_run_dir(run_dir, existed=held(run_dir))
+        raise
+    # One writer per run directory, rank 0 holding it to the end (the other ranks wait for it);
+    # a second launch stops here with "error: <run dir> is being trained by pid N on host H".
+    with RunLock(run_dir, leader=is_main()):
+        return train_run(cfg)
+
+
+def train_run(cfg: DictConfig) -> dict[str, Any]:
+    """The recipe, under the run directory's lock."""
+    started = time.time()
     run_dir = start_job(cfg)
 
     # --- setup: data, tokenizer, scores, stages; the run's record; the tracker
@@ -485,7 +508,8 @@ def uptrain(
         records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
-        if isinstance(s.ordering, Restages) and k + 1 < len(specs):
+        # re-cut while two stages or more are left: one stage alone keeps its examples
+        if isinstance(s.ordering, Restages) and k + 2 < len(specs):
             specs[k + 1 :] = restaged(cfg, s, spec, specs[k + 1 :])
     return records
 
@@ -496,23 +520,38 @@ def restaged(
     """The stages after ``done`` re-cut by the ordering's rescorer with ``done``'s weights."""
     from transformers import AutoModelForCausalLM
 
+    def load_verified(stage_dir: Path) -> Any:
+        require_verified(stage_dir / "model", stage_dir)  # error: ... unless they match
+        return AutoModelForCausalLM.from_pretrained(stage_dir / "model")
+
     assert isinstance(s.ordering, Restages)
     by_id = {ex.id: ex for ex in s.examples}
-    pool = [by_id[i] for sp in later for i in sp.ids]
+    assert s.own_phases is not None  # each example once: a stage's own, not what replay drew
+    pool = [by_id[i] for p in s.own_phases[len(s.own_phases) - len(later) :] for i in p.ids]
     ctx = ScoreContext(
         cache=ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite"),
         tokenizer=s.tokenizer,
-        load_model=lambda: AutoModelForCausalLM.from_pretrained(done.dir / "model"),
+        load_model=lambda: load_verified(done.dir),
         model_name=f"{done.dir.parent.name}/{done.dir.name}",  # these weights, this run
     )
     rescorer = checked_scorer(s.ordering.rescorer)
     scores = apply_scores(pool, rescorer.score(pool, ctx), rescorer.name)
-    phases = [Phase(sp.name, tuple(sp.ids)) for sp in later]
-    new = s.ordering.restage(phases, {ex.id: ex.score for ex in scores if ex.score is not None})
+    # the stages' own examples re-cut, then replay (if any) mixed in again from the stages as cut
+    assert s.own_phases is not None
+    first = len(s.own_phases) - len(later)
+    s.own_phases[first:] = s.ordering.restage(
+        s.own_phases[first:], {ex.id: ex.score for ex in scores if ex.score is not None}
+    )
+    phases = s.own_phases
+    if cfg.replay:
+        phases = instantiate(cfg.replay).apply(
+            phases, len(s.examples), cfg.trainer.num_train_epochs
+        )
+    s.phases[first:] = phases[first:]  # run.json's stages and mixtures: as they will be fed
     log.info("re-staged %d examples with the weights of %s", len(pool), done.dir.name)
     return [
         replace(sp, ids=p.ids, sequence=planned_order(cfg, p, s.encoded))
-        for sp, p in zip(later, new, strict=True)
+        for sp, p in zip(later, phases[first:], strict=True)
     ]
 
 

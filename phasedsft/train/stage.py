@@ -12,8 +12,19 @@ the order among ranks); a stage whose fed order differs from the plan fails with
 log at the step it resumes from, so the logs stay a consistent record.
 
 A stage is complete when its ``stage.json`` says so; that file is written last,
-after the model directory is in place. Until then a rerun resumes the stage from its
-last complete Trainer checkpoint.
+after the model directory is in place with its manifest (:mod:`phasedsft.checksums`).
+Until then a rerun resumes the stage from its newest Trainer checkpoint that verifies: a
+checkpoint counts once every rank's files are written and synced and rank 0 has written its
+manifest, last (:meth:`CurriculumTrainer._save_checkpoint`); a newer one that fails
+verification (changed bytes, a truncated, empty or missing file, no manifest) is passed over,
+named, and recorded in ``stage.json`` (:mod:`phasedsft.train.checkpoints`).
+
+SIGTERM (what SLURM sends before a time limit or a preemption) during a stage does not kill
+it: the step in progress finishes, a verified checkpoint is saved, and the process exits with
+code 143 (:data:`EXIT_REQUEUE`), the stage not marked done, so a requeue or a rerun of the same
+command resumes from that checkpoint (:class:`StopRequest`). Under submitit its own preemption
+signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) is handled the same way, then handed to
+submitit, which requeues the job.
 """
 
 from __future__ import annotations
@@ -22,14 +33,19 @@ import json
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from phasedsft.checksums import fsync_path, sync_tree, verify, write_manifest
 from phasedsft.io import (
     atomic_write_json,
     atomic_write_text,
@@ -48,7 +64,8 @@ from phasedsft.train.audit import (
     fed_log_ranks,
     stage_train_loss,
 )
-from phasedsft.train.distributed import rank, world_size
+from phasedsft.train.checkpoints import Resume, choose_resume, superseded
+from phasedsft.train.distributed import rank
 from phasedsft.train.packing import PackedCollator, PackedDataset, flat_layout, stage_packs
 from phasedsft.train.precision import guard_master_weights, resolve_half
 from phasedsft.train.tracking import tensorboard_dir
@@ -56,6 +73,7 @@ from phasedsft.train.tracking import tensorboard_dir
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
+EXIT_REQUEUE = 143  # 128 + SIGTERM: saved a checkpoint on a stop signal; rerun / requeue resumes
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -160,17 +178,114 @@ class CurriculumTrainer(Trainer):
         inputs.pop("positions", None)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint, complete only once its manifest is written, last.
 
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """Newest ``checkpoint-N`` whose trainer state (written last by the Trainer) exists."""
-    if not checkpoints.is_dir():
-        return None
-    complete = [
-        d
-        for d in checkpoints.glob("checkpoint-*")
-        if d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()
-    ]
-    return max(complete, key=lambda d: int(d.name.split("-")[-1]), default=None)
+        A directory of the same step left by an earlier try is replaced whole. Every rank
+        writes its files (DeepSpeed: its shards; several ranks: its RNG state) and syncs them;
+        after a barrier rank 0 syncs every file, writes the manifest (sha256 and size of every
+        file under the checkpoint) and only then deletes older checkpoints, keeping the newest
+        ``save_total_limit`` with a manifest (the Trainer's own rotation would run before the
+        manifest exists, and could leave none that verifies)."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save and folder.exists():
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotation waits for the manifest
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if not self.args.should_save:
+            sync_tree(folder)  # this rank's (node's) writes; rank 0 syncs everything again
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            write_manifest(folder)
+            for old in superseded(folder.parent, folder, limit):
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def any_rank(self, flag: bool) -> bool:
+        """``flag`` on any rank (every rank must call it at the same point)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(votes, reduction="sum").item() > 0)
+
+
+class StopRequest:
+    """SIGTERM during a stage: finish the step in progress, save a checkpoint, then exit.
+
+    While installed (the ``with`` block), SIGTERM only sets :attr:`signum`, and so does
+    submitit's preemption signal when submitit handles it (``SUBMITIT_PREEMPT_SIGNAL``,
+    USR2 by default). :class:`StopAtStepEnd` turns it into a save and a stop at the end of the
+    step; :meth:`hand_over` passes a submitit signal on to submitit's own handler (which
+    requeues the job and exits). The previous handlers are put back on leaving, unless the
+    process is exiting for a requeue (:attr:`exiting`): then a further signal is ignored
+    while it tears down (torchrun sends SIGTERM to the ranks still running when one exits),
+    so every rank ends with its own exit code.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+        self.exiting = False
+
+    @staticmethod
+    def signals() -> list[int]:
+        """SIGTERM, and submitit's preemption signal inside a submitit job that handles it."""
+        out = [int(signal.SIGTERM)]
+        if os.environ.get("SUBMITIT_FOLDER"):
+            name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+            sig = getattr(signal, f"SIG{name.upper().removeprefix('SIG')}", None)
+            if sig is not None and callable(signal.getsignal(sig)) and int(sig) not in out:
+                out.append(int(sig))
+        return out
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals():
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            if self.exiting:
+                handler = signal.SIG_IGN
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "SIGTERM"
+
+    def hand_over(self) -> None:
+        """A submitit preemption signal goes on to submitit's handler (it requeues, exits)."""
+        handler = self.previous.get(self.signum) if self.signum is not None else None
+        if self.signum != signal.SIGTERM and callable(handler):
+            self.__exit__()
+            handler(self.signum, None)
+
+
+class StopAtStepEnd(TrainerCallback):
+    """At the end of every optimizer step: if a stop signal came (on any rank), save a
+    checkpoint now and stop training (every rank agrees: a save is collective)."""
+
+    def __init__(self, request: StopRequest, any_rank: Callable[[bool], bool]):
+        self.request, self.any_rank = request, any_rank
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and self.any_rank(self.request.signum is not None):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 def deepspeed_config(node: Any) -> dict[str, Any] | None:
@@ -328,16 +443,48 @@ def train_stage(spec: StageSpec, inputs: StageInputs) -> dict[str, Any]:
         return done
     if inputs.tcfg.packing:
         spec = replace(spec, packs=stage_packs(inputs.tcfg, inputs.encoded, spec.sequence))
-    resume, fed_log = prepare_stage_dir(spec)
-    trainer = stage_trainer(spec, inputs, fed_log)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    audit = audit_stage(trainer, spec)  # every rank; raises AuditError on every rank on a mismatch
-    save_stage_model(trainer, spec, inputs)
-    if spec.continuity.keep_optimizer:
-        save_optimizer_state(trainer, spec)
-    record = stage_record(trainer, spec, inputs, result, audit, resume)
-    mark_stage_done(trainer, spec, inputs, record)
+    with StopRequest() as stop:
+        fed_log = prepare_stage_dir(spec)
+        trainer = stage_trainer(spec, inputs, fed_log)
+        stopper = StopAtStepEnd(stop, trainer.any_rank)
+        trainer.add_callback(stopper)
+        resume = resume_point(trainer, spec, fed_log)
+        ckpt = resume.checkpoint
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        if stopper.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+            exit_for_requeue(trainer, spec, stop)
+        audit = audit_stage(trainer, spec)  # every rank; AuditError on every rank on a mismatch
+        save_stage_model(trainer, spec, inputs)
+        if spec.continuity.keep_optimizer:
+            save_optimizer_state(trainer, spec)
+        record = stage_record(trainer, spec, inputs, result, audit, resume)
+        mark_stage_done(trainer, spec, inputs, record)
+        if trainer.any_rank(stop.signum is not None):  # it came after the last step
+            exit_for_requeue(trainer, spec, stop, done=True)
     return record
+
+
+def exit_for_requeue(
+    trainer: CurriculumTrainer, spec: StageSpec, stop: StopRequest, done: bool = False
+) -> None:
+    """After a stop signal: say what was saved, hand a submitit signal to submitit (it
+    requeues), and exit with :data:`EXIT_REQUEUE` on every rank."""
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.process_index == 0:
+        if done:
+            saved = f"stage {spec.index} ({spec.name}) is done"
+        else:
+            folder = spec.dir / "checkpoints" / f"checkpoint-{trainer.state.global_step}"
+            problem = verify(folder, hashes=False)
+            saved = f"saved {folder.name} " + (
+                "(verified)" if problem is None else f"(but it fails verification: {problem})"
+            )
+        message = f"{stop.name}: {saved}; exiting for requeue (the same command resumes)"
+        log.info(message)
+        print(message, file=sys.stderr, flush=True)
+    stop.hand_over()
+    stop.exiting = True
+    raise SystemExit(EXIT_REQUEUE)
 
 
 def finished_record(spec: StageSpec) -> dict[str, Any] | None:
@@ -354,24 +501,38 @@ def finished_record(spec: StageSpec) -> dict[str, Any] | None:
     return done
 
 
-def prepare_stage_dir(spec: StageSpec) -> tuple[Path | None, FedLog]:
-    """The stage's folder with its plan; the checkpoint to resume from; this rank's fed log
-    with what follows that checkpoint forgotten (it is about to be redone)."""
+def prepare_stage_dir(spec: StageSpec) -> FedLog:
+    """The stage's folder with its plan; this rank's fed log."""
     spec.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.dir / "data_order.txt", "".join(f"{i}\n" for i in spec.sequence))
-    resume = last_complete_checkpoint(spec.dir / "checkpoints")
-    my_rank, n_ranks = rank(), world_size()
-    fed_log = FedLog(fed_log_path(spec.dir, my_rank), spec.sequence, my_rank)
-    step = 0
-    if resume is not None:
-        step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-        log.info("stage %d (%s): resuming from %s", spec.index, spec.name, resume)
-    fed_log.truncate(step)  # every rank its own log: what follows ``step`` is about to be redone
-    if my_rank == 0:  # logs of ranks this run does not have (another world size) are not its record
+    return FedLog(fed_log_path(spec.dir, rank()), spec.sequence, rank())
+
+
+def resume_point(trainer: CurriculumTrainer, spec: StageSpec, fed_log: FedLog) -> Resume:
+    """The newest checkpoint that verifies, chosen by rank 0 (which alone reads and hashes
+    them) and sent to every rank; each rank's fed log forgets what follows it (about to be
+    redone). Checkpoints passed over are said, with their problem, and kept for stage.json."""
+    resume: Resume | None = None
+    what = f"stage {spec.index} ({spec.name})"
+    if trainer.args.process_index == 0:
+        resume = choose_resume(spec.dir / "checkpoints")
+        message = resume.message(what)
+        if message:
+            log.warning(message)
+        elif resume.checkpoint is not None:
+            log.info("%s: resuming from %s (verified)", what, resume.checkpoint.name)
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        resume = broadcast_object_list([resume], from_process=0)[0]
+    assert resume is not None
+    fed_log.truncate(resume.step)  # every rank its own log
+    n_ranks = trainer.accelerator.num_processes
+    if trainer.args.process_index == 0:  # logs of ranks this run lacks (another world size)
         for r in fed_log_ranks(spec.dir):
             if r >= n_ranks:
                 fed_log_path(spec.dir, r).unlink(missing_ok=True)
-    return resume, fed_log
+    return resume
 
 
 def spanning_factor(whole: Callable[[int], float], before: int) -> Callable[[int], float]:
@@ -460,9 +621,14 @@ def save_stage_model(trainer: Trainer, spec: StageSpec, inputs: StageInputs) -> 
         inputs.tokenizer.save_pretrained(str(tmp))
         follow_umask(tmp)  # the weights file is written 0600 by transformers
         if inputs.export is None:
+            write_manifest(tmp)  # the next stage and evaluate.py verify the weights against it
             replace_dir(tmp, final)
         else:
             inputs.export(tmp, spec.dir)
+            for laid_out in (spec.dir / "adapter", final):
+                if laid_out.is_dir():
+                    write_manifest(laid_out)
+        fsync_path(spec.dir)  # the rename, before stage.json says the stage is done
 
 
 def stage_record(
@@ -471,7 +637,7 @@ def stage_record(
     inputs: StageInputs,
     result: Any,
     audit: dict[str, Any],
-    resume: Path | None,
+    resume: Resume,
 ) -> dict[str, Any]:
     """``stage.json``: what the stage trained on, what it fed (the audit), its losses, metrics."""
     metrics: dict[str, Any] = {"train": dict(result.metrics)}
@@ -494,7 +660,8 @@ def stage_record(
         "order_sha256": spec.order_hash,
         **audit,
         "global_step": trainer.state.global_step,
-        "resumed_from": resume.name if resume else None,
+        "resumed_from": resume.checkpoint.name if resume.checkpoint else None,
+        "checkpoints_failed_verification": resume.record(),
         "continuity": {  # trainer.stage_policy, as it applied to this stage
             "warmup": spec.continuity.warmup,
             "span": list(spec.continuity.span) if spec.continuity.span else None,

@@ -37,7 +37,8 @@ KEPT = {
     "train": "finished stages are kept, and the stage in progress continues from its last "
     "Trainer checkpoint (trainer.save_steps)",
     "evaluate": "answers are saved as they come (generator=hf|vllm: every generator.save_every "
-    "batches; generator=openai: each answer) and every judge reply is cached",
+    "batches; generator=authors: every generator.save_every prompts; generator=openai: each "
+    "answer) and every judge reply is cached",
     "segment": "segment.py writes each file whole, so nothing half-written is left",
 }
 

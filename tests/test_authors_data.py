@@ -105,6 +105,8 @@ def test_the_authors_prompt_is_trained_verbatim():
         assert ex.output == output
 
 
+# segment.py on 6,889 real rows
+@pytest.mark.integration
 def test_segment_prints_the_stage_sizes_beside_the_papers(tmp_path, capsys):
     """segment.py on the release's stage-3 file: 6,880 examples with an output (9 skipped),
     mean difficulty 4.254; the paper: 6.8k, 4.25."""

@@ -264,6 +264,8 @@ def test_every_row_with_a_config_key_is_checked():
     assert not unchecked, f"rows naming a config key with no check: {unchecked}"
 
 
+# ~100 composed jobs (every sweep point): in CI (make test), not in plain pytest
+@pytest.mark.integration
 @pytest.mark.parametrize("job", train_jobs(), ids=lambda j: " ".join(j)[-90:])
 def test_every_training_command_composes_to_the_paper_settings(job, monkeypatch):
     cfg = assert_table_holds("train", job, monkeypatch)

@@ -163,6 +163,8 @@ def test_segment_app_outputs_and_byte_identical_manifest(tmp_path):
     assert st.manifest is not None and st.manifest.hash == s["manifest_hash"]
 
 
+# segment.py on 6,889 real rows
+@pytest.mark.integration
 def test_segment_app_on_the_authors_stage3_scores(tmp_path):
     path = ref_path("phasedsft_scores", "en-alpaca52k-stage3.jsonl")
     s = run_app(

@@ -245,7 +245,9 @@ class TrainConfig:
 class ScoreRunConfig:
     root: str = "runs/score"
     name: str = "${dataset.name}-${scorer.name}-${cfg_hash:}"
-    cache_dir: str = "runs/.cache"  # shared with train.py: one score cache for every job
+    # beside the project's runs: run.root=<project>/score -> <project>/.cache, the cache
+    # train.py run.root=<project> uses (one score cache for every command of a project)
+    cache_dir: str = "${parent_dir:${run.root}}/.cache"
 
 
 @dataclass
@@ -276,7 +278,7 @@ class ScoreConfig(DataJobConfig):
 class SegmentRunConfig:
     root: str = "runs/segment"
     name: str = "${dataset.name}-${cfg_hash:}"
-    cache_dir: str = "runs/.cache"
+    cache_dir: str = "${parent_dir:${run.root}}/.cache"  # as score.py's: the project's cache
 
 
 @dataclass
@@ -559,6 +561,13 @@ def path_name(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.") or "data"
 
 
+def parent_dir(path: str) -> str:
+    """The folder ``path`` is in (``runs/score`` -> ``runs``; ``score`` -> ``.``)."""
+    import os
+
+    return os.path.dirname(os.path.normpath(str(path))) or "."
+
+
 def _package_dir(package: str) -> str:
     from phasedsft.models import package_dir
 
@@ -573,6 +582,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("pkgdir", _package_dir)
     if not OmegaConf.has_resolver("path_name"):
         OmegaConf.register_new_resolver("path_name", path_name)
+    if not OmegaConf.has_resolver("parent_dir"):
+        OmegaConf.register_new_resolver("parent_dir", parent_dir)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="score_schema", node=ScoreConfig)

@@ -261,3 +261,38 @@ def test_qlora_without_a_gpu_is_a_plain_error(tmp_path):
         load_pretrained(BuildContext(tmp_path, 0, list), None, path="unused", quantization="nf4")
     with pytest.raises(ModelError, match="must be nf4 or null"):
         load_pretrained(BuildContext(tmp_path, 0, list), None, path="unused", quantization="int3")
+
+
+@pytest.mark.parametrize("config_name", ["score", "segment"])
+def test_the_score_cache_lives_beside_the_runs_the_user_asked_for(config_name, tmp_path):
+    """#23 item 13: score.py wrote ./runs/.cache whatever run.root said; the cache belongs to the
+    project: run.root=<project>/score -> <project>/.cache, the one train.py run.root=<project>
+    uses. The default stays runs/.cache."""
+    cfg = compose([f"run.root={tmp_path}/proj/{config_name}"], config_name=config_name)
+    assert cfg.run.cache_dir == f"{tmp_path}/proj/.cache"
+    assert compose([f"run.root={tmp_path}/proj"]).run.cache_dir == f"{tmp_path}/proj/.cache"
+    assert compose([], config_name=config_name).run.cache_dir == "runs/.cache"
+
+
+@pytest.mark.integration
+def test_score_py_writes_no_cache_where_it_is_run(tmp_path):
+    from conftest import ROOT
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    import subprocess
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "score.py"),
+            "scorer=length",
+            f"run.root={tmp_path}/proj/score",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "proj" / ".cache" / "scores.sqlite").is_file()
+    assert not (work / "runs").exists()

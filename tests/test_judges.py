@@ -209,3 +209,46 @@ def test_vicuna_cache_keys_did_not_change():
     question = "Rewrite the sentence in the passive voice.\n\nThe cat chased the mouse."
     key = sha256_json({"judge": ident, "shown": [question, SINSTRUCT.answer_a, SINSTRUCT.answer_b]})
     assert judge.jobs([SINSTRUCT])[0].key == key
+
+
+class ScriptedCompletions(FakeCompletions):
+    """Replies in turn: the first unparseable, then a usable one."""
+
+    def __init__(self, replies):
+        super().__init__()
+        self.replies = list(replies)
+
+    async def create(self, **kwargs):
+        self.calls.append(kwargs)
+        text = self.replies.pop(0) if self.replies else "8 6"
+        return SimpleNamespace(
+            choices=[SimpleNamespace(message=SimpleNamespace(content=text))],
+            usage=SimpleNamespace(prompt_tokens=100, completion_tokens=2),
+        )
+
+
+def test_the_authors_accounting_reads_the_first_reply_as_their_script_records_it(
+    tmp_path, monkeypatch
+):
+    """#23 item 6: their script never asks again, so an unparseable first reply is void for it
+    (kept in N); ours asks again at another temperature. The review is the usable reply, the
+    first reply is kept beside it, and the authors' figure reads the first."""
+    from hydra.utils import instantiate
+
+    judge = instantiate(compose(["eval_set=paper", "judge=gpt4"], config_name="evaluate").judge)
+    fake = ScriptedCompletions(["Both are good.", "8 6"])  # order ab: asked twice; ba: "8 6"
+    monkeypatch.setattr(
+        judge, "client", lambda role: SimpleNamespace(chat=SimpleNamespace(completions=fake))
+    )
+    cache = ScoreCache(tmp_path / "c.sqlite")
+    [rv] = judge.judge_pairs([SINSTRUCT], cache).reviews
+    assert (rv.review_ab, rv.first(0)) == ("8 6", "Both are good.")
+    assert rv.first(1) == rv.review_ba == "8 6"
+    assert fake.calls[1]["temperature"] > 0  # the retry, at another temperature
+    item = judge_item(rv.id, rv.review_ab, rv.review_ba, first_ab=rv.first_ab)
+    assert summarize([item], "paper", 10).n == 1
+    authors = summarize([item], "authors", 10)
+    assert (authors.n, authors.wins, authors.ties, authors.losses) == (1, 0, 0, 0)  # void, in N
+    # a rerun reads both from the cache: nothing asked again
+    [again] = judge.judge_pairs([SINSTRUCT], cache).reviews
+    assert (again.review_ab, again.first(0)) == ("8 6", "Both are good.") and len(fake.calls) == 3

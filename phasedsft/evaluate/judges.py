@@ -60,12 +60,21 @@ class Pair:
 
 @dataclass
 class Reviews:
-    """The judge's raw texts for one pair (``None`` where the judge gave no usable reply)."""
+    """The judge's raw texts for one pair (``None`` where the judge gave no usable reply), and
+    its first reply in each order: what the authors' script records, which never asks again
+    (``None``: the same as the review, or no reply at all)."""
 
     id: str
     review_ab: str | None
     review_ba: str | None
     errors: list[str] = field(default_factory=list)
+    first_ab: str | None = None
+    first_ba: str | None = None
+
+    def first(self, order: int) -> str | None:
+        """The first reply in order ``order`` (0: ab, 1: ba)."""
+        kept = (self.first_ab, self.first_ba)[order]
+        return kept if kept is not None else (self.review_ab, self.review_ba)[order]
 
 
 @dataclass
@@ -365,6 +374,8 @@ class OpenAIJudge(ChatEndpoint):
                     tally.reason = str(e)
                     continue
                 detail = {"scores": [first, second], "attempts": tally.attempts}
+                if len(tally.raws) > 1:  # asked again: the authors' script would keep the first
+                    detail["first_raw"] = tally.raws[0]
                 return self.succeeded(job, item, tally, first - second, detail, text)
             return self.failed(job, item, tally, f"unparseable review: {tally.reason}")
 
@@ -397,19 +408,23 @@ def reviews_from(pairs: Sequence[Pair], stats: RunStats) -> list[Reviews]:
     out = []
     for i, pair in enumerate(pairs):
         texts: list[str | None] = []
+        firsts: list[str | None] = []  # the first reply where it is not the review itself
         errors: list[str] = []
         for j in range(len(ORDERS)):
             r = stats.ordered[2 * i + j]
             if r is None:
                 texts.append(None)
+                firsts.append(None)
                 errors.append(f"{ORDERS[j]}: not judged")
             elif r.status == "ok":
                 texts.append(r.raw)
+                firsts.append((r.detail or {}).get("first_raw"))
             else:
                 raws = json.loads(r.raw) if r.raw else []
                 texts.append(raws[-1] if raws else None)
+                firsts.append(raws[0] if len(raws) > 1 else None)
                 errors.append(f"{ORDERS[j]}: {r.error}")
-        out.append(Reviews(pair.id, texts[0], texts[1], errors))
+        out.append(Reviews(pair.id, texts[0], texts[1], errors, firsts[0], firsts[1]))
     return out
 
 

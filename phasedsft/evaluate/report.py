@@ -255,9 +255,10 @@ def authors_differences(comparisons: Sequence[Comparison]) -> str:
     if not lines:
         return note
     return note + (
-        f"\n\nWhere the authors' script (`rule=authors`: its parser; an item with an unparseable "
-        f"review or a score <= 0 in either order stays in N and adds nothing) gives other figures "
-        f"(win rate [CI]; W/T/L of N):\n\n"
+        f"\n\nWhere the authors' script (`rule=authors`: its parser, on the judge's first reply in "
+        f"each order, as their script, which never asks again, records it; an item with an "
+        f"unparseable review or a score <= 0 in either order stays in N and adds nothing) gives "
+        f"other figures (win rate [CI]; W/T/L of N):\n\n"
         f"| run | set | {comparisons[0].result.rule} rule | authors' script |\n| --- | --- | --- | --- |\n"
         + "\n".join(lines)
         + "\n"

@@ -306,6 +306,9 @@ def write_replay(
             "scores_ab": j.scores_ab,
             "scores_ba": j.scores_ba,
         }
+        for key, first in (("first_review_ab", r.first_ab), ("first_review_ba", r.first_ba)):
+            if first is not None:  # asked again: the first reply, as the authors' script keeps it
+                row[key] = first
         if r.errors or j.error:
             row["errors"] = [*r.errors, *([j.error] if j.error else [])]
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
@@ -529,9 +532,12 @@ def judge_comparison(
     """Judge one comparison in both orders, fold each item, write its replay and figures."""
     result = judge.judge_pairs(t.pairs, cache, desc=f"judge {t.es.name}")
     judged = [
-        judge_item(p.id, rv.review_ab, rv.review_ba, p.category, p.answer_a, p.answer_b)
+        judge_item(
+            p.id, rv.review_ab, rv.review_ba, p.category, p.answer_a, p.answer_b,
+            rv.first_ab, rv.first_ba,
+        )
         for p, rv in zip(t.pairs, result.reviews, strict=True)
-    ]
+    ]  # fmt: skip
     folder = out / "comparisons" / t.es.name
     write_replay(folder / f"{t.label}.jsonl", t.pairs, result.reviews, judged, judge)
     write_judgment_exports(
@@ -552,6 +558,8 @@ def judge_comparison(
     # The authors' script reads two 1-10 scores and calls an item with a score <= 0 void: a judge
     # that marks answers right (1) or wrong (0) would make every wrong answer void, so their
     # accounting is shown only for judges that score both answers (report.AUTHORS_ABSENT says so).
+    # It is computed on the judge's first reply in each order, as their script, which never asks
+    # again, records it: Table 2 can be compared number for number.
     authors = (
         None
         if isinstance(judge, MarksAnswers)

@@ -229,6 +229,10 @@ class Judged:
     outcome: str | None = None
     length_a: int | None = None  # the answers' lengths in words (:func:`words`), where known
     length_b: int | None = None
+    # the judge's first reply in each order where it was asked again (None: the review itself):
+    # what the authors' script, which never asks again, records (rule=authors reads these)
+    first_ab: str | None = None
+    first_ba: str | None = None
 
     @property
     def parsed(self) -> bool:
@@ -258,6 +262,8 @@ def judge_item(
     category: Mapping[str, Any] | None = None,
     answer_a: str | None = None,
     answer_b: str | None = None,
+    first_ab: str | None = None,
+    first_ba: str | None = None,
 ) -> Judged:
     errors: list[str] = []
     scores: list[tuple[float, float] | None] = []
@@ -277,13 +283,17 @@ def judge_item(
         review_ba,
         length_a=words(answer_a),
         length_b=words(answer_b),
+        first_ab=first_ab,
+        first_ba=first_ba,
     )
 
 
 def as_authors(j: Judged) -> Judged:
-    """The item as the authors' script sees it: their parser; unless all four scores are > 0
+    """The item as the authors' script sees it: their parser on the judge's first reply in each
+    order (their script never asks again); unless all four scores are > 0
     (``win_tie_loss_stat.py:112``; so also a "nan" score) the item is void."""
-    ab, ba = parse_scores_authors(j.review_ab), parse_scores_authors(j.review_ba)
+    ab = parse_scores_authors(j.first_ab if j.first_ab is not None else j.review_ab)
+    ba = parse_scores_authors(j.first_ba if j.first_ba is not None else j.review_ba)
     reasons = [
         f"{name}: "
         + (
@@ -656,8 +666,11 @@ def read_replay(path: str | Path) -> list[Judged]:
             if str(row["id"]) in seen:
                 raise ReplayError(f"{where}: duplicate id {row['id']!r}")
             seen.add(str(row["id"]))
+            firsts = [optional_text(row, k, where) for k in ("first_review_ab", "first_review_ba")]
             items.append(
-                judge_item(row["id"], row["review_ab"], row["review_ba"], category, *answers)
+                judge_item(
+                    row["id"], row["review_ab"], row["review_ba"], category, *answers, *firsts
+                )
             )
     if not items:
         raise ReplayError(f"{p}: no items")

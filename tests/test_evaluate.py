@@ -200,3 +200,37 @@ def test_a_subsample_size_sweep_is_judged_per_size(tmp_path):
             saved = yaml.safe_load((root / name / "config.yaml").read_text())
             assert saved["dataset"]["max_examples"] == size
     assert len({r["baseline"] for r in table}) == 2
+
+
+def test_a_one_phase_baseline_stands_for_runs_that_differ_in_replay_or_stage_policy():
+    """#23 item 12: the studies train one-off once; a setting one phase ignores (replay, the
+    stage policy) does not keep the phased runs from their baseline, and an exact match wins."""
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    from phasedsft.evaluate.generation import Run
+    from phasedsft.evaluate.run import groups_of
+
+    def run(name, *overrides):
+        cfg = OmegaConf.create(OmegaConf.to_container(compose(list(overrides)), resolve=True))
+        return Run(Path(name), cfg, [])
+
+    base = run("one_off", "ordering=one_off")
+    arms = [
+        run("uniform", "ordering=1-2-3", "replay=uniform"),
+        run("continue", "ordering=1-2-3", "trainer/stage_policy=continue"),
+        run("plain", "ordering=1-2-3"),
+    ]
+    groups = groups_of([base, *arms], "one_off")
+    assert {m.name for b, members in groups.values() for m in members} == {
+        "uniform",
+        "continue",
+        "plain",
+    }
+    assert all(b is base for b, _ in groups.values())
+    # an exact match is preferred: a one-off under continue is continue's baseline
+    cont = run("one_off_continue", "ordering=one_off", "trainer/stage_policy=continue")
+    groups = groups_of([base, cont, *arms], "one_off")
+    by_member = {m.name: b.name for b, members in groups.values() for m in members}
+    assert by_member["continue"] == "one_off_continue" and by_member["plain"] == "one_off"
+    assert by_member["uniform"] == "one_off"  # apart in replay only, not also in the policy

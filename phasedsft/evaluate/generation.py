@@ -171,8 +171,10 @@ class Run:
 
     @property
     def unused(self) -> tuple[str, ...]:
-        """Parts of the identity this run's ordering does not read: a one-off run trains on the
-        data as it is, so its scorer and segmentation settings do not change its weights."""
+        """Parts of the identity (dotted keys) this run's ordering does not read: a one-off run
+        trains on the data as it is, so its scorer and segmentation settings do not change its
+        weights; an ordering of one phase has no stage to replay or to continue a schedule from,
+        so replay and the stage policy change nothing either."""
         target = self.config.ordering.get("_target_")
         if not target:
             return ()  # unknown ordering class: assume it reads everything
@@ -181,11 +183,13 @@ class Run:
         cls = get_class(current_target(str(target)))
         return tuple(
             key
-            for key, needed in (
-                ("scorer", getattr(cls, "needs_scores", True)),
-                ("segment", getattr(cls, "needs_stages", True)),
+            for key, unread in (
+                ("scorer", not getattr(cls, "needs_scores", True)),
+                ("segment", not getattr(cls, "needs_stages", True)),
+                ("replay", getattr(cls, "one_phase", False)),
+                ("trainer.stage_policy", getattr(cls, "one_phase", False)),
             )
-            if not needed
+            if unread
         )
 
     @property

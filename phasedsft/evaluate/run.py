@@ -118,8 +118,29 @@ def _shown(value: str | None) -> str:
     return v if isinstance(v, str) else value
 
 
+def _pick(identity: dict[str, Any], key: str) -> Any:
+    """``identity``'s value at the dotted ``key`` (None where absent)."""
+    node: Any = identity
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _without(identity: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    return {k: v for k, v in identity.items() if k not in keys}
+    """``identity`` less ``keys`` (dotted: ``trainer.stage_policy``)."""
+    out = dict(identity)
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                break
+            node[p] = child = dict(child)  # a copy: the identity itself stays whole
+            node = child
+        else:
+            node.pop(leaf, None)
+    return out
 
 
 def group_labels(identities: dict[str, dict[str, Any]]) -> dict[str, Group]:
@@ -175,8 +196,9 @@ def groups_of(runs: list[Run], baseline: str) -> dict[Group, tuple[Run, list[Run
     The baseline is the run with ordering == ``baseline`` and the same identity; where there
     is none, the one whose identity agrees on everything its ordering reads (a one-off run
     reads no scores and no stages: its scorer and segment settings may differ, e.g. when it
-    was trained on its own without naming the phased runs' scorer). Several such runs: an
-    error naming them.
+    was trained on its own without naming the phased runs' scorer; a one-phase run reads no
+    replay and no stage policy). Several such runs: the ones that differ in the fewest of those
+    settings; still several, an error naming them.
     """
     bases = [r for r in runs if r.ordering == baseline]
     if not bases:
@@ -206,6 +228,13 @@ def groups_of(runs: list[Run], baseline: str) -> dict[Group, tuple[Run, list[Run
                 baseline,
             )
             continue
+        if len(found) > 1:  # the ones that agree on the most of what they do not read
+
+            def apart(b: Run, ident: dict[str, Any] = ident) -> int:
+                return sum(_pick(ident_of[id(b)], k) != _pick(ident, k) for k in b.unused)
+
+            fewest = min(map(apart, found))
+            found = [b for b in found if apart(b) == fewest]
         if len(found) > 1:
             raise DataError(
                 f"runs {sorted(r.name for r in members)} match {len(found)} runs with "

@@ -154,6 +154,8 @@ class Paced:
     name: str = "paced"
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = False
+    # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
+    one_phase: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.pacing not in PACINGS:
@@ -189,6 +191,8 @@ class Interleaved:
     name: str = "interleaved"
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
+    # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
+    one_phase: ClassVar[bool] = True
 
     def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
         assert manifest is not None

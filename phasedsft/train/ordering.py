@@ -184,6 +184,8 @@ class OneOff:
     name: str = "one_off"
     needs_scores: ClassVar[bool] = False
     needs_stages: ClassVar[bool] = False
+    # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
+    one_phase: ClassVar[bool] = True
 
     def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
         return [Phase("all", tuple(ex.id for ex in examples))]
@@ -240,6 +242,8 @@ class Sorted:
     name: str = "sorted"
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = False
+    # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
+    one_phase: ClassVar[bool] = True
 
     def phases(self, examples: Sequence[Example], manifest: StageManifest | None) -> list[Phase]:
         tiebreak = random.Random(f"sorted-{self.seed}")

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import TINY, compose
+from conftest import ROOT, TINY, compose
 from helpers import run_command, run_dir, stage_dirs
 
 from phasedsft.records import DataError, Example
@@ -286,3 +286,21 @@ def test_only_self_paced_orderings_restage(ordering):
 
     obj = instantiate(compose([f"ordering={ordering}"]).ordering)
     assert isinstance(obj, Restages) is (ordering == "self_paced")
+
+
+@pytest.mark.integration
+def test_the_documented_matched_replay_sweep_plans(tmp_path):
+    """docs/curricula.md: in a multirun that sweeps replay, its keys are set with ++ (Hydra
+    composes the shared overrides before a replay option is chosen)."""
+    import re
+
+    text = (ROOT / "docs" / "curricula.md").read_text(encoding="utf-8")
+    (sweep,) = re.findall(
+        r"`-m (replay=uniform,recent \+\+replay\.match_one_off_steps=true)`", text
+    )
+    out = run_command(
+        [sys.executable, "train.py", "-m", *sweep.split(), *TINY, "plan_only=true",
+         f"run.root={tmp_path}"],
+        no_traceback=True,
+    )  # fmt: skip
+    assert "plan: 2 jobs, 0 invalid, nothing trained" in out.stdout

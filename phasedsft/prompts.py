@@ -144,8 +144,9 @@ def chat_template_text(name_or_path: str) -> str:
 @dataclass
 class ChatTemplate:
     """The tokenizer's own chat template (or ``chat_template``: a packaged template's name or a
-    ``.jinja`` file): user turn = instruction (+ input, joined by a newline as LLaMA-Factory
-    joins them), assistant turn = output.
+    ``.jinja`` file): user turn = instruction (+ input, after a blank line), assistant turn =
+    output. (A LLaMA-Factory row with a system prompt or history is a conversation whose user
+    turn joins them with one newline, as its data README says: see ``loaders.from_alpaca``.)
 
     A conversation (:attr:`Example.messages`) is rendered turn by turn, with the loss on every
     trained assistant turn, tool calls included, and never on system, user or tool turns
@@ -167,7 +168,7 @@ class ChatTemplate:
         """The turns before the last assistant turn."""
         if ex.messages is not None:
             return self._with_system([m.as_dict() for m in ex.messages[:-1]])
-        user = ex.instruction if not ex.input.strip() else f"{ex.instruction}\n{ex.input}"
+        user = ex.instruction if not ex.input.strip() else f"{ex.instruction}\n\n{ex.input}"
         return self._with_system([{"role": "user", "content": user}])
 
     def _all_messages(self, ex: Example) -> list[dict[str, Any]]:

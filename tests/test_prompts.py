@@ -79,7 +79,7 @@ def test_chat_template_masks_the_generation_prompt(tiny_tokenizer):
     )
     try:
         prompt, completion = ChatTemplate().split_ids(WITH_INPUT, tok)
-        assert tok.decode(prompt) == "<s>user: Add the two numbers.\n3 4</s><s>assistant: "
+        assert tok.decode(prompt) == "<s>user: Add the two numbers.\n\n3 4</s><s>assistant: "
         assert tok.decode(completion) == "7</s>"
     finally:
         tok.chat_template = None

@@ -39,6 +39,32 @@ WEIGHTINGS = ("uniform", "recent")
 PACINGS = ("linear", "root", "geometric", "step")
 
 
+def replay_counts(n: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
+    """``n`` split in proportion to ``weights``, none above its cap, as replay has always drawn:
+    the floors of the shares first, then the shares of what is left recomputed, and where they
+    all floor to 0 one to the largest such share (the heaviest open pool, not the largest
+    remainder of the first split: :func:`allocate` does that). Kept so that replay runs made
+    before :func:`allocate` was fixed draw the same examples under the same run name."""
+    counts = [0] * len(weights)
+    left = min(n, sum(caps))
+    while left > 0:
+        open_ = [i for i in range(len(weights)) if counts[i] < caps[i] and weights[i] > 0]
+        if not open_:
+            break
+        total = sum(weights[i] for i in open_)
+        shares = {i: left * weights[i] / total for i in open_}
+        floors = {i: min(int(shares[i]), caps[i] - counts[i]) for i in open_}
+        given = sum(floors.values())
+        if given == 0:  # hand out one at a time, biggest remainder first
+            best = max(open_, key=lambda i: (shares[i] - int(shares[i]), weights[i], -i))
+            floors[best] = 1
+            given = 1
+        for i, f in floors.items():
+            counts[i] += f
+        left -= given
+    return counts
+
+
 def allocate(n: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
     """``n`` split in proportion to ``weights``, none above its cap (Hamilton's largest
     remainders): pools whose share reaches their cap get the cap and the rest is split again
@@ -98,7 +124,7 @@ class Replay:
                 weights = [float(len(pool)) for pool in pools]
             else:
                 weights = [2.0**j for j in range(k)]
-            counts = allocate(
+            counts = replay_counts(
                 round(self.fraction * len(phase.ids)), weights, [len(p) for p in pools]
             )
             drawn = [rng.sample(pool, c) for pool, c in zip(pools, counts, strict=True)]

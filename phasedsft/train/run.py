@@ -309,11 +309,12 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
         record = plan_record(cfg, run_dir, [], str(e))
     except USER_ERRORS as e:
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-            discard_fresh_run_dir(run_dir, existed)  # a plan writes nothing, refused or not
+            # a plan writes nothing, refused or not; never a directory a training run now holds
+            discard_fresh_run_dir(run_dir, existed or held(run_dir))
             raise  # a single run ends like any run: error: ..., exit code 2
         record = invalid_record(cfg, run_dir, e)
     print("plan: " + format_plan(record), flush=True)
-    discard_fresh_run_dir(run_dir, existed)
+    discard_fresh_run_dir(run_dir, existed or held(run_dir))
     return record
 
 
@@ -508,8 +509,7 @@ def uptrain(
         records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
-        # re-cut while two stages or more are left: one stage alone keeps its examples
-        if isinstance(s.ordering, Restages) and k + 2 < len(specs):
+        if isinstance(s.ordering, Restages) and k + 1 < len(specs):
             specs[k + 1 :] = restaged(cfg, s, spec, specs[k + 1 :])
     return records
 

@@ -6,6 +6,7 @@ Shared by the pipeline's steps; imports none of them.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,3 +68,27 @@ def build_context(cfg: DictConfig, examples: Sequence[Example]) -> BuildContext:
 
 def load_tokenizer(cfg: DictConfig, examples: Sequence[Example]) -> Any:
     return instantiate(cfg.model.tokenizer, context=build_context(cfg, examples))
+
+
+LEGACY_CACHE = Path(
+    "runs/.cache"
+)  # where score.py and segment.py kept it before it followed run.root
+
+
+def score_cache_dir(cfg: DictConfig, paid: bool) -> Path:
+    """score.py's and segment.py's cache: ``run.cache_dir``, unless the scorer is ``paid`` for,
+    ``run.cache_dir`` holds no score cache yet and the one earlier versions wrote under
+    ``./runs/.cache`` does: answers already paid for are then read there (the log says so),
+    never bought again."""
+    chosen = Path(cfg.run.cache_dir)
+    legacy = LEGACY_CACHE / "scores.sqlite"
+    fresh = not (chosen / "scores.sqlite").exists()
+    if paid and fresh and legacy.exists() and chosen.resolve() != LEGACY_CACHE.resolve():
+        logging.getLogger(__name__).warning(
+            "using the score cache of earlier versions, %s (it holds answers already paid for); "
+            "run.cache_dir=%s to start the cache beside your runs instead",
+            LEGACY_CACHE,
+            chosen,
+        )
+        return LEGACY_CACHE
+    return chosen

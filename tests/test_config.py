@@ -296,3 +296,22 @@ def test_score_py_writes_no_cache_where_it_is_run(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "proj" / ".cache" / "scores.sqlite").is_file()
     assert not (work / "runs").exists()
+
+
+def test_paid_scores_of_earlier_versions_are_read_where_they_were_written(tmp_path, monkeypatch):
+    """The cache moved beside run.root: a paid scorer whose new cache does not exist yet reads
+    the one earlier versions wrote under ./runs/.cache instead of paying again."""
+    from omegaconf import OmegaConf
+
+    from phasedsft.jobs import score_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"run": {"cache_dir": str(tmp_path / "proj" / ".cache")}})
+    assert score_cache_dir(cfg, paid=True) == tmp_path / "proj" / ".cache"  # nothing earlier
+    (tmp_path / "runs" / ".cache").mkdir(parents=True)
+    (tmp_path / "runs" / ".cache" / "scores.sqlite").write_bytes(b"")
+    assert score_cache_dir(cfg, paid=True) == Path("runs/.cache")
+    assert score_cache_dir(cfg, paid=False) == tmp_path / "proj" / ".cache"  # costs nothing
+    (tmp_path / "proj" / ".cache").mkdir(parents=True)
+    (tmp_path / "proj" / ".cache" / "scores.sqlite").write_bytes(b"")
+    assert score_cache_dir(cfg, paid=True) == tmp_path / "proj" / ".cache"  # started: its own

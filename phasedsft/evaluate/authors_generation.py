@@ -52,6 +52,7 @@ from phasedsft.evaluate.generation import (
     Lengths,
     Pending,
     Prompt,
+    kept_model,
     lengths_of,
 )
 from phasedsft.prompts import UserAssistantTemplate
@@ -221,14 +222,7 @@ class AuthorsGenerator:
         the model stays in ``pending.loaded`` for the checkpoint's next set."""
         from transformers import set_seed
 
-        ckpt, loaded = pending.ckpt, pending.loaded
-        if loaded is None or loaded.get("dir") != ckpt.model_dir:
-            model, tokenizer = self.load(ckpt.model_dir)
-            if loaded is not None:
-                loaded.clear()
-                loaded.update(dir=ckpt.model_dir, model=model, tokenizer=tokenizer)
-        else:
-            model, tokenizer = loaded["model"], loaded["tokenizer"]
+        model, tokenizer = kept_model(pending, self.load)
         self._warn(pending, tokenizer)
         prompts = self.prompts(
             pending, tokenizer, getattr(model.config, "max_position_embeddings", None)
@@ -254,7 +248,7 @@ class AuthorsGenerator:
             log.warning(
                 "%s / %s: %d decoded answers hold no %r (the authors' script stops there); "
                 "their answer is the decoded new tokens",
-                ckpt.label,
+                pending.ckpt.label,
                 pending.eval_set,
                 unsplit,
                 ANSWER_MARK,

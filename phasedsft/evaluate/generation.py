@@ -370,6 +370,19 @@ class Pending:
         return out
 
 
+def kept_model(pending: Pending, load: Callable[[Path], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """The checkpoint's (model, tokenizer): loaded once and kept in ``pending.loaded`` for the
+    checkpoint's next test set."""
+    ckpt, loaded = pending.ckpt, pending.loaded
+    if loaded is not None and loaded.get("dir") == ckpt.model_dir:
+        return loaded["model"], loaded["tokenizer"]
+    model, tokenizer = load(ckpt.model_dir)
+    if loaded is not None:
+        loaded.clear()
+        loaded.update(dir=ckpt.model_dir, model=model, tokenizer=tokenizer)
+    return model, tokenizer
+
+
 class Generator(Protocol):
     """What :func:`answers_for` needs of a backend (HFGenerator, VLLMGenerator, OpenAIGenerator)."""
 
@@ -463,14 +476,7 @@ class HFGenerator:
     def answer(self, pending: Pending) -> None:
         """Answers for ``pending``'s items, ``chunk`` prompts at a time, saved after each chunk;
         the model stays in ``pending.loaded`` for the checkpoint's next set."""
-        ckpt, loaded = pending.ckpt, pending.loaded
-        if loaded is None or loaded.get("dir") != ckpt.model_dir:
-            model, tokenizer = self.load(ckpt.model_dir)
-            if loaded is not None:
-                loaded.clear()
-                loaded.update(dir=ckpt.model_dir, model=model, tokenizer=tokenizer)
-        else:
-            model, tokenizer = loaded["model"], loaded["tokenizer"]
+        model, tokenizer = kept_model(pending, self.load)
         prompts = pending.prompts(tokenizer, self.context_length(model))
         bar = tqdm(
             total=pending.total,

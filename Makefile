@@ -37,7 +37,7 @@ demo: $(STAMP)  ## the whole pipeline on the embedded offline default (~7 min on
 	@echo "everything, one page: $(DEMO)/evaluation/reference/report.html"
 
 test: $(STAMP)  ## every test: unit, config and integration (what CI runs)
-	$(PY) -m pytest -m "integration or not integration" --durations=15
+	PHASEDSFT_TESTS_NEED_EXTRAS=1 $(PY) -m pytest -m "integration or not integration" --durations=15
 
 unit: $(STAMP)  ## the fast unit tests only (plain pytest)
 	$(PY) -m pytest
@@ -53,11 +53,13 @@ BENCH_PARTS = $(basename $(BENCH_JSON))
 bench: $(STAMP)  ## benchmarks in interleaved rounds (not part of the tests); all results in $(BENCH_JSON)
 	@mkdir -p $(BENCH_PARTS)
 	$(PY) benchmarks/bench_segmentation.py --json $(BENCH_PARTS)/segmentation.json
+	$(PY) benchmarks/bench_select.py --json $(BENCH_PARTS)/select.json
 	$(PY) benchmarks/bench_scoring_client.py --json $(BENCH_PARTS)/scoring_client.json
 	$(PY) benchmarks/bench_generation.py --json $(BENCH_PARTS)/generation.json
 	$(PY) benchmarks/bench_training.py --json $(BENCH_PARTS)/training.json
 	$(PY) benchmarks/bench_gpu.py --json $(BENCH_PARTS)/gpu.json
 	$(PY) benchmarks/bench_local_scorers.py --json $(BENCH_PARTS)/local_scorers.json
+	$(PY) benchmarks/bench_scale.py --json $(BENCH_PARTS)/scale.json
 	$(PY) benchmarks/compare.py --merge $(BENCH_JSON) $(BENCH_PARTS)/*.json
 	@echo "compare with an earlier run: $(PY) benchmarks/compare.py OLD.json $(BENCH_JSON)"
 

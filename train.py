@@ -8,7 +8,8 @@ python train.py --cfg job                          # print the composed config
 import hydra
 from omegaconf import DictConfig
 
-import phasedsft.config  # noqa: F401  (registers schemas, generated orderings, resolvers)
+import phasedsft.config  # registers schemas and resolvers
+import phasedsft.train.orderings  # noqa: F401  (registers the ordering group)
 from phasedsft.cli import plain_errors
 from phasedsft.train.run import run
 

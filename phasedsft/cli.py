@@ -9,6 +9,7 @@ kept and exit code 130.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import re
 import sys
@@ -162,5 +163,48 @@ def end_distributed() -> None:
         return
     try:
         dist.destroy_process_group()
+        release_deepspeed_groups()
     except Exception as e:  # the job's own outcome matters more than a failed teardown
         logging.getLogger("phasedsft").debug("process group teardown failed: %s", e)
+
+
+def release_deepspeed_groups() -> None:
+    """Drop DeepSpeed's module-level handles on the destroyed process groups and collect them
+    now, while the interpreter is whole.
+
+    ``destroy_process_group`` shuts the groups down but DeepSpeed's globals (its comm backend,
+    ``deepspeed.utils.groups``) keep the objects alive until interpreter finalization, where a
+    gloo group's destructor can take the GIL of a dying interpreter and abort: the SIGABRT
+    ("terminate called without an active exception") of a ZeRO-3 rank that had finished its
+    run, seen in CI on one rank of two, now and then.
+    """
+    comm = sys.modules.get("deepspeed.comm.comm")
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if comm is None and groups is None:
+        return
+    if comm is not None:
+        comm.cdb = None  # type: ignore[attr-defined]
+    if groups is not None:
+        import torch.distributed as dist
+
+        for name, value in list(vars(groups).items()):
+            if isinstance(value, dist.ProcessGroup):
+                setattr(groups, name, None)
+            elif isinstance(value, dict) and any(
+                isinstance(v, dist.ProcessGroup) for v in value.values()
+            ):
+                value.clear()  # groups by name or ranks
+    gc.collect()
+
+
+REMOVED_IN = "0.3"  # the release that drops the old command names (CHANGELOG.md)
+
+
+def old_command_name(old: str, new: str) -> None:
+    """Say on stderr that ``python -m old`` is deprecated in favour of ``python -m new``."""
+    print(
+        f"note: python -m {old} is deprecated and goes in phasedsft {REMOVED_IN}; "
+        f"use python -m {new} (same options, same output)",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -20,44 +20,24 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from phasedsft.io import sha256_json
+from phasedsft.identity import MOVED_MODULES as MOVED_MODULES
+from phasedsft.identity import MOVED_TARGETS as MOVED_TARGETS
+from phasedsft.identity import NEUTRAL_DEFAULTS as NEUTRAL_DEFAULTS
+from phasedsft.identity import NON_SEMANTIC_KEYS as NON_SEMANTIC_KEYS
+from phasedsft.identity import NON_SEMANTIC_SCORER_KEYS as NON_SEMANTIC_SCORER_KEYS
+from phasedsft.identity import config_hash
+from phasedsft.identity import current_target as current_target
+from phasedsft.identity import first_target as first_target
+from phasedsft.identity import with_first_targets as with_first_targets
+from phasedsft.identity import without_neutral_options as without_neutral_options
 from phasedsft.ranges import Range, ranged
 
 MAX_GENERATED_STAGES = 4
 
-# Top-level keys that do not change what a run computes: left out of the run's hash,
-# so the same experiment keeps its run directory whatever launcher or logger it uses.
-NON_SEMANTIC_KEYS = (
-    "hydra",
-    "run",
-    "launcher",
-    "logger",
-    "publish",  # where finished stages are copied: adding it to a finished run retrains nothing
-    "dry_run",
-    "plan_only",
-    "inspect",  # inspect=N: print N examples per stage, trained tokens marked; trains nothing
-    "inspect_stage",
-    "inspect_tokens",
-    "thresholds",
-    "plot_bandwidth",
-)
-# A scorer's spending and pacing settings do not change its scores either: raising a budget
-# and rerunning continues the same scoring run.
-NON_SEMANTIC_SCORER_KEYS = (
-    "budget_usd",
-    "concurrency",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_retries",
-    "timeout",
-    "retry_failed",
-    "price",
-    "api_key_env",
-    "batch_size",
-)
-
+# Run identity (what names a run, what makes runs comparable) lives in phasedsft.identity;
+# its names stay importable from here.
 
 # ----------------------------------------------------------------- schemas
 
@@ -231,6 +211,8 @@ class TrainConfig:
     launcher: Any = None
     publish: Any = None  # node with _target_ (phasedsft.train.publish.*); None: not published
     replay: Any = None  # node with _target_ (phasedsft.train.curricula.Replay); None: no replay
+    # which examples to train on, after scoring, before segmenting (phasedsft/select); None: all
+    selection: Any = None
     # Set every job up, print its ordering, stage sizes and steps, train nothing (phasedsft/train/plan.py)
     plan_only: bool = False
     # Print N examples of each stage with the tokens in the loss marked, then stop as plan_only
@@ -272,6 +254,9 @@ class ScoreConfig(DataJobConfig):
         default_factory=lambda: [1.5, 3.5], metadata={"range": Range(why="lines drawn")}
     )
     run: ScoreRunConfig = field(default_factory=ScoreRunConfig)
+    # more scorers, each written beside the scorer's own in the scored file's ``scores`` (raw
+    # values, keyed by this name): python score.py scorer=gpt4 +scorer@extra_scorers.ifd=ifd
+    extra_scorers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,6 +273,7 @@ class SegmentationConfig(DataJobConfig):
     plot_bandwidth: Any = None
     compare: dict[str, Any] = field(default_factory=dict)
     segment: SegmentConfig = MISSING
+    selection: Any = None  # which examples to segment (phasedsft/select), as train.py selects
     run: SegmentRunConfig = field(default_factory=SegmentRunConfig)
 
 
@@ -342,75 +328,7 @@ class EvaluateConfig:
 
 
 # ----------------------------------------------------------------- orderings
-
-
-@dataclass
-class OneOffOrdering:
-    _target_: str = "phasedsft.train.ordering.OneOff"
-    name: str = "one_off"
-
-
-@dataclass
-class PhasedOrdering:
-    _target_: str = "phasedsft.train.ordering.Phased"
-    # A name that spells stages (``3-2-1``, ``only-3``) must be the stages trained: a run is
-    # named, summarized and evaluated by it (phasedsft.train.ordering.check_stages)
-    name: str = "phased"
-    stages: list[int] = MISSING
-
-
-@dataclass
-class RandomOrdering:
-    _target_: str = "phasedsft.train.ordering.RandomPhased"
-    name: str = "random"
-    stages: list[int] | None = None  # default: all random stages in order
-    sizes: str = "equal"  # or "matched": the sizes of the difficulty stages
-
-
-@dataclass
-class SortedOrdering:
-    _target_: str = "phasedsft.train.ordering.Sorted"
-    name: str = "sorted"
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-@dataclass
-class PacedOrdering:
-    _target_: str = "phasedsft.train.curricula.Paced"
-    name: str = "paced-${.pacing}"
-    pacing: str = "linear"  # linear | root | geometric | step (docs/curricula.md)
-    start: float = 0.2  # the share of the easiest data available at the first step
-    full_at: float = 0.5  # the share of training after which all data is available
-    growth: float = 2.0  # geometric: factor per increment
-    steps: int = 4  # step: increments
-    anti: bool = False  # hardest first
-    epochs: float = "${trainer.num_train_epochs}"  # type: ignore[assignment]
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-@dataclass
-class InterleavedOrdering:
-    _target_: str = "phasedsft.train.curricula.Interleaved"
-    name: str = "interleaved"
-    stages: list[int] | None = None  # default: every difficulty stage
-    epochs: float = "${trainer.num_train_epochs}"  # type: ignore[assignment]
-    reshuffle: bool = True
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-@dataclass
-class SelfPacedOrdering:
-    _target_: str = "phasedsft.train.curricula.SelfPaced"
-    name: str = "self_paced"
-    stages: list[int] = field(default_factory=lambda: [1, 2, 3])
-    # the scorer the trained weights re-score the stages to come with (docs/curricula.md)
-    rescorer: Any = field(
-        default_factory=lambda: {
-            "_target_": "phasedsft.score.local.PerplexityScorer",
-            "batch_size": 8,
-            "name": "perplexity",
-        }
-    )
+# The ordering group's options are built from their classes: phasedsft.train.orderings.
 
 
 def stage_sequences(max_stages: int = MAX_GENERATED_STAGES) -> list[tuple[int, ...]]:
@@ -438,113 +356,6 @@ def named_stages(name: str) -> tuple[int, ...] | None:
 
 
 # ----------------------------------------------------------------- resolvers
-
-
-# ----------------------------------------------------------------- where components lived
-
-# Modules that moved (old name -> new name). Run identity (the hash in run names, and the
-# comparison identity of saved configs) names every ``_target_`` by its module's *first*
-# name, so that a run made before a move is found, resumed and compared after it; saved
-# configs that name an old module are read through the new one. A move adds a line here.
-MOVED_MODULES = {
-    "phasedsft.scorers": "phasedsft.score.base",
-    "phasedsft.scoring.api": "phasedsft.score.api",
-    "phasedsft.scoring.local": "phasedsft.score.local",
-    "phasedsft.segmentation": "phasedsft.segment.methods",
-    "phasedsft.stages": "phasedsft.segment.manifest",
-    "phasedsft.ordering": "phasedsft.train.ordering",
-    "phasedsft.plan": "phasedsft.train.plan",
-    "phasedsft.adapters": "phasedsft.train.adapters",
-    "phasedsft.tracking": "phasedsft.train.tracking",
-    "phasedsft.judges": "phasedsft.evaluate.judges",
-    "phasedsft.evaluation.generation": "phasedsft.evaluate.generation",
-    "phasedsft.evaluation.sets": "phasedsft.evaluate.sets",
-}
-# Components that moved to another module than their own module's (old -> new target).
-MOVED_TARGETS = {
-    "phasedsft.stages.ManualThresholds": "phasedsft.segment.methods.ManualThresholds",
-}
-_FIRST_NAMES = {new: old for old, new in MOVED_MODULES.items()}
-_FIRST_TARGETS = {new: old for old, new in MOVED_TARGETS.items()}
-
-
-def _rename(target: str, targets: dict[str, str], modules: dict[str, str]) -> str:
-    if target in targets:
-        return targets[target]
-    module, _, name = target.rpartition(".")
-    return f"{modules.get(module, module)}.{name}" if module else target
-
-
-def first_target(target: str) -> str:
-    """``target`` under the name it had first (for run identity)."""
-    return _rename(target, _FIRST_TARGETS, _FIRST_NAMES)
-
-
-def current_target(target: str) -> str:
-    """``target`` under its current name (to load an old saved config)."""
-    return _rename(target, MOVED_TARGETS, MOVED_MODULES)
-
-
-def with_first_targets(node: Any) -> Any:
-    """A plain container with every ``_target_`` value named as in :func:`first_target`."""
-    if isinstance(node, dict):
-        return {
-            k: first_target(v) if k == "_target_" and isinstance(v, str) else with_first_targets(v)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [with_first_targets(v) for v in node]
-    return node
-
-
-# Options added after run identity was first defined, with the value that means "as before".
-# At that value an option is left out of run identity (the hash in run names, the comparison
-# identity), so adding an option renames no existing run; any other value is hashed as usual.
-# An option added later adds a line here (tests/test_identity.py holds the names to keep).
-NEUTRAL_DEFAULTS: dict[str, Any] = {
-    "trainer.packing": False,
-    "trainer.packing_max_tokens": None,
-    "trainer.packing_layout": "auto",
-    "model.path": None,
-    "replay": None,
-    "eval.by_task": False,
-    "prompt.chat_template": None,
-    "trainer.stage_policy": {
-        "schedule": "per_stage",
-        "optimizer_state": "fresh",
-        "warmup_each_stage": True,
-    },
-}
-
-
-def without_neutral_options(container: dict[str, Any]) -> dict[str, Any]:
-    """``container`` less the options of :data:`NEUTRAL_DEFAULTS` that are at that value."""
-    for dotted, neutral in NEUTRAL_DEFAULTS.items():
-        *parents, leaf = dotted.split(".")
-        node: Any = container
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
-            del node[leaf]
-    return container
-
-
-def config_hash(*, _root_: DictConfig) -> str:
-    """Short hash of everything that changes what a run computes (see NON_SEMANTIC_KEYS).
-
-    Components are named by where their code first lived (:data:`MOVED_MODULES`) and options
-    added later are left out at their neutral value (:data:`NEUTRAL_DEFAULTS`): moving code or
-    adding an option never renames a run.
-    """
-    container = with_first_targets(OmegaConf.to_container(_root_, resolve=False))
-    assert isinstance(container, dict)
-    without_neutral_options(container)
-    for key in NON_SEMANTIC_KEYS:
-        container.pop(key, None)
-    if isinstance(container.get("scorer"), dict):
-        for key in NON_SEMANTIC_SCORER_KEYS:
-            container["scorer"].pop(key, None)
-    return sha256_json(container)[:8]
 
 
 NAME_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".gguf")
@@ -589,25 +400,9 @@ def register() -> None:
     cs.store(name="score_schema", node=ScoreConfig)
     cs.store(name="segmentation_schema", node=SegmentationConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(group="ordering", name="one_off", node=OneOffOrdering)
-    cs.store(group="ordering", name="random", node=RandomOrdering)
-    cs.store(
-        group="ordering",
-        name="random_matched",
-        node=RandomOrdering(name="random_matched", sizes="matched"),
-    )
-    cs.store(group="ordering", name="sorted", node=SortedOrdering)
-    cs.store(group="ordering", name="paced", node=PacedOrdering)
-    for pacing in ("linear", "root", "geometric", "step"):  # one option each, for sweeps
-        cs.store(group="ordering", name=f"paced-{pacing}", node=PacedOrdering(pacing=pacing))
-        anti = PacedOrdering(name=f"paced-{pacing}-anti", pacing=pacing, anti=True)
-        cs.store(group="ordering", name=f"paced-{pacing}-anti", node=anti)
-    cs.store(group="ordering", name="interleaved", node=InterleavedOrdering)
-    cs.store(group="ordering", name="self_paced", node=SelfPacedOrdering)
-    cs.store(group="ordering", name="phased", node=PhasedOrdering)
-    for seq in stage_sequences():
-        name = stages_name(seq)
-        cs.store(group="ordering", name=name, node=PhasedOrdering(name=name, stages=list(seq)))
+    from phasedsft.select.config import register as register_select
+
+    register_select(cs)
 
 
 register()

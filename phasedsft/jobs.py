@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from phasedsft import rundir
 from phasedsft.data.loaders import Loaded
 from phasedsft.io import atomic_write_text
 from phasedsft.models import BuildContext
@@ -34,7 +35,7 @@ def start_job(cfg: DictConfig) -> Path:
     """Create the run directory and write the resolved config into it; return the directory."""
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / rundir.RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir
 
 
@@ -55,10 +56,11 @@ def load_examples(cfg: DictConfig) -> tuple[Loaded, list[Example]]:
     return loaded, examples
 
 
-def tokenizer_corpus(examples: Sequence[Example]) -> list[str]:
-    """Texts a from-scratch tokenizer is trained on: every prompt (Alpaca layout) and output."""
+def tokenizer_corpus(examples: Sequence[Example]) -> Iterator[str]:
+    """Texts a from-scratch tokenizer is trained on: every prompt (Alpaca layout) and output,
+    one at a time (never a copy of every text)."""
     template = AlpacaTemplate()
-    return [template.prompt_text(ex) + ex.output for ex in examples]
+    return (template.prompt_text(ex) + ex.output for ex in examples)
 
 
 def build_context(cfg: DictConfig, examples: Sequence[Example]) -> BuildContext:

@@ -9,6 +9,7 @@ with a byte-level BPE tokenizer trained on the training texts in about a second.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import shutil
@@ -85,8 +86,10 @@ def train_bpe_tokenizer(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    texts = list(context.corpus())
-    key = sha256_lines([f"v{TOKENIZER_VERSION}", str(vocab_size), str(min_frequency), *texts])[:16]
+    # the corpus is read as a stream (once to hash it, once more to train on a miss): a list of
+    # every text would be one more copy of the rows
+    header = [f"v{TOKENIZER_VERSION}", str(vocab_size), str(min_frequency)]
+    key = sha256_lines(itertools.chain(header, context.corpus()))[:16]
     target = context.cache_dir / "tokenizers" / key
     if (target / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(target)
@@ -105,7 +108,7 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator(context.corpus(), trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )

@@ -98,7 +98,7 @@ def as_message(turn: Message | Turn) -> Message:
     return turn if isinstance(turn, Message) else Message(turn[0], turn[1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them without a dict each
 class Example:
     """One instruction-tuning triplet, plus its difficulty score and stage once known.
 

@@ -38,7 +38,8 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import phasedsft.config  # noqa: F401
+    import phasedsft.config
+    import phasedsft.train.orderings  # noqa: F401  (the ordering group, as train.py registers it)
 
     if not GlobalHydra.instance().is_initialized():
         initialize_config_dir(config_dir=str(CONF), version_base="1.3")
@@ -69,7 +70,9 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (chat template included), from the packaged GGUF."""
-    pytest.importorskip("gguf")
+    from helpers.deps import needs
+
+    needs("gguf")
     from phasedsft.models import load_tokenizer, package_dir
 
     try:
@@ -82,7 +85,9 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def server():
     """A real OpenAI-compatible llama.cpp server (SmolLM2-135M-Instruct) on loopback; its /v1 URL."""
-    pytest.importorskip("xllamacpp")
+    from helpers.deps import needs
+
+    needs("xllamacpp")
     from servers import free_port, start_server, stop_server
 
     port = free_port()

@@ -33,6 +33,9 @@ def module(name: str, *args: str, check: bool = True) -> subprocess.CompletedPro
 def test_old_module_names_print_the_same_help(old):
     before, after = module(old, "--help"), module(OLD_TO_NEW[old], "--help")
     assert before.stdout == after.stdout and "usage:" in before.stdout
+    note = f"note: python -m {old} is deprecated and goes in phasedsft 0.3; use python -m "
+    assert f"{note}{OLD_TO_NEW[old]} (same options, same output)" in before.stderr
+    assert "deprecated" not in after.stderr
 
 
 def test_old_winrate_name_replays_a_file_like_the_new_one(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 import sys
 from collections import Counter
 
@@ -243,6 +244,13 @@ def test_self_paced_restages_the_rest_by_the_trained_model_and_resumes_exactly(t
     for stage, phase in zip((s2, s3), expected, strict=True):
         assert set((stage / "data_order.txt").read_text().split()) == set(phase.ids)
     assert set(expected[0].ids) != set(manifest["stages"][1])  # the model changed the cut
+    # re-scored once, after stage 1 (stages 2 and 3); stage 3 alone has nothing to re-cut
+    (cache,) = tmp_path.rglob("scores.sqlite")
+    with sqlite3.connect(cache) as db:
+        (rescored,) = db.execute(
+            "SELECT COUNT(*) FROM results WHERE scorer = 'perplexity'"
+        ).fetchone()
+    assert rescored == len(pool)
     records = [json.loads((s / "stage.json").read_text()) for s in (s1, s2, s3)]
     assert [st["order_sha256"] for st in info["stages"]] == [r["order_sha256"] for r in records]
     assert all(r["fed_matches_plan"] for r in records)
@@ -281,6 +289,26 @@ def test_self_paced_needs_a_model_based_rescorer():
     for rescorer in (None, OracleScorer()):
         with pytest.raises(DataError, match=r"needs ordering\.rescorer, a scorer that runs"):
             SelfPaced(rescorer=rescorer, stages=[1, 2]).phases([], manifest)
+
+
+def test_self_paced_rescores_before_every_stage_but_a_last_one_alone():
+    """#23 item 12: one stage left has no cut to move (its examples are shuffled whatever their
+    order); ``rescore_last_stage=true`` is what earlier versions did, under their run names."""
+    from phasedsft.train.curricula import SelfPaced
+
+    assert [SelfPaced().rescores(n) for n in (3, 2, 1, 0)] == [True, True, False, False]
+    assert SelfPaced(rescore_last_stage=True).rescores(1)
+    assert compose(["ordering=self_paced"]).ordering.rescore_last_stage is False
+    from omegaconf import OmegaConf
+
+    from phasedsft.config import config_hash
+
+    before = compose(["ordering=self_paced", "ordering.rescore_last_stage=true"])
+    assert before.run.name != compose(["ordering=self_paced"]).run.name  # trains differently
+    untyped = OmegaConf.create(OmegaConf.to_container(before, resolve=False))
+    hashed = config_hash(_root_=untyped)
+    del untyped.ordering["rescore_last_stage"]  # a config of the versions before the option
+    assert config_hash(_root_=untyped) == hashed
 
 
 @pytest.mark.parametrize("ordering", ["self_paced", "1-2-3", "one_off", "paced", "interleaved"])

@@ -19,8 +19,9 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 from helpers import expected_lrs, logged_lrs, run_command, run_dir, stage_dirs, weights
+from helpers.deps import needs
 
-pytest.importorskip("deepspeed")
+needs("deepspeed")
 pytestmark = pytest.mark.integration
 
 SETTINGS = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers.deps import needs
+
 from phasedsft.train.distributed import first_host, slurm_ranks
 
 
@@ -52,3 +54,31 @@ def test_a_job_ending_in_a_plain_error_tears_down_its_process_group(tmp_path):
     with pytest.raises(SystemExit) as e:
         job()
     assert e.value.code == 2 and not dist.is_initialized()
+
+
+def test_deepspeed_lets_go_of_the_destroyed_groups_before_the_interpreter_exits(tmp_path):
+    # a ZeRO-3 rank that had finished aborted at exit now and then (SIGABRT in CI): DeepSpeed's
+    # globals kept the destroyed gloo groups alive until finalization
+    import torch.distributed as dist
+
+    needs("deepspeed")
+    from deepspeed.comm import comm
+    from deepspeed.utils import groups
+
+    from phasedsft.cli import plain_errors
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    groups._WORLD_GROUP = dist.new_group([0])
+    groups._EXPERT_PARALLEL_GROUP["ep_size_1"] = dist.new_group([0])
+    held = [comm.cdb, groups._WORLD_GROUP]
+
+    @plain_errors
+    def job() -> None:
+        assert comm.cdb is not None
+
+    job()
+    assert not dist.is_initialized()
+    assert comm.cdb is None and groups._WORLD_GROUP is None
+    assert groups._EXPERT_PARALLEL_GROUP == {}
+    assert all(x is not None for x in held)  # what the test holds itself stays

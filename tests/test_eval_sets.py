@@ -115,7 +115,7 @@ EVAL_SETS = [
 @pytest.mark.parametrize("generator", ["hf", "vllm"])
 def test_every_judge_and_generator_composes(judge, generator):
     cfg = compose([f"judge={judge}", f"generator={generator}"], config_name="evaluate")
-    assert cfg.judge._target_.startswith("phasedsft.evaluate.judges.")
+    assert cfg.judge._target_.startswith(("phasedsft.evaluate.judges.", "phasedsft.judging."))
     assert cfg.out_dir.endswith(f"evaluation/{cfg.judge.name}")
 
 

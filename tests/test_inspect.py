@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import compose
 from helpers import run_command
+from helpers.deps import needs
 
 from phasedsft.prompts import IGNORE_INDEX, AlpacaTemplate, ChatTemplate, Encoded, encode
 from phasedsft.records import Example, UserError
@@ -122,7 +123,7 @@ def test_a_conversation_shows_every_assistant_turn_marked_and_no_user_turn(
 
 @pytest.mark.integration  # loading SmolLM2's tokenizer from its GGUF file takes seconds
 def test_smollm2_conversation_marks_its_two_answers(tmp_path):
-    pytest.importorskip("gguf")
+    needs("gguf")
     from phasedsft.models import load_tokenizer, package_dir
 
     try:

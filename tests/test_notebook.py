@@ -8,9 +8,10 @@ import sys
 import pytest
 from conftest import ROOT
 from helpers import run_command
+from helpers.deps import needs
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = needs("nbformat")
+nbclient = needs("nbclient")
 pytestmark = pytest.mark.integration
 
 

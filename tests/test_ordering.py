@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from phasedsft.records import DataError, Example
+from phasedsft.records import DataError, Example, UserError
 from phasedsft.segment.manifest import build_manifest
 from phasedsft.segment.methods import ManualThresholds
 from phasedsft.train.ordering import OneOff, Phase, Phased, RandomPhased, Sorted
@@ -255,3 +255,51 @@ def test_train_py_refuses_a_contradicting_override_before_writing_anything(tmp_p
     )
     assert "choose the ordering by name: ordering=3-2-1" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no run directory named 1-2-3 left behind
+
+
+# ------------------------------------------------------------------ declared once (#24 item 3)
+
+
+def test_every_ordering_option_is_its_class_with_the_runs_bindings():
+    """Each option's node has exactly its class's fields, at the class's defaults except those
+    the class says a run binds (``bound``) and those its variant sets; composed and
+    instantiated, each kind of ordering is an :class:`Ordering`."""
+    import dataclasses
+
+    from conftest import compose
+    from hydra.utils import get_class, instantiate
+    from omegaconf import OmegaConf
+
+    from phasedsft.train.ordering import checked_ordering
+    from phasedsft.train.orderings import options
+
+    variants = {"name", "pacing", "anti", "stages", "sizes"}
+    kinds = {}
+    for name, node in options().items():
+        cfg = OmegaConf.structured(node)
+        cls = get_class(cfg._target_)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(cfg) - {"_target_"} == set(fields), name
+        for key, f in fields.items():
+            if key in getattr(cls, "bound", {}) or key in variants:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            assert cfg[key] == default, (name, key)
+        kinds.setdefault(cls, name)
+    assert len(kinds) == 7
+    for name in kinds.values():
+        extra = ["ordering.stages=[1,2]"] if name == "phased" else []
+        cfg = compose([f"ordering={name}", *extra])
+        assert checked_ordering(instantiate(cfg.ordering)).name == cfg.ordering.name
+
+
+def test_a_class_that_is_not_an_ordering_is_refused_in_plain_words():
+    from phasedsft.train.ordering import checked_ordering
+
+    class Shuffled:
+        name = "shuffled"
+
+    with pytest.raises(
+        UserError, match=r"ordering Shuffled lacks needs_scores, needs_stages, phases"
+    ):
+        checked_ordering(Shuffled())

@@ -7,49 +7,28 @@ resume, failures, budget, secrets), not the model's judgement.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from helpers import run_command
+from helpers.commands import openai_score_cmd, run_score
+from helpers.deps import needs
 from servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("xllamacpp")
+needs("xllamacpp")
 
 FAKE_KEY = "sk-phasedsft-FAKE-KEY-7f3a9c1e5b2d4a6f8e0c"
 
 
-def score_cmd(root: Path, base_url: str, n: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "score.py",
-        "scorer=openai",
-        f"scorer.base_url={base_url}",
-        "scorer.model=smollm2",
-        "scorer.structured=true",
-        "scorer.max_tokens=20",
-        "scorer.concurrency=2",
-        f"dataset.source.n={n}",
-        "dataset.eval=null",
-        f"run.root={root / 'score'}",
-        f"run.cache_dir={root / 'cache'}",
-        *extra,
-    ]
-
-
-def run_score(
-    cmd: list[str], env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run score.py (unbuffered); its exit code must be 0 unless ``check=False``."""
-    return run_command(cmd, env={"PYTHONUNBUFFERED": "1", **(env or {})}, check=check)
+score_cmd = functools.partial(openai_score_cmd, concurrency=2)
 
 
 def summary(root: Path) -> dict:

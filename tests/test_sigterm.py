@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 from helpers import run_command, run_dir, weights
+from helpers.deps import needs
 
 from phasedsft.checksums import verify
 from phasedsft.train.stage import EXIT_REQUEUE, StopAtStepEnd, StopRequest
@@ -179,7 +180,7 @@ def test_sigterm_to_one_rank_of_two_stops_both_after_the_same_step(tmp_path, zer
     and exit 143; the rerun resumes from it to the weights of an uninterrupted two-rank run."""
     env = {"OMP_NUM_THREADS": "1"}
     if zero3:
-        pytest.importorskip("deepspeed")
+        needs("deepspeed")
         ext = os.environ.get("TORCH_EXTENSIONS_DIR") or str(ROOT / ".cache" / "torch_extensions")
         env.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=ext)
     term_at = ("tests/killed_at.py", "TERM@1", "stage_1_difficulty-1", "3")

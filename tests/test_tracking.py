@@ -9,6 +9,7 @@ import sys
 import pytest
 from conftest import TINY
 from helpers import run_command, run_dir
+from helpers.deps import needs
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +17,7 @@ SECRETS = {"OPENAI_API_KEY": "sk-phasedsft-FAKE-OPENAI-5d41402abc4b2a76", "WANDB
 
 
 def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path):
-    pytest.importorskip("wandb")
+    needs("wandb")
     cmd = [
         sys.executable,
         "train.py",
@@ -56,7 +57,7 @@ def test_wandb_offline_run_holds_stage_metrics_and_resumes_the_same_run(tmp_path
 
 
 def test_tensorboard_holds_each_stage_steps_and_the_curve_across_stages(tmp_path):
-    pytest.importorskip("tensorboard")
+    needs("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cmd = [
@@ -102,7 +103,7 @@ def test_tensorboard_holds_each_stage_steps_and_the_curve_across_stages(tmp_path
 
 
 def test_evaluate_adds_win_rates_to_the_training_runs_wandb_run(tmp_path):
-    pytest.importorskip("wandb")
+    needs("wandb")
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **SECRETS}
     run_command(
         [

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose
 from helpers import run_command, run_dirs, stage_dirs, weights
+from helpers.deps import needs
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +181,7 @@ def test_multirun_sweep_of_orderings(tmp_path):
 
 def test_real_smollm2_two_stages(tmp_path):
     """The real SmolLM2-135M-Instruct (GGUF) with its chat template, uptrained over two stages."""
-    pytest.importorskip("gguf")
+    needs("gguf")
     from phasedsft.models import package_dir
 
     try:

@@ -32,7 +32,7 @@ a8546508; lines cited as ``:N``) and done the same way here:
   (it starts with the space the model put after the colon). The decoded text is kept as
   ``raw_output`` (their ``:157``).
 
-The answers files are :mod:`~phasedsft.evaluate.generation`'s (same layout, resume, key);
+The answers files are :mod:`~phasedsft.evaluate.answers`' (same layout, resume, key);
 each item also holds ``raw_output``. What still differs from their run is listed in
 ``docs/paper_settings.md`` ("Generation").
 """
@@ -47,14 +47,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from phasedsft.evaluate.generation import (
-    Checkpoint,
-    Lengths,
-    Pending,
-    Prompt,
-    kept_model,
-    lengths_of,
-)
+from phasedsft.evaluate.answers import Lengths, Pending, Prompt, kept_model, lengths_of
+from phasedsft.evaluate.runs import Checkpoint
 from phasedsft.prompts import UserAssistantTemplate
 from phasedsft.records import DataError, Example
 

@@ -1,7 +1,7 @@
-"""Pairwise judgment files as other tools write them: read into :class:`~.winrate.Judged`
+"""Pairwise judgment files as other tools write them: read into :class:`~.folding.Judged`
 items, and written beside our own by ``evaluate.py``.
 
-    replay      ours (:func:`~.winrate.read_replay`): JSONL, one object per item: ``id``,
+    replay      ours (:func:`~.folding.read_replay`): JSONL, one object per item: ``id``,
                 ``review_ab`` (answer A shown first), ``review_ba``; optional ``instruction``,
                 ``answer_a``, ``answer_b``, ``category``.
     fastchat    FastChat llm_judge pairwise judgments (``model_judgment/<judge>_pair.jsonl``):
@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from phasedsft.evaluate.winrate import (
+from phasedsft.evaluate.folding import (
     AUTHORS,
     LOSE,
     TIE,

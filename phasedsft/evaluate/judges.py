@@ -1,7 +1,7 @@
 """Judges: compare two models' answers to the same question, in both orders.
 
 Every judge returns, per item, two *review texts* whose first line holds the two scores in
-the order the answers were shown ("8 7"); :mod:`phasedsft.evaluate.winrate` parses and folds them.
+the order the answers were shown ("8 7"); :mod:`phasedsft.evaluate.folding` parses and folds them.
 So an LLM judge's reviews, a reference judge's verdicts and reviews users bring from
 elsewhere all go through one parser and one folding rule.
 
@@ -12,7 +12,8 @@ elsewhere all go through one parser and one folding rule.
   authors' ``evaluation/eval.py`` sent GPT-4 (``judge=gpt4``), ``vicuna`` the general
   Vicuna / FastChat review prompt with an explanation (``judge=gpt4_vicuna``, ``judge=local``).
   The judge formats the question from the item's instruction and input, as its style does.
-- :class:`ReferenceJudge` - data with known answers (the graded suite): 1 point for an
+- :class:`~phasedsft.judging.ReferenceJudge` (in :mod:`phasedsft.judging`, below both steps,
+  as are the pair types and the judge protocols; re-exported here) - data with known answers (the graded suite): 1 point for an
   answer equal to the reference after normalising case and white space, else 0. It also
   marks single answers for the in-run accuracy (:meth:`ReferenceJudge.correct`).
 """
@@ -21,99 +22,32 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from phasedsft.evaluate.winrate import ParseError, parse_scores
+from phasedsft.evaluate.folding import ParseError, parse_scores
 from phasedsft.io import sha256_json
+
+# the judge contract lives below both steps (train marks answers with a ReferenceJudge),
+# in phasedsft.judging; its names stay importable from here
+from phasedsft.judging import INPUT_SEPARATORS
+from phasedsft.judging import ORDERS as ORDERS
+from phasedsft.judging import Judge as Judge
+from phasedsft.judging import JudgeRun as JudgeRun
+from phasedsft.judging import MarksAnswers as MarksAnswers
+from phasedsft.judging import Pair as Pair
+from phasedsft.judging import ReferenceJudge as ReferenceJudge
+from phasedsft.judging import Reviews as Reviews
+from phasedsft.judging import checked_judge as checked_judge
+from phasedsft.judging import format_question as format_question
+from phasedsft.judging import normalise as normalise
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.cost import prompt_tokens
 from phasedsft.llm.endpoint import ChatEndpoint, Rejected
 from phasedsft.llm.engine import Job, RunStats
 from phasedsft.ranges import ranged
 from phasedsft.records import DataError
-
-ORDERS = ("ab", "ba")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One test item and the two answers to compare (A = candidate, B = baseline).
-
-    ``instruction`` and ``input`` stay apart: how they are joined into the question the judge
-    sees belongs to the judge's prompt style (:func:`format_question`).
-    """
-
-    id: str
-    instruction: str
-    answer_a: str
-    answer_b: str
-    reference: str = ""
-    category: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    input: str = ""
-
-    def shown(self, order: str) -> tuple[str, str]:
-        return (self.answer_a, self.answer_b) if order == "ab" else (self.answer_b, self.answer_a)
-
-
-@dataclass
-class Reviews:
-    """The judge's raw texts for one pair (``None`` where the judge gave no usable reply), and
-    its first reply in each order: what the authors' script records, which never asks again
-    (``None``: the same as the review, or no reply at all)."""
-
-    id: str
-    review_ab: str | None
-    review_ba: str | None
-    errors: list[str] = field(default_factory=list)
-    first_ab: str | None = None
-    first_ba: str | None = None
-
-    def first(self, order: int) -> str | None:
-        """The first reply in order ``order`` (0: ab, 1: ba)."""
-        kept = (self.first_ab, self.first_ba)[order]
-        return kept if kept is not None else (self.review_ab, self.review_ba)[order]
-
-
-@dataclass
-class JudgeRun:
-    reviews: list[Reviews]
-    stats: dict[str, Any]
-
-
-@runtime_checkable
-class Judge(Protocol):
-    """What ``evaluate.py`` calls on a judge: both orders of every pair reviewed, and (for
-    ``dry_run``) what that will send and cost, or ``None`` when it sends nothing.
-
-    Each review's first line holds the two scores, so :mod:`.winrate` folds any judge's
-    reviews the same way.
-    """
-
-    name: str
-
-    def judge_pairs(self, pairs: Sequence[Pair], cache: Any, desc: str = "judge") -> JudgeRun: ...
-
-    def estimate(self, pairs: Sequence[Pair], cache: Any) -> dict[str, Any] | None: ...
-
-
-@runtime_checkable
-class MarksAnswers(Protocol):
-    """A judge that knows a right answer from a wrong one, against the reference (known-answer
-    sets): ``evaluate.py`` then also reports accuracy per category."""
-
-    def correct(self, answer: str, reference: str) -> bool: ...
-
-
-def checked_judge(obj: Any) -> Judge:
-    """``obj`` if it implements :class:`Judge`; else a plain error naming what it lacks."""
-    if isinstance(obj, Judge):
-        return obj
-    missing = [m for m in ("name", "judge_pairs", "estimate") if not hasattr(obj, m)]
-    raise DataError(f"judge {type(obj).__name__} lacks {', '.join(missing)} (see judges.Judge)")
-
 
 # ------------------------------------------------------------------ the pairwise prompts
 
@@ -176,11 +110,11 @@ STYLES = {
     "authors": Style(
         AUTHORS_VERSION,
         AUTHORS_TEMPLATE.replace("{criteria}", AUTHORS_CRITERIA),
-        " Input: ",
+        INPUT_SEPARATORS["authors"],
         explains=False,
     ),
     # ours: the input on its own paragraph after the instruction
-    "vicuna": Style(VICUNA_VERSION, TEMPLATE, "\n\n", explains=True),
+    "vicuna": Style(VICUNA_VERSION, TEMPLATE, INPUT_SEPARATORS["vicuna"], explains=True),
 }
 JUDGE_PROMPT_VERSION = VICUNA_VERSION  # the default style's version (kept for old imports)
 
@@ -189,14 +123,6 @@ def style_of(name: str) -> Style:
     if name not in STYLES:
         raise DataError(f"unknown judge.style '{name}'; known: {sorted(STYLES)}")
     return STYLES[name]
-
-
-def format_question(pair: Pair, style: str = "vicuna") -> str:
-    """The question the judge reads: the instruction, joined to the input as ``style`` does."""
-    st = style_of(style)
-    # the authors test ``if input:`` (eval.py:142, :148); ours ignores white-space-only inputs
-    has_input = bool(pair.input) if style == "authors" else bool(pair.input.strip())
-    return pair.instruction + (st.input_separator + pair.input if has_input else "")
 
 
 JSON_SUFFIX = (
@@ -426,54 +352,3 @@ def reviews_from(pairs: Sequence[Pair], stats: RunStats) -> list[Reviews]:
                 errors.append(f"{ORDERS[j]}: {r.error}")
         out.append(Reviews(pair.id, texts[0], texts[1], errors, firsts[0], firsts[1]))
     return out
-
-
-# ------------------------------------------------------------------ reference judge
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-@dataclass
-class ReferenceJudge:
-    """Exact match against the reference answer, after normalisation (known-answer data)."""
-
-    name: str = "reference"
-    first_line_only: bool = True
-
-    def question(self, pair: Pair) -> str:
-        return format_question(pair, "vicuna")
-
-    def correct(self, answer: str, reference: str) -> bool:
-        if self.first_line_only:
-            answer = answer.strip().split("\n", 1)[0]
-        return normalise(answer) == normalise(reference)
-
-    def estimate(self, pairs: Sequence[Pair], cache: Any) -> None:
-        return None  # sends no request
-
-    def review(self, first: str, second: str, reference: str) -> str:
-        a, b = (int(self.correct(x, reference)) for x in (first, second))
-        words = {1: "matches", 0: "does not match"}
-        return f"{a} {b}\nAssistant 1 {words[a]} the reference answer; Assistant 2 {words[b]} it."
-
-    def judge_pairs(
-        self, pairs: Sequence[Pair], cache: Any = None, desc: str = "judge"
-    ) -> JudgeRun:
-        missing = [p.id for p in pairs if not p.reference.strip()]
-        if missing:
-            raise DataError(
-                f"judge=reference needs reference answers; {len(missing)} items have none "
-                f"(e.g. {missing[:3]}). Use it on known-answer sets (eval_set=held_out) or pick "
-                "an LLM judge (judge=gpt4, judge=local)"
-            )
-        reviews = [
-            Reviews(
-                p.id,
-                self.review(*p.shown("ab"), p.reference),
-                self.review(*p.shown("ba"), p.reference),
-            )
-            for p in pairs
-        ]
-        return JudgeRun(reviews, {"requests": 0, "cost_usd": 0.0})

@@ -16,43 +16,14 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasedsft.evaluate.comparison import Comparison
+from phasedsft.evaluate.folding import Judged, LengthView, WinRate
 from phasedsft.evaluate.formats import alpacaeval_rows, fastchat_rows, json_text, jsonl_text
 from phasedsft.evaluate.seeds import ALL, AcrossSeeds
-from phasedsft.evaluate.winrate import Judged, LengthView, WinRate
 from phasedsft.io import atomic_write_json, atomic_write_text, save_figure
-
-
-@dataclass
-class Comparison:
-    """One candidate checkpoint against its group's baseline on one test set."""
-
-    group: tuple[str, str, int]  # dataset, model, seed
-    ordering: str
-    run: str
-    stage_index: int
-    n_stages: int
-    eval_set: str
-    baseline: str
-    result: WinRate
-    categories: dict[str, dict[str, WinRate]] = field(default_factory=dict)
-    accuracy: dict[str, float] | None = None  # known-answer sets: candidate, baseline
-    # known-answer sets: {"level": {"3": {"candidate": 0.4, "baseline": 0.2, "n": 12}}}
-    category_accuracy: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    authors: WinRate | None = None  # the same items under rule=authors (their script's figure)
-    lengths: LengthView | None = None  # answer lengths (A = candidate, B = baseline)
-    # the candidate run's identity with its seed set aside (:func:`.seeds.seed_free`), hashed:
-    # equal for the same comparison under another seed (None: compare by group label)
-    seeds_key: str | None = None
-    items_sha: str | None = None  # the test items as judged (ids, questions, references)
-    judge: str | None = None  # the judge's name
-
-    @property
-    def row(self) -> tuple[str, str, int, str, int]:
-        return (*self.group, self.ordering, self.stage_index)
 
 
 def cell(w: WinRate) -> str:
@@ -107,7 +78,7 @@ def length_matched_rows(
     comparisons: Sequence[Comparison],
 ) -> tuple[list[str], list[list[str]]]:
     """Per checkpoint and test set: the length-matched win rate (its items of all) and how
-    often the longer answer won (see :class:`~.winrate.LengthView`)."""
+    often the longer answer won (see :class:`~.folding.LengthView`)."""
     sets = sorted({c.eval_set for c in comparisons})
     cells: dict[tuple, dict[str, str]] = {}
     for c in comparisons:

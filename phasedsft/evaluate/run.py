@@ -31,27 +31,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from phasedsft.evaluate.generation import (
-    Answers,
-    Checkpoint,
-    Run,
-    checkpoint_answers,
-    discover_runs,
-    prepare,
-)
-from phasedsft.evaluate.judges import MarksAnswers, Pair, Reviews, checked_judge
-from phasedsft.evaluate.report import (
-    Comparison,
-    plot_stage_curves,
-    write_alpacaeval,
-    write_categories,
-    write_judgment_exports,
-    write_tables,
-)
-from phasedsft.evaluate.seeds import AcrossSeeds, across_seeds, seed_free
-from phasedsft.evaluate.sets import EvalSet, build_eval_set
-from phasedsft.evaluate.tracking import log_win_rates
-from phasedsft.evaluate.winrate import (
+from phasedsft.evaluate.answers import Answers, prepare
+from phasedsft.evaluate.comparison import Comparison
+from phasedsft.evaluate.folding import (
     Judged,
     WinRate,
     by_category,
@@ -59,11 +41,25 @@ from phasedsft.evaluate.winrate import (
     length_view,
     summarize,
 )
+from phasedsft.evaluate.generation import checkpoint_answers
+from phasedsft.evaluate.judges import MarksAnswers, Pair, Reviews, checked_judge
+from phasedsft.evaluate.report import (
+    plot_stage_curves,
+    write_alpacaeval,
+    write_categories,
+    write_judgment_exports,
+    write_tables,
+)
+from phasedsft.evaluate.runs import Checkpoint, Run, discover_runs
+from phasedsft.evaluate.seeds import AcrossSeeds, across_seeds, seed_free
+from phasedsft.evaluate.sets import EvalSet, build_eval_set
+from phasedsft.evaluate.tracking import log_win_rates
 from phasedsft.io import atomic_write_json, atomic_write_text, sha256_json
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.llm.engine import RequestsAborted
 from phasedsft.records import DataError
 from phasedsft.report import write_report
+from phasedsft.rundir import stage_name
 
 log = logging.getLogger(__name__)
 # (data label, model, seed): the label is the dataset's name, plus what tells its group apart
@@ -499,7 +495,9 @@ class ToJudge:
 
     @property
     def label(self) -> str:
-        return f"{self.ckpt.run}__stage_{self.ckpt.index}_{self.ckpt.stage}__vs__{self.base.name}"
+        return (
+            f"{self.ckpt.run}__{stage_name(self.ckpt.index, self.ckpt.stage)}__vs__{self.base.name}"
+        )
 
 
 def generate_all(

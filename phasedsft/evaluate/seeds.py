@@ -13,14 +13,14 @@ model and settings but the seed, same test set, same stage) exists under two see
   ``held_out`` set is, from one test draw to another);
 - the pooled figure: every seed's items together, W / T / L summed, with a paired bootstrap
   CI over *questions* (a question that every seed's models answered is drawn once, with all
-  its verdicts: :func:`~.winrate.clustered_bootstrap_ci`). It measures item noise only, for
+  its verdicts: :func:`~.folding.clustered_bootstrap_ci`). It measures item noise only, for
   these trained models, not seed noise.
 
 A difference is **within seed noise** when the t-interval contains 0 or the per-seed win
 rates are not all on the same side of 0 (one seed better, another worse or at parity).
 
 Which runs are the same comparison under another seed: those whose identity (the saved config
-but the ordering, :attr:`~.generation.Run.identity`, with the ordering's own settings) is the
+but the ordering, :attr:`~.runs.Run.identity`, with the ordering's own settings) is the
 same once the seed is set aside: the top-level ``seed`` and every setting named ``*seed*``
 whose value is the run's seed (``dataset.subsample_seed: ${seed}`` and the like follow it; a
 seed set to a fixed value is compared as it is) (:func:`seed_free`).
@@ -32,20 +32,18 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from phasedsft.evaluate.winrate import (
+from phasedsft.evaluate.comparison import Comparison
+from phasedsft.evaluate.folding import (
     Judged,
     WinRate,
     clustered_bootstrap_ci,
     item_values,
     summarize,
 )
-
-if TYPE_CHECKING:
-    from phasedsft.evaluate.report import Comparison
 
 ALL = "all sets"  # the pooled "test set" of a row judged on several sets
 SEED_MARK = "<seed>"
@@ -217,7 +215,7 @@ class AcrossSeeds:
         }
 
 
-Member = tuple["Comparison", Sequence[Judged]]
+Member = tuple[Comparison, Sequence[Judged]]
 
 
 def _seeds_key(c: Comparison) -> str:
@@ -315,7 +313,7 @@ def across_seeds(
     were judged on several sets) for all sets pooled; none with one seed.
 
     ``judged[i]`` are the items of ``comparisons[i]``; ``pooled`` the per-seed figure of each
-    row over all its sets (keyed by :attr:`~.report.Comparison.row`, as the table's
+    row over all its sets (keyed by :attr:`~.comparison.Comparison.row`, as the table's
     "all sets" column).
     """
     if len(judged) != len(comparisons):

@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from phasedsft.evaluate.generation import Run
-from phasedsft.evaluate.report import Comparison
+from phasedsft.evaluate.comparison import Comparison
+from phasedsft.evaluate.runs import Run
 from phasedsft.io import stable_run_id
 
 log = logging.getLogger(__name__)

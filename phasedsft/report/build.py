@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from phasedsft import rundir
+
 WIN, TIE, LOSS, UNPARSED, VOID = "win", "tie", "loss", "unparsed", "void"
 VERDICTS = (WIN, TIE, LOSS, UNPARSED, VOID)  # an item's code in the page is its index here
 
@@ -345,14 +347,16 @@ def gather_items(
 def stage_records(run_dir: Path) -> list[dict[str, Any]]:
     """Per stage: run.json's record (examples, tokens, order hash, mixture) with its steps
     from stage.json / summary.json where the stage finished."""
-    info = read_json(run_dir / "run.json") or {}
+    info = read_json(run_dir / rundir.RUN_RECORD) or {}
     summary = read_json(run_dir / "summary.json") or {}
     done = {s.get("index"): s for s in summary.get("stages", []) if isinstance(s, dict)}
     out = []
     for st in info.get("stages", []):
         index, name = st.get("index"), st.get("name")
         record = (
-            read_json(run_dir / f"stage_{index}_{name}" / "stage.json") or done.get(index) or {}
+            read_json(rundir.stage_dir(run_dir, index, name) / rundir.STAGE_RECORD)
+            or done.get(index)
+            or {}
         )
         out.append(
             {
@@ -407,8 +411,8 @@ def short_settings(node: Any) -> str:
 
 
 def gather_run(run_dir: Path, root: Path, used: bool) -> dict[str, Any]:
-    info = read_json(run_dir / "run.json") or {}
-    cfg = read_yaml(run_dir / "config.yaml") or {}
+    info = read_json(run_dir / rundir.RUN_RECORD) or {}
+    cfg = read_yaml(run_dir / rundir.RUN_CONFIG) or {}
     trainer = cfg.get("trainer") or {} if isinstance(cfg, dict) else {}
     git = info.get("git") or {}
     manifest = info.get("stage_manifest") or {}
@@ -424,7 +428,7 @@ def gather_run(run_dir: Path, root: Path, used: bool) -> dict[str, Any]:
         "dataset": ((cfg.get("dataset") or {}).get("name") if isinstance(cfg, dict) else None),
         "model": ((cfg.get("model") or {}).get("name") if isinstance(cfg, dict) else None),
         "config_hash": run_hash(run_dir.name),
-        "config_sha256": sha256_file(run_dir / "config.yaml"),
+        "config_sha256": sha256_file(run_dir / rundir.RUN_CONFIG),
         "git": (git.get("sha") or "")[:12] + (" (dirty)" if git.get("dirty") else ""),
         "manifest_hash": manifest.get("hash"),
         "manifest_path": manifest.get("path"),
@@ -475,7 +479,7 @@ def find_runs(sweep_dir: Path, names: Iterable[str]) -> list[Path]:
     folder holding a run.json (two levels down at most; evaluation folders skipped)."""
     found: dict[str, Path] = {}
     for name in names:
-        if (sweep_dir / name / "run.json").is_file():
+        if (sweep_dir / name / rundir.RUN_RECORD).is_file():
             found[name] = sweep_dir / name
     for pattern in ("*/run.json", "*/*/run.json"):
         for p in sorted(sweep_dir.glob(pattern)):

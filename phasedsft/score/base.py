@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from phasedsft.llm.cache import Result
@@ -155,11 +156,12 @@ class LengthScorer(ComputedScorer):
     def score(self, examples: Sequence[Example], ctx: Any) -> list[float | None]:
         if not examples:
             return []
-        texts = [f"{ex.instruction}\n{ex.input}\n{ex.output}" for ex in examples]
-        lengths = [
-            float(len(ids)) for ids in ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        ]
-        return rank_to_scale(lengths)
+        from phasedsft.data.tokens import token_counts
+
+        texts = (f"{ex.instruction}\n{ex.input}\n{ex.output}" for ex in examples)
+        path = getattr(getattr(ctx, "cache", None), "path", None)
+        cache_dir = Path(path).parent if path else None  # counts kept beside the score cache
+        return rank_to_scale([float(n) for n in token_counts(ctx.tokenizer, texts, cache_dir)])
 
 
 def apply_scores(
@@ -175,4 +177,13 @@ def apply_scores(
             f"scorer {scorer_name} could not score {len(failed)} examples (e.g. {failed[:3]}); "
             "run score.py to see why, then train on its scored file"
         )
-    return [ex.with_score(float(s)) for ex, s in zip(examples, scores, strict=True)]  # type: ignore[arg-type]
+    # an example that already carries this very score (scorer=oracle) is kept, not copied
+    return [
+        ex if same_float(ex.score, float(s)) else ex.with_score(float(s))  # type: ignore[arg-type]
+        for ex, s in zip(examples, scores, strict=True)
+    ]
+
+
+def same_float(a: Any, b: float) -> bool:
+    """``a`` is the float ``b`` itself (sign of zero included), not merely equal to it."""
+    return type(a) is float and a.hex() == b.hex()

@@ -25,9 +25,24 @@ class ScoreContext:
 def score_context(cfg: DictConfig, cache_dir: Path, tokenizer: Any) -> ScoreContext:
     """The shared score cache, plus the configured model for scorers that run a local LM."""
     build = BuildContext(cache_dir=cache_dir, seed=cfg.seed, corpus=list)
+    return model_context(ScoreCache(cache_dir / "scores.sqlite"), tokenizer, build, cfg)
+
+
+def model_context(
+    cache: ScoreCache, tokenizer: Any, build: BuildContext, cfg: DictConfig
+) -> ScoreContext:
+    """``cache``, with the configured model (``cfg.model``) loaded on first use."""
     return ScoreContext(
-        cache=ScoreCache(cache_dir / "scores.sqlite"),
+        cache=cache,
         tokenizer=tokenizer,
         load_model=lambda: instantiate(cfg.model.loader, context=build, tokenizer=tokenizer),
         model_name=cfg.model.name,
     )
+
+
+def weights_context(
+    cache: ScoreCache, tokenizer: Any, load_model: Callable[[], Any], name: str
+) -> ScoreContext:
+    """``cache``, with trained weights (``load_model``) named ``name`` in its keys, so scores
+    of other weights are never taken for theirs (self_paced re-scores with each stage's)."""
+    return ScoreContext(cache=cache, tokenizer=tokenizer, load_model=load_model, model_name=name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import build_context, load_examples, score_cache_dir, start_job
 from phasedsft.llm.cache import Result, ScoreCache
 from phasedsft.llm.engine import RequestsAborted, RunStats, redact
-from phasedsft.records import Example
+from phasedsft.records import DataError, Example
 from phasedsft.score.base import Scorer, checked_scorer
-from phasedsft.score.context import ScoreContext
+from phasedsft.score.context import ScoreContext, model_context
 from phasedsft.score.report import (
     check_summary,
     plot_histogram,
@@ -42,13 +42,7 @@ def context(
     if not scorer.uses_model:
         return ScoreContext(cache=cache)
     build = build_context(cfg, examples)
-    tokenizer = instantiate(cfg.model.tokenizer, context=build)
-    return ScoreContext(
-        cache=cache,
-        tokenizer=tokenizer,
-        load_model=lambda: instantiate(cfg.model.loader, context=build, tokenizer=tokenizer),
-        model_name=cfg.model.name,
-    )
+    return model_context(cache, instantiate(cfg.model.tokenizer, context=build), build, cfg)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -64,14 +58,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if estimate is not None:  # the scorer spends money: what it will send and cost
         atomic_write_json(run_dir / "estimate.json", estimate)
         print("cost estimate: " + json.dumps(estimate, indent=2), flush=True)
-        if cfg.dry_run:
+        if cfg.dry_run and not cfg.extra_scorers:
             return {"estimate": estimate, "run_dir": str(run_dir)}
+
+    # +scorer@extra_scorers.NAME=OPTION: more scorers' raw values, side by side in `scores`
+    extras = {name: checked_scorer(instantiate(node)) for name, node in cfg.extra_scorers.items()}
+    extra_ctx = {
+        name: context(
+            cfg,
+            x,
+            examples,
+            ScoreCache(score_cache_dir(cfg, not x.costs_nothing) / "scores.sqlite"),
+        )
+        for name, x in extras.items()
+    }
+    for name, x in extras.items():
+        extra_estimate = x.estimate(examples, extra_ctx[name])
+        if extra_estimate is not None:
+            atomic_write_json(run_dir / f"estimate.{name}.json", extra_estimate)
+            print(f"cost estimate ({name}): " + json.dumps(extra_estimate, indent=2), flush=True)
+    if cfg.dry_run and (estimate is not None or extras):
+        return {"estimate": estimate, "run_dir": str(run_dir)}
 
     stats, aborted = score_all(scorer, examples, ctx)
     scores = scorer.finalize(stats.raw_scores())
+    columns, stopped = score_columns(scorer.name, stats.raw_scores(), examples, extras, extra_ctx)
+    aborted = aborted or stopped
     # rows cached by an older version may hold an echoed key: redact on the way out too
     secrets = scorer.secrets()
-    scored, failures = scored_rows(examples, scores, stats.ordered, secrets)
+    scored, failures = scored_rows(examples, scores, stats.ordered, secrets, columns)
     write_jsonl(run_dir / "scored.jsonl", scored)
     write_jsonl(run_dir / "failures.jsonl", failures)
     summary = job_summary(scorer, examples, scores, stats, scored, failures, aborted, run_dir)
@@ -111,15 +126,44 @@ def score_all(
         return e.stats, e
 
 
+def score_columns(
+    main: str,
+    raw: Sequence[float | None],
+    examples: Sequence[Example],
+    extras: dict[str, Scorer],
+    contexts: dict[str, ScoreContext],
+) -> tuple[dict[str, list[float | None]], RequestsAborted | None]:
+    """The ``scores`` columns of the scored file: none at all for one scorer on unscored data
+    (the file as before); with extra scorers, or data whose rows already carry ``scores`` (a
+    scored file scored again), every scorer's raw values by name (the main one's too)."""
+    carried = any(isinstance(ex.meta.get("scores"), dict) for ex in examples)
+    if not extras and not carried:
+        return {}, None
+    if main in extras:
+        raise DataError(
+            f"extra_scorers.{main}: the scorer's own column is already named {main}; "
+            "name the extra scorer's column otherwise"
+        )
+    columns: dict[str, list[float | None]] = {main: list(raw)}
+    aborted = None
+    for name, x in extras.items():
+        stats, stopped = score_all(x, list(examples), contexts[name])
+        columns[name] = stats.raw_scores()
+        aborted = aborted or stopped
+    return columns, aborted
+
+
 def scored_rows(
     examples: Sequence[Example],
     scores: Sequence[float | None],
     results: Sequence[Result | None],
     secrets: tuple[str, ...],
+    columns: Mapping[str, Sequence[float | None]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The scored file's rows (trainable as is) and the failures' rows (reason, raw reply)."""
+    """The scored file's rows (trainable as is) and the failures' rows (reason, raw reply);
+    with ``columns``, each row's ``scores``: the columns its examples carried, then these."""
     scored, failures = [], []
-    for ex, score, r in zip(examples, scores, results, strict=True):
+    for k, (ex, score, r) in enumerate(zip(examples, scores, results, strict=True)):
         if score is not None:
             row = {
                 "id": ex.id,
@@ -134,6 +178,11 @@ def scored_rows(
                 row["tools"] = json.loads(ex.tools)
             if r is not None and r.detail:
                 row["score_detail"] = r.detail
+            if columns:
+                old = ex.meta.get("scores")
+                row["scores"] = {**(old if isinstance(old, dict) else {})} | {
+                    name: values[k] for name, values in columns.items() if values[k] is not None
+                }
             scored.append(row)
         elif r is not None:
             failures.append(
@@ -143,7 +192,7 @@ def scored_rows(
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+    atomic_write_text(path, (json.dumps(x, ensure_ascii=False) + "\n" for x in rows))  # streamed
 
 
 def job_summary(

@@ -11,6 +11,7 @@ seeded: ``random_stages`` with the sizes of the difficulty stages, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phasedsft.io import atomic_write_json, sha256_json
+from phasedsft.io import atomic_write_json, canonical_json, paused_gc, sha256_json
 from phasedsft.records import DataError, Example, stage_of
 from phasedsft.segment.methods import Segmenter
 
@@ -194,8 +195,16 @@ def stage_stats(
     return stats
 
 
-def data_hash(examples: Sequence[Example]) -> str:
-    return sha256_json([[ex.id, ex.score] for ex in examples])
+def data_hash(examples: Sequence[Example], chunk: int = 65536) -> str:
+    """``sha256_json([[id, score], ...])`` of the examples, hashed a chunk at a time (the same
+    bytes, never the whole list or its JSON text in memory)."""
+    h = hashlib.sha256(b"[")
+    with paused_gc():  # a million short-lived pairs: no full collections on their account
+        for start in range(0, len(examples), chunk):
+            part = canonical_json([[ex.id, ex.score] for ex in examples[start : start + chunk]])
+            h.update((part[1:-1] if start == 0 else "," + part[1:-1]).encode("utf-8"))
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def build_manifest(

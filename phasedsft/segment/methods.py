@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from phasedsft.ranges import Range, ranged
-from phasedsft.records import DataError, stage_of
+from phasedsft.records import DataError
 
 __all__ = [
     "Balanced",
@@ -105,11 +105,15 @@ def _need(values: np.ndarray, k: int, method: str) -> None:
         )
 
 
+def stages_of(scores: Sequence[float] | np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """:func:`~phasedsft.records.stage_of` of every score at once (1-based, ties go up)."""
+    edges = np.asarray(thresholds, dtype=float)
+    return np.searchsorted(edges, np.asarray(scores, dtype=float), side="right") + 1
+
+
 def sizes_for(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]:
-    sizes = [0] * (len(thresholds) + 1)
-    for s in scores:
-        sizes[stage_of(s, thresholds) - 1] += 1
-    return sizes
+    counts = np.bincount(stages_of(scores, thresholds) - 1, minlength=len(thresholds) + 1)
+    return [int(n) for n in counts]
 
 
 @dataclass
@@ -152,9 +156,13 @@ class KDEValleys:
     def density(
         self, scores: Sequence[float], bandwidth: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        return self._density(*distinct(scores), bandwidth)
+
+    def _density(
+        self, values: np.ndarray, counts: np.ndarray, bandwidth: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         from scipy.stats import gaussian_kde
 
-        values, counts = distinct(scores)
         if values.size < 2:
             raise DataError(
                 f"segment {self.name}: all scores are equal ({values[0]}): no density to cut"
@@ -179,7 +187,7 @@ class KDEValleys:
             bw = float(gaussian_kde(values, weights=counts).factor)
         xs, ys, minima = np.zeros(0), np.zeros(0), []
         for _ in range(40):
-            xs, ys = self.density(scores, bw)
+            xs, ys = self._density(values, counts, bw)  # the distinct values, found once
             minima = [i for i in range(1, len(xs) - 1) if ys[i] < ys[i - 1] and ys[i] <= ys[i + 1]]
             minima = [i for i in minima if values[0] < xs[i] < values[-1]]
             if self.bandwidth is not None or self.k is None or len(minima) >= self.k - 1:

@@ -24,21 +24,23 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from phasedsft.data.tokens import token_counts
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import load_examples, load_tokenizer, score_cache_dir, start_job
-from phasedsft.records import DataError, Example, stage_of
+from phasedsft.records import DataError, Example
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context
 from phasedsft.segment.manifest import build_manifest
-from phasedsft.segment.methods import sizes_for
+from phasedsft.segment.methods import sizes_for, stages_of
 from phasedsft.segment.paper import paper_check
+from phasedsft.select import rule_of, select
 
 log = logging.getLogger(__name__)
 
 
 # What train.py must be told to read the same examples with the same scores (and to count tokens
 # with the same model): this job's overrides of these keys, as they were given.
-CARRIED_TO_TRAIN = ("dataset", "scorer", "model", "seed")
+CARRIED_TO_TRAIN = ("dataset", "scorer", "model", "seed", "selection")
 
 
 def overridden(override: str) -> str:
@@ -113,19 +115,21 @@ def train_note(conversations: bool, chat_template: bool) -> str:
 
 
 def stage_table(
-    examples: Sequence[Example], stages: Sequence[Sequence[str]], tokenizer: Any
+    examples: Sequence[Example],
+    stages: Sequence[Sequence[str]],
+    tokenizer: Any,
+    cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """The paper's Table 1: per stage, count, mean difficulty, mean tokens (instruction+input+output)."""
+    """The paper's Table 1: per stage, count, mean difficulty, mean tokens (instruction+input+output).
+
+    Tokens are counted in batches (:func:`~phasedsft.data.tokens.token_counts`), with the
+    token-count cache in ``cache_dir`` where given."""
     by_id = {ex.id: ex for ex in examples}
     rows = []
     for i, ids in enumerate(stages, start=1):
         exs = [by_id[x] for x in ids]
-        texts = [f"{e.instruction}\n{e.input}\n{e.output}" for e in exs]
-        lengths = (
-            [len(t) for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            if texts
-            else []
-        )
+        texts = (f"{e.instruction}\n{e.input}\n{e.output}" for e in exs)
+        lengths = token_counts(tokenizer, texts, cache_dir)
         rows.append(
             {
                 "stage": i,
@@ -165,7 +169,9 @@ def sensitivity(
     scores: Sequence[float], base: Sequence[float], other: Sequence[float]
 ) -> dict[str, Any]:
     """How many examples land in a different stage under ``other`` thresholds than under ``base``."""
-    moved = sum(1 for s in scores if stage_of(s, base) != stage_of(s, other))
+    import numpy as np
+
+    moved = int(np.count_nonzero(stages_of(scores, base) != stages_of(scores, other)))
     return {
         "thresholds": list(other),
         "sizes": sizes_for(scores, other),
@@ -259,7 +265,7 @@ def plot_density(
     ax.set_ylabel("density")
     top_of_axes = blended_transform_factory(ax.transData, ax.transAxes)
     bounds = [lo, *(min(max(t, lo), hi) for t in thresholds), hi]
-    sizes = np.bincount([stage_of(s, thresholds) for s in arr], minlength=len(bounds))[1:]
+    sizes = np.bincount(stages_of(arr, thresholds), minlength=len(bounds))[1:]
     for i, (left, right) in enumerate(pairwise(bounds)):
         ax.axvspan(left, right, color=STAGE_SHADES[i % 2], zorder=0, lw=0)
         ax.text(
@@ -313,6 +319,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     examples = apply_scores(
         examples, scorer.score(examples, score_context(cfg, cache_dir, tokenizer)), scorer.name
     )
+    selection = None  # selection=...: segment the examples train.py will train on
+    if (rule := rule_of(cfg.get("selection"))) is not None:
+        examples, selection = select(rule, examples)
     scores = [float(ex.score) for ex in examples]  # type: ignore[arg-type]
     method = instantiate(cfg.segment.method)
 
@@ -322,7 +331,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(manifest_path, manifest.to_json())
 
     # --- report
-    rows = stage_table(examples, manifest.stages, tokenizer)
+    rows = stage_table(examples, manifest.stages, tokenizer, Path(cfg.run.cache_dir))
     atomic_write_text(run_dir / "table1.md", table_markdown(rows))
     atomic_write_text(run_dir / "table1.csv", table_csv(rows))
     compare = {name: instantiate(node) for name, node in cfg.compare.items()}
@@ -371,12 +380,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if paper is not None:
         summary["paper_stage_sizes"] = paper.to_json()
+    if selection is not None:
+        summary["selection"] = selection
     conversations = any(ex.messages is not None for ex in examples)
     chat_template = bool(getattr(tokenizer, "chat_template", None))
     summary["train_command"] = train_command(manifest_path, conversations, chat_template)
     atomic_write_json(run_dir / "summary.json", summary)
     print(
-        f"\n{table_markdown(rows)}\nthresholds: {manifest.thresholds}\n\n"
+        (f"\n{selection['line']}" if selection is not None else "")
+        + f"\n{table_markdown(rows)}\nthresholds: {manifest.thresholds}\n\n"
         + (f"{paper.text()}\n\n" if paper is not None else "")
         + "\n".join(sens_md)
         + f"\n\ndensity plot: {run_dir / 'density.png'}\nstage manifest: {manifest_path}\n"

@@ -178,6 +178,12 @@ class Paced:
     epochs: float = 2.0  # fed positions = epochs x examples (trainer.num_train_epochs)
     seed: int = 0
     name: str = "paced"
+    # in a run (phasedsft.train.orderings): named by its pacing, the run's epochs and seed
+    bound: ClassVar[dict[str, Any]] = {
+        "name": "paced-${.pacing}",
+        "epochs": "${trainer.num_train_epochs}",
+        "seed": "${seed}",
+    }
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = False
     # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
@@ -215,6 +221,8 @@ class Interleaved:
     reshuffle: bool = True  # each epoch a fresh shuffle of each stage
     seed: int = 0
     name: str = "interleaved"
+    # in a run (phasedsft.train.orderings): the run's epochs and seed
+    bound: ClassVar[dict[str, Any]] = {"epochs": "${trainer.num_train_epochs}", "seed": "${seed}"}
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
     # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
@@ -263,6 +271,17 @@ class SelfPaced:
     rescorer: Any = None  # a scorer with uses_model (instantiated from its config node)
     stages: list[int] = field(default_factory=lambda: [1, 2, 3])
     name: str = "self_paced"
+    # False: the last stage is fed as cut (re-scoring it would only re-seed its shuffle)
+    rescore_last_stage: bool = False
+    # in a run (phasedsft.train.orderings): the scorer the trained weights re-score the stages
+    # to come with, a config node (docs/curricula.md)
+    bound: ClassVar[dict[str, Any]] = {
+        "rescorer": {
+            "_target_": "phasedsft.score.local.PerplexityScorer",
+            "batch_size": 8,
+            "name": "perplexity",
+        }
+    }
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
 
@@ -275,6 +294,11 @@ class SelfPaced:
             )
         phased = Phased(stages=list(self.stages)).phases(examples, manifest)
         return [replace(p, name=f"self-paced-{k}") for k, p in enumerate(phased, start=1)]
+
+    def rescores(self, stages_left: int) -> bool:
+        """Re-score before each stage but the last alone (unless ``rescore_last_stage``): one
+        stage left has no cut to move, and its examples are shuffled whatever their order."""
+        return stages_left > 1 or (stages_left == 1 and self.rescore_last_stage)
 
     def restage(self, later: Sequence[Phase], scores: Mapping[str, float]) -> list[Phase]:
         """``later`` re-cut by ``scores`` (lower: easier), each phase keeping its size."""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phasedsft import rundir
 from phasedsft.io import atomic_write_text
 from phasedsft.records import UserError
 
@@ -166,7 +167,7 @@ def run_points(sweep: Path) -> list[dict[str, Any]]:
     for summary_path in sorted(sweep.glob("*/summary.json")):
         run = summary_path.parent
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        cfg = OmegaConf.load(run / "config.yaml")
+        cfg = OmegaConf.load(run / rundir.RUN_CONFIG)
         size = OmegaConf.select(cfg, "dataset.max_examples") or summary.get("data", {}).get("used")
         last = summary["per_stage"][-1] if summary.get("per_stage") else {}
         accuracy = summary.get("final_accuracy") or {}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from phasedsft.judging import MarksAnswers  # the judge contract, shared with evaluate
 from phasedsft.prompts import Encoded, PromptTemplate, pad_batch
 from phasedsft.records import Example
 from phasedsft.train.stage import SequenceDataset
@@ -70,15 +71,6 @@ def generate_answers(
         for row in out[:, input_ids.shape[1] :]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True))
     return answers
-
-
-@runtime_checkable
-class MarksAnswers(Protocol):
-    """What the in-run check needs of ``judge``: right or wrong against the reference."""
-
-    name: str
-
-    def correct(self, answer: str, reference: str) -> bool: ...
 
 
 def judge_answers(

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from omegaconf import MISSING
+
 from phasedsft.config import named_stages, stage_sequences, stages_name
 from phasedsft.records import DataError, Example, UserError
 from phasedsft.segment.manifest import StageManifest
@@ -199,6 +201,8 @@ class Phased:
     name: str = "phased"
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = True
+    # in a run (phasedsft.train.orderings): ordering=phased needs ordering.stages given
+    bound: ClassVar[dict[str, Any]] = {"stages": MISSING}
 
     def __post_init__(self) -> None:
         check_stages(self.name, self.stages)
@@ -240,6 +244,7 @@ class Sorted:
 
     seed: int = 0
     name: str = "sorted"
+    bound: ClassVar[dict[str, Any]] = {"seed": "${seed}"}  # in a run: the run's seed
     needs_scores: ClassVar[bool] = True
     needs_stages: ClassVar[bool] = False
     # one phase: a stage policy or replay changes nothing (evaluate's baseline ignores them)
@@ -254,10 +259,41 @@ class Sorted:
 
 
 @runtime_checkable
+class Ordering(Protocol):
+    """What the recipe asks of an ordering (``ordering._target_``): its ``name`` (the run is
+    named by it), whether it ``needs_scores`` and ``needs_stages`` (a stage manifest), and its
+    ``phases``: the stages to train, in order."""
+
+    name: str
+    needs_scores: bool
+    needs_stages: bool
+
+    def phases(
+        self, examples: Sequence[Example], manifest: StageManifest | None
+    ) -> list[Phase]: ...
+
+
+def checked_ordering(obj: Any) -> Ordering:
+    """``obj`` if it implements :class:`Ordering`; else a plain error naming what it lacks."""
+    if isinstance(obj, Ordering):
+        return obj
+    missing = [m for m in ("name", "needs_scores", "needs_stages", "phases") if not hasattr(obj, m)]
+    raise UserError(
+        f"ordering {type(obj).__name__} lacks {', '.join(missing)}: an ordering class has a "
+        "name, needs_scores and needs_stages, and phases(examples, manifest) -> list[Phase] "
+        "(see phasedsft/train/orderings.py)"
+    )
+
+
+@runtime_checkable
 class Restages(Protocol):
     """An ordering that re-cuts the stages still to come after each stage (``self_paced``):
     ``rescorer`` scores them with the weights just trained, ``restage`` cuts them again."""
 
     rescorer: Any
+
+    def rescores(self, stages_left: int) -> bool:
+        """Whether the stages still to come are re-scored and re-cut now."""
+        ...
 
     def restage(self, later: Sequence[Phase], scores: Mapping[str, float]) -> list[Phase]: ...

@@ -137,3 +137,9 @@ def stage_packs(
 ) -> list[list[int]]:
     """The packs a stage feeds under ``tcfg`` (``trainer.packing``, its budget)."""
     return pack_plan([len(encoded[i].input_ids) for i in sequence], packing_budget(tcfg))
+
+
+def stage_units(tcfg: Any, encoded: Mapping[str, Encoded], sequence: Sequence[str]) -> int:
+    """What the Trainer iterates over for a stage fed ``sequence``: its packed rows under
+    ``trainer.packing``, else its items (the one count the plan, schedule and audit use)."""
+    return len(stage_packs(tcfg, encoded, sequence)) if tcfg.packing else len(sequence)

@@ -23,6 +23,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from phasedsft import rundir
+
 PLAN_KEY = "plan"
 
 
@@ -122,7 +124,7 @@ def format_plan(rec: dict[str, Any]) -> str:
 
 def discard_fresh_run_dir(run_dir: Path, existed: bool) -> None:
     """A plan writes nothing: remove the directory Hydra created for it (never a real run's)."""
-    if not existed and run_dir.is_dir() and not (run_dir / "run.json").exists():
+    if not existed and run_dir.is_dir() and not (run_dir / rundir.RUN_RECORD).exists():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

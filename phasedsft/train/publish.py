@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from phasedsft import rundir
 from phasedsft.io import atomic_write_json
 from phasedsft.records import UserError
 
@@ -86,7 +87,7 @@ class DirectoryPublisher:
 
 def model_dir_of(stage_dir: Path) -> Path:
     adapter = stage_dir / "adapter"
-    return adapter if adapter.is_dir() else stage_dir / "model"
+    return adapter if adapter.is_dir() else stage_dir / rundir.MODEL_DIR
 
 
 def publish_stages(publisher: Publisher, stage_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -97,7 +98,7 @@ def publish_stages(publisher: Publisher, stage_dirs: Sequence[Path]) -> list[dic
     """
     records = []
     for i, stage_dir in enumerate(stage_dirs):
-        if not (stage_dir / "stage.json").is_file():
+        if not (stage_dir / rundir.STAGE_RECORD).is_file():
             continue  # not finished: nothing to publish
         marker = stage_dir / MARKER
         if marker.is_file():

@@ -1,6 +1,6 @@
 """The Phased IFT recipe, top to bottom like the paper's algorithm.
 
-    setup:    load data -> tokenizer -> encode -> score -> segment -> phases
+    setup:    load data -> tokenizer -> encode -> score -> select -> segment -> phases
     uptrain:  for each phase in the ordering: train from the previous weights, checkpoint
     evaluate: held-out loss per stage (inside the loop) and judged answers at the end
 
@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from phasedsft import __version__
+from phasedsft import __version__, rundir
 from phasedsft.checksums import require_verified
 from phasedsft.cli import USER_ERRORS
 from phasedsft.config import OptimizerState, StageSchedule
@@ -42,10 +43,11 @@ from phasedsft.models import BuildContext
 from phasedsft.prompts import Encoded, encode
 from phasedsft.records import DataError, Example, UserError
 from phasedsft.score.base import apply_scores, checked_scorer
-from phasedsft.score.context import ScoreContext, score_context
+from phasedsft.score.context import score_context, weights_context
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
+from phasedsft.select import Tokens, needs_scores, rule_of, select
 from phasedsft.train.curves import write_forgetting
-from phasedsft.train.distributed import export_slurm_ranks, is_main, rank, world_size
+from phasedsft.train.distributed import barrier, export_slurm_ranks, is_main, rank, world_size
 from phasedsft.train.held_out import (
     MarksAnswers,
     eval_datasets,
@@ -53,8 +55,14 @@ from phasedsft.train.held_out import (
     judge_answers,
 )
 from phasedsft.train.inspect import StageView, show, stage_tokens
-from phasedsft.train.ordering import Phase, Restages, check_ordering, group_by_length
-from phasedsft.train.packing import stage_packs
+from phasedsft.train.ordering import (
+    Phase,
+    Restages,
+    check_ordering,
+    checked_ordering,
+    group_by_length,
+)
+from phasedsft.train.packing import stage_units
 from phasedsft.train.plan import (
     StagePlan,
     discard_fresh_run_dir,
@@ -130,6 +138,14 @@ class Setup:
     data_report: dict[str, Any]
     ordering: Any = None  # the instantiated ordering (a self-paced one re-stages between stages)
     own_phases: list[Phase] | None = None  # the stages before replay mixed earlier ones in
+    selection: dict[str, Any] | None = None  # selection=...: the rule, the counts, the kept ids
+
+
+def example_tokens(examples: Sequence[Example], encoded: dict[str, Encoded]) -> Tokens:
+    """Each example's training tokens (all fed, and those in the loss), counted as the plan and
+    run.json count a stage's (:func:`stage_tokens`): what selection=token_budget spends."""
+    counts = [stage_tokens([ex.id], encoded) for ex in examples]
+    return Tokens(np.array([c.total for c in counts]), np.array([c.target for c in counts]))
 
 
 class UnscoredPlan(Exception):
@@ -158,9 +174,10 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         )
         eval_examples, eval_encoded = encode_all(eval_examples, template, tokenizer, max_len, {})
 
-    ordering = instantiate(cfg.ordering)
+    ordering = checked_ordering(instantiate(cfg.ordering))
+    rule = rule_of(cfg.get("selection"))  # which examples to train on (none: all of them)
     manifest, manifest_path = None, None
-    if ordering.needs_scores:
+    if ordering.needs_scores or needs_scores(rule):
         scorer = checked_scorer(instantiate(cfg.scorer))
         if plan and not scorer.costs_nothing:
             raise UnscoredPlan(
@@ -169,6 +186,9 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
             )
         scores = scorer.score(examples, score_context(cfg, cache_dir, tokenizer))
         examples = apply_scores(examples, scores, scorer.name)
+    selection = None
+    if rule is not None:
+        examples, selection = select(rule, examples, example_tokens(examples, encoded))
     if ordering.needs_stages:
         manifest, manifest_path = stage_manifest(cfg, examples, cache_dir)
     phases = own_phases = ordering.phases(examples, manifest)
@@ -187,6 +207,7 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         report,
         ordering,
         list(own_phases),
+        selection=selection,
     )
 
 
@@ -210,7 +231,7 @@ def model_loader(
             return adapter.resume(base(), previous / "adapter")
         if previous is None:
             return base()
-        return load_stage_model(previous / "model", cfg.model.loader)
+        return load_stage_model(previous / rundir.MODEL_DIR, cfg.model.loader)
 
     return load
 
@@ -229,7 +250,7 @@ def adapter_export(adapter: Any, base: Any, tokenizer: Any, deepspeed: bool) -> 
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         follow_umask(tmp)
-        replace_dir(tmp, stage_dir / "model")
+        replace_dir(tmp, stage_dir / rundir.MODEL_DIR)
 
     return export
 
@@ -260,8 +281,7 @@ def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) ->
 
 def trainer_items(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) -> int:
     """What the Trainer iterates over for a stage: planned items, or packed rows of them."""
-    order = planned_order(cfg, phase, encoded)
-    return len(stage_packs(cfg.trainer, encoded, order)) if cfg.trainer.packing else len(order)
+    return stage_units(cfg.trainer, encoded, planned_order(cfg, phase, encoded))
 
 
 def job_environment() -> dict[str, Any]:
@@ -289,7 +309,7 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     """``plan_only=true``: set the job up as training would, print its stages and steps, train
     nothing; ``inspect=N``: the same, after N examples per stage with the trained tokens marked."""
     run_dir = run_dir_for(cfg)
-    existed = (run_dir / "run.json").exists() or held(run_dir)  # never a training run's
+    existed = (run_dir / rundir.RUN_RECORD).exists() or held(run_dir)  # never a training run's
     try:
         check_ordering(cfg.ordering)
         s = setup(cfg, Path(cfg.run.cache_dir), plan=True)
@@ -305,6 +325,9 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
             for p in s.phases
         ]
         record = plan_record(cfg, run_dir, stages, None)
+        if s.selection is not None:  # what selection=... kept, before the stages
+            record["selection"] = {k: s.selection[k] for k in ("rule", "counts")}
+            print(s.selection["line"], flush=True)
     except UnscoredPlan as e:
         record = plan_record(cfg, run_dir, [], str(e))
     except USER_ERRORS as e:
@@ -364,8 +387,12 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
 
     # --- uptrain: each stage starts from the previous stage's weights, same hyper-parameters
     records = uptrain(cfg, s, specs, tracker)
-    if hasattr(s.ordering, "restage") and is_main():  # the stages as they were re-cut
+    if isinstance(s.ordering, Restages) and is_main():  # the stages as they were re-cut
         run_info = write_run_record(cfg, s, specs, run_dir)
+    # Every rank's collectives are finished before the others leave: a rank that tears down its
+    # process group while a peer's gloo work is still in flight can abort at exit (SIGABRT,
+    # "terminate called without an active exception"; seen on ZeRO-3's rank 1 in CI).
+    barrier()
     if not is_main():  # rank 0 publishes, evaluates and writes the run-level files
         return {"rank": rank(), "run_dir": str(run_dir)}
     if cfg.publish:
@@ -387,7 +414,7 @@ def stage_specs(cfg: DictConfig, s: Setup, run_dir: Path) -> list[StageSpec]:
     and how it continues from the stage before (``trainer.stage_policy``)."""
     specs = [
         StageSpec(
-            i, p.name, p.ids, planned_order(cfg, p, s.encoded), run_dir / f"stage_{i}_{p.name}"
+            i, p.name, p.ids, planned_order(cfg, p, s.encoded), rundir.stage_dir(run_dir, i, p.name)
         )
         for i, p in enumerate(s.phases, start=1)
     ]
@@ -408,11 +435,7 @@ def continuities(cfg: DictConfig, s: Setup, specs: Sequence[StageSpec]) -> list[
         )
     steps = []  # each stage's optimizer steps, for a schedule spanning them all
     for sp in specs if spanning else []:
-        items = (
-            len(stage_packs(cfg.trainer, s.encoded, sp.sequence))
-            if cfg.trainer.packing
-            else len(sp.sequence)
-        )
+        items = stage_units(cfg.trainer, s.encoded, sp.sequence)
         steps.append(stage_steps(items, cfg.trainer, world_size()))
     return [
         Continuity(
@@ -435,6 +458,7 @@ def write_run_record(
         "run_dir": str(run_dir),
         "job": job_environment(),
         "ordering": cfg.ordering.name,
+        "reads": rundir.ordering_reads(s.ordering),  # what evaluate needs of it
         "stage_manifest": {
             "path": s.manifest_path,
             "hash": s.manifest.hash if s.manifest else None,
@@ -453,10 +477,11 @@ def write_run_record(
         ],
         "data": s.data_report,
         "eval_examples": len(s.eval_examples),
+        **({"selection": s.selection} if s.selection is not None else {}),
     }
-    atomic_write_json(run_dir / "run.json", run_info)
+    atomic_write_json(run_dir / rundir.RUN_RECORD, run_info)
     if s.manifest is not None:
-        atomic_write_json(run_dir / "stage_manifest.json", s.manifest.to_json())
+        atomic_write_json(run_dir / rundir.STAGE_MANIFEST, s.manifest.to_json())
     log.info("run directory: %s", run_dir)
     log.info(
         "stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs)
@@ -509,7 +534,7 @@ def uptrain(
         records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
-        if isinstance(s.ordering, Restages) and k + 1 < len(specs):
+        if isinstance(s.ordering, Restages) and s.ordering.rescores(len(specs) - k - 1):
             specs[k + 1 :] = restaged(cfg, s, spec, specs[k + 1 :])
     return records
 
@@ -521,18 +546,18 @@ def restaged(
     from transformers import AutoModelForCausalLM
 
     def load_verified(stage_dir: Path) -> Any:
-        require_verified(stage_dir / "model", stage_dir)  # error: ... unless they match
-        return AutoModelForCausalLM.from_pretrained(stage_dir / "model")
+        require_verified(stage_dir / rundir.MODEL_DIR, stage_dir)  # error: ... unless they match
+        return AutoModelForCausalLM.from_pretrained(stage_dir / rundir.MODEL_DIR)
 
     assert isinstance(s.ordering, Restages)
     by_id = {ex.id: ex for ex in s.examples}
     assert s.own_phases is not None  # each example once: a stage's own, not what replay drew
     pool = [by_id[i] for p in s.own_phases[len(s.own_phases) - len(later) :] for i in p.ids]
-    ctx = ScoreContext(
-        cache=ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite"),
-        tokenizer=s.tokenizer,
-        load_model=lambda: load_verified(done.dir),
-        model_name=f"{done.dir.parent.name}/{done.dir.name}",  # these weights, this run
+    ctx = weights_context(
+        ScoreCache(Path(cfg.run.cache_dir) / "scores.sqlite"),
+        s.tokenizer,
+        lambda: load_verified(done.dir),
+        f"{done.dir.parent.name}/{done.dir.name}",  # these weights, this run
     )
     rescorer = checked_scorer(s.ordering.rescorer)
     scores = apply_scores(pool, rescorer.score(pool, ctx), rescorer.name)
@@ -609,7 +634,7 @@ def evaluate_final(
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()
-    model = load_stage_model(last_stage / "model", cfg.model.loader)
+    model = load_stage_model(last_stage / rundir.MODEL_DIR, cfg.model.loader)
     answers = generate_answers(
         model,
         s.tokenizer,
@@ -620,7 +645,7 @@ def evaluate_final(
     )
     result = {
         "key": key,
-        "model": str(last_stage / "model"),
+        "model": str(last_stage / rundir.MODEL_DIR),
         **judge_answers(judge, s.eval_examples, answers),
     }
     atomic_write_json(out, result)

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from phasedsft import rundir
 from phasedsft.checksums import fsync_path, sync_tree, verify, write_manifest
 from phasedsft.io import (
     atomic_write_json,
@@ -72,7 +73,7 @@ from phasedsft.train.tracking import tensorboard_dir
 
 log = logging.getLogger(__name__)
 
-STAGE_FILE = "stage.json"
+STAGE_FILE = rundir.STAGE_RECORD
 EXIT_REQUEUE = 143  # 128 + SIGTERM: saved a checkpoint on a stop signal; rerun / requeue resumes
 
 
@@ -612,7 +613,7 @@ def stage_trainer(spec: StageSpec, inputs: StageInputs, fed_log: FedLog) -> Curr
 
 def save_stage_model(trainer: Trainer, spec: StageSpec, inputs: StageInputs) -> None:
     """Every rank saves (ZeRO-3 gathers the weights); rank 0 writes and moves them into place."""
-    final, tmp = spec.dir / "model", spec.dir / "model.tmp"
+    final, tmp = spec.dir / rundir.MODEL_DIR, spec.dir / f"{rundir.MODEL_DIR}.tmp"
     if trainer.args.should_save:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()

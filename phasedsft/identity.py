@@ -155,9 +155,13 @@ def semantic_part(
     without_neutral_options(out)
     for key in skip:
         out.pop(key, None)
-    if isinstance(out.get("scorer"), dict):
-        for key in NON_SEMANTIC_SCORER_KEYS:
-            out["scorer"].pop(key, None)
+    scorers = [out.get("scorer")]
+    if isinstance(out.get("extra_scorers"), dict):  # score.py's side-by-side columns
+        scorers += list(out["extra_scorers"].values())
+    for scorer in scorers:
+        if isinstance(scorer, dict):
+            for key in NON_SEMANTIC_SCORER_KEYS:
+                scorer.pop(key, None)
     return out
 
 

@@ -437,6 +437,8 @@ def test_run_json_records_the_rule_the_counts_and_the_kept_ids(tmp_path):
     sel = info["selection"]
     assert sel["rule"]["name"] == "top_k" and sel["rule"]["k"] == 40
     assert sel["counts"]["kept"] == len(sel["ids"]) == 40 == info["stages"][0]["n_examples"]
+    # one-off reads no scores, but the selection did: evaluate must match its scorer
+    assert info["reads"]["needs_scores"] is True
 
 
 @pytest.mark.integration
@@ -534,3 +536,34 @@ def test_score_py_writes_score_columns_only_with_more_than_one_scorer():
     assert cols == {"ifd": [0.5, None]} and stopped is None
     rows, _ = scored_rows(carried, [1.0, 5.0], [None, None], (), cols)
     assert [r["scores"] for r in rows] == [{"gpt4": 3.0, "ifd": 0.5}, {"gpt4": 4.0}]
+
+
+def test_a_selection_that_keeps_nothing_is_a_plain_error():
+    from phasedsft.select import select
+
+    with pytest.raises(DataError, match=r"keeps no example of 10: selection=threshold: kept 0 of 10"):
+        select(Threshold(at_least=9.0), examples_with(SCORES))
+
+
+def test_score_columns_survive_loading_for_conversations_and_alpaca_rows(tmp_path):
+    """score.py writes ``scores`` beside a conversation's ``messages`` too: read back, the
+    columns are there for a selection (and not reported as an unused field)."""
+    from phasedsft.data.loaders import load_jsonl
+
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer {i}."},
+            ],
+            "score": 2.0,
+            "scores": {"ifd": 0.5 + i / 10},
+        }
+        for i in range(3)
+    ] + [{"instruction": "Add 1 and 2.", "input": "", "output": "3", "scores": {"ifd": 0.9}}]
+    path = tmp_path / "scored.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_jsonl(str(path))
+    assert [e.meta["scores"]["ifd"] for e in loaded.examples] == [0.5, 0.6, 0.7, 0.9]
+    assert "scores" not in loaded.unused_fields

@@ -79,7 +79,9 @@ def _score(value: Any) -> float | None:
 
 
 # Columns a row may have that every format keeps as metadata (eval categories, task groups).
-META_COLUMNS = frozenset({"source", "category", "task", "level"})
+# kept with every row, conversations included; ``scores``: the named score columns score.py
+# writes beside ``score`` (selection=... reads them)
+META_COLUMNS = frozenset({"source", "category", "task", "level", "scores"})
 # Columns of other modalities: a text-only run refuses a row that fills one (on_error=skip counts).
 NON_TEXT_COLUMNS = ("images", "videos", "audios", "image", "audio", "video")
 IGNORED = "_ignored_fields"  # meta key a converter fills with the nested fields it did not use

@@ -8,14 +8,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from phasedsft.records import Example
+from phasedsft.records import DataError, Example
 from phasedsft.select.rules import SCORE, Rule, Selection, Tokens, check_rule
 
 log = logging.getLogger(__name__)
 
 
 def rule_of(node: Any) -> Rule | None:
-    """The configured rule (``cfg.select``), or None for ``selection=none``."""
+    """The configured rule (``cfg.selection``), or None for ``selection=none``."""
     if node is None:
         return None
     from hydra.utils import instantiate
@@ -34,6 +34,8 @@ def select(
     """The examples ``rule`` keeps, in data order, and the record of it (rule, counts, ids)."""
     chosen = rule.select(examples, tokens)
     log.info("%s", chosen.line())
+    if examples and chosen.kept == 0:
+        raise DataError(f"the selection keeps no example of {len(examples)}: {chosen.line()}")
     return chosen.apply(examples), {**chosen.record(examples), "line": chosen.line()}
 
 

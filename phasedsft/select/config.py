@@ -2,7 +2,7 @@
 
 One dataclass node per rule, each naming its rule class in ``_target_``
 (:mod:`phasedsft.select.rules`): a misspelt key or a value of the wrong type fails at compose
-time. ``selection=none`` (the default) is no node at all (``conf/select/none.yaml``), so every run
+time. ``selection=none`` (the default) is no node at all (``conf/selection/none.yaml``), so every run
 made before selection existed keeps its name (``NEUTRAL_DEFAULTS``).
 """
 

@@ -273,6 +273,13 @@ class Ordering(Protocol):
     ) -> list[Phase]: ...
 
 
+def rescores_now(ordering: Restages, stages_left: int) -> bool:
+    """Whether ``ordering`` re-scores and re-cuts the ``stages_left`` stages still to come now:
+    its ``rescores(stages_left)`` where it says (``self_paced``), else whenever any are left."""
+    rescores = getattr(ordering, "rescores", None)
+    return bool(rescores(stages_left)) if callable(rescores) else stages_left > 0
+
+
 def checked_ordering(obj: Any) -> Ordering:
     """``obj`` if it implements :class:`Ordering`; else a plain error naming what it lacks."""
     if isinstance(obj, Ordering):
@@ -291,9 +298,5 @@ class Restages(Protocol):
     ``rescorer`` scores them with the weights just trained, ``restage`` cuts them again."""
 
     rescorer: Any
-
-    def rescores(self, stages_left: int) -> bool:
-        """Whether the stages still to come are re-scored and re-cut now."""
-        ...
 
     def restage(self, later: Sequence[Phase], scores: Mapping[str, float]) -> list[Phase]: ...

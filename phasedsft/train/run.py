@@ -61,6 +61,7 @@ from phasedsft.train.ordering import (
     check_ordering,
     checked_ordering,
     group_by_length,
+    rescores_now,
 )
 from phasedsft.train.packing import stage_units
 from phasedsft.train.plan import (
@@ -448,6 +449,15 @@ def continuities(cfg: DictConfig, s: Setup, specs: Sequence[StageSpec]) -> list[
     ]
 
 
+def reads_of(s: Setup) -> dict[str, bool]:
+    """What the run's weights depend on, for evaluate's baseline matching: its ordering's
+    reads, and the scores whenever a selection chose the examples (whatever the ordering)."""
+    reads = rundir.ordering_reads(s.ordering)
+    if s.selection is not None:
+        reads["needs_scores"] = True
+    return reads
+
+
 def write_run_record(
     cfg: DictConfig, s: Setup, specs: Sequence[StageSpec], run_dir: Path
 ) -> dict[str, Any]:
@@ -458,7 +468,7 @@ def write_run_record(
         "run_dir": str(run_dir),
         "job": job_environment(),
         "ordering": cfg.ordering.name,
-        "reads": rundir.ordering_reads(s.ordering),  # what evaluate needs of it
+        "reads": reads_of(s),  # what evaluate needs of it
         "stage_manifest": {
             "path": s.manifest_path,
             "hash": s.manifest.hash if s.manifest else None,
@@ -534,7 +544,7 @@ def uptrain(
         records.append(train_stage(spec, inputs))
         tracker.stage_done(records[-1])
         previous = spec.dir
-        if isinstance(s.ordering, Restages) and s.ordering.rescores(len(specs) - k - 1):
+        if isinstance(s.ordering, Restages) and rescores_now(s.ordering, len(specs) - k - 1):
             specs[k + 1 :] = restaged(cfg, s, spec, specs[k + 1 :])
     return records
 

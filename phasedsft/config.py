@@ -312,6 +312,9 @@ class EvaluateConfig:
     sweep_dir: str = "runs"  # the training runs' run.root
     select: list[str] = field(default_factory=lambda: ["*"])  # run-name globs
     baseline: str = "one_off"  # ordering whose final weights every other run is compared with
+    # true: runs that differ only in selection=... are one group, compared with the baseline
+    # ordering trained on all the data; rows are labelled <ordering>+<selection> (study_selection)
+    across_selections: bool = False
     checkpoints: Checkpoints = Checkpoints.final
     eval_data_dir: str = "data/eval_sets"
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)

@@ -120,7 +120,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "replay": None,
     "eval.by_task": False,
     "prompt.chat_template": None,
-    "ordering.rescore_last_stage": True,  # self_paced before it: re-scored its last stage too
+    "ordering.rescore_last_stage": True,
+    "across_selections": False,  # evaluate.py: selections compared like orderings  # self_paced before it: re-scored its last stage too
     "selection": None,  # selection=none: every example (phasedsft/select)
     "extra_scorers": {},  # score.py: no score column beside the scorer's own
     "trainer.stage_policy": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -541,7 +542,9 @@ def test_score_py_writes_score_columns_only_with_more_than_one_scorer():
 def test_a_selection_that_keeps_nothing_is_a_plain_error():
     from phasedsft.select import select
 
-    with pytest.raises(DataError, match=r"keeps no example of 10: selection=threshold: kept 0 of 10"):
+    with pytest.raises(
+        DataError, match=r"keeps no example of 10: selection=threshold: kept 0 of 10"
+    ):
         select(Threshold(at_least=9.0), examples_with(SCORES))
 
 
@@ -567,3 +570,50 @@ def test_score_columns_survive_loading_for_conversations_and_alpaca_rows(tmp_pat
     loaded = load_jsonl(str(path))
     assert [e.meta["scores"]["ifd"] for e in loaded.examples] == [0.5, 0.6, 0.7, 0.9]
     assert "scores" not in loaded.unused_fields
+
+
+def test_evaluate_across_selections_compares_every_arm_with_one_off_on_all_the_data(tmp_path):
+    """study_selection's arms (#26 item 3): by default each selection is a group of its own
+    (phased on the subset vs one-off on the subset); with across_selections=true the threshold,
+    its random control and phased on the subset are compared with one-off on all the data."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+
+    from phasedsft.evaluate.run import groups_of
+    from phasedsft.evaluate.runs import Run
+    from phasedsft.rundir import ordering_reads
+
+    arms = {
+        "all-one_off": ["ordering=one_off"],
+        "all-phased": ["ordering=1-2-3"],
+        "threshold-one_off": ["ordering=one_off", "selection=threshold", "selection.at_least=3"],
+        "threshold-phased": ["ordering=1-2-3", "selection=threshold", "selection.at_least=3"],
+        "random-one_off": ["ordering=one_off", "selection=random", "selection.size=60"],
+    }
+    runs = []
+    for name, overrides in arms.items():
+        cfg = compose(overrides)
+        reads = ordering_reads(instantiate(cfg.ordering))
+        if any(o.startswith("selection=") for o in overrides):  # as train.py records it
+            reads["needs_scores"] = True
+        runs.append(Run(Path(tmp_path / name), cfg, [], reads))
+
+    def pairs(groups):
+        return sorted(
+            (c.dir.name, c.ordering, base.dir.name)
+            for base, cands in groups.values()
+            for c in cands
+        )
+
+    assert pairs(groups_of(runs, "one_off")) == [
+        ("all-phased", "1-2-3", "all-one_off"),
+        ("threshold-phased", "1-2-3", "threshold-one_off"),
+    ]
+    across = [replace(r, across_selections=True) for r in runs]
+    assert pairs(groups_of(across, "one_off")) == [
+        ("all-phased", "1-2-3", "all-one_off"),
+        ("random-one_off", "one_off+random", "all-one_off"),
+        ("threshold-one_off", "one_off+threshold", "all-one_off"),
+        ("threshold-phased", "1-2-3+threshold", "all-one_off"),
+    ]

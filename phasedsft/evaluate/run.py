@@ -24,7 +24,7 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +346,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rule, which = _value(cfg.rule), _value(cfg.checkpoints)
-    groups = groups_of(discover_runs(cfg.sweep_dir, list(cfg.select)), cfg.baseline)
+    runs = discover_runs(cfg.sweep_dir, list(cfg.select))
+    if cfg.across_selections:  # selection arms against the baseline ordering on all the data
+        runs = [replace(r, across_selections=True) for r in runs]
+    groups = groups_of(runs, cfg.baseline)
     judge = checked_judge(instantiate(cfg.judge))
     cache = ScoreCache(Path(cfg.cache_dir) / "judgments.sqlite")
     log.info(

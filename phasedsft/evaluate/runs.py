@@ -78,14 +78,27 @@ class Run:
     config: DictConfig
     checkpoints: list[Checkpoint]
     reads: dict[str, Any] | None = None  # run.json's ``reads`` (phasedsft.rundir); None: older
+    # evaluate.py across_selections=true: the selection is compared like the ordering (a run
+    # is labelled ``<ordering>+<selection>``, and runs differing only in it are one group)
+    across_selections: bool = False
 
     @property
     def name(self) -> str:
         return self.dir.name
 
     @property
+    def selection(self) -> str | None:
+        """The name of the selection rule the run trained on (``selection=...``), if any."""
+        node = self.config.get("selection")
+        return str(node.get("name") or "selection") if node else None
+
+    @property
     def ordering(self) -> str:
-        return str(self.config.ordering.name)
+        """The ordering's name; under ``across_selections``, ``+<selection>`` when it selected."""
+        name = str(self.config.ordering.name)
+        if self.across_selections and self.selection is not None:
+            return f"{name}+{self.selection}"
+        return name
 
     @property
     def group(self) -> tuple[str, str, int]:
@@ -103,7 +116,10 @@ class Run:
         """
         saved = OmegaConf.to_container(self.config, resolve=True)
         assert isinstance(saved, dict)
-        return comparison_identity({str(k): v for k, v in saved.items()})
+        ident = comparison_identity({str(k): v for k, v in saved.items()})
+        if self.across_selections:
+            ident.pop("selection", None)  # compared, like the ordering: not what groups runs
+        return ident
 
     @property
     def unused(self) -> tuple[str, ...]:

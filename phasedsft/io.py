@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -161,8 +162,13 @@ def save_figure(fig: Any, png: Path, dpi: int = 150) -> tuple[Path, Path]:
     pdf = png.with_suffix(".pdf")
     png.parent.mkdir(parents=True, exist_ok=True)
     for path, fmt, meta in ((png, "png", {"Software": None}), (pdf, "pdf", {"CreationDate": None})):
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-        tmp.replace(path)
+        # a name of this process's own: two jobs writing one figure (two identical score.py
+        # runs at once) each replace it whole, never one the other's half-written file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     plt.close(fig)
     return png, pdf

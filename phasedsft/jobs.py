@@ -72,6 +72,7 @@ def load_tokenizer(cfg: DictConfig, examples: Sequence[Example]) -> Any:
     return instantiate(cfg.model.tokenizer, context=build_context(cfg, examples))
 
 
+DEFAULT_CACHE_DIR = "${parent_dir:${run.root}}/.cache"  # score.py's and segment.py's run.cache_dir
 LEGACY_CACHE = Path(
     "runs/.cache"
 )  # where score.py and segment.py kept it before it followed run.root
@@ -79,12 +80,16 @@ LEGACY_CACHE = Path(
 
 def score_cache_dir(cfg: DictConfig, paid: bool) -> Path:
     """score.py's and segment.py's cache: ``run.cache_dir``, unless the scorer is ``paid`` for,
-    ``run.cache_dir`` holds no score cache yet and the one earlier versions wrote under
-    ``./runs/.cache`` does: answers already paid for are then read there (the log says so),
-    never bought again."""
+    ``run.cache_dir`` is left at its default (beside ``run.root``) and holds no score cache yet,
+    and the one earlier versions wrote under ``./runs/.cache`` does: answers already paid for
+    are then read there (the log says so), never bought again. A ``run.cache_dir`` given is
+    always the one used."""
     chosen = Path(cfg.run.cache_dir)
     legacy = LEGACY_CACHE / "scores.sqlite"
     fresh = not (chosen / "scores.sqlite").exists()
+    run = OmegaConf.to_container(cfg.run, resolve=False)
+    if not isinstance(run, dict) or run.get("cache_dir") != DEFAULT_CACHE_DIR:  # given
+        return chosen
     if paid and fresh and legacy.exists() and chosen.resolve() != LEGACY_CACHE.resolve():
         logging.getLogger(__name__).warning(
             "using the score cache of earlier versions, %s (it holds answers already paid for); "

@@ -303,13 +303,17 @@ def test_paid_scores_of_earlier_versions_are_read_where_they_were_written(tmp_pa
     the one earlier versions wrote under ./runs/.cache instead of paying again."""
     from omegaconf import OmegaConf
 
-    from phasedsft.jobs import score_cache_dir
+    import phasedsft.config  # noqa: F401  (the parent_dir resolver)
+    from phasedsft.jobs import DEFAULT_CACHE_DIR, score_cache_dir
 
     monkeypatch.chdir(tmp_path)
-    cfg = OmegaConf.create({"run": {"cache_dir": str(tmp_path / "proj" / ".cache")}})
+    root = str(tmp_path / "proj" / "runs")
+    cfg = OmegaConf.create({"run": {"root": root, "cache_dir": DEFAULT_CACHE_DIR}})
     assert score_cache_dir(cfg, paid=True) == tmp_path / "proj" / ".cache"  # nothing earlier
     (tmp_path / "runs" / ".cache").mkdir(parents=True)
     (tmp_path / "runs" / ".cache" / "scores.sqlite").write_bytes(b"")
+    given = OmegaConf.create({"run": {"root": root, "cache_dir": str(tmp_path / "mine")}})
+    assert score_cache_dir(given, paid=True) == tmp_path / "mine"  # given: always that one
     assert score_cache_dir(cfg, paid=True) == Path("runs/.cache")
     assert score_cache_dir(cfg, paid=False) == tmp_path / "proj" / ".cache"  # costs nothing
     (tmp_path / "proj" / ".cache").mkdir(parents=True)

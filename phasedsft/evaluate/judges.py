@@ -279,31 +279,29 @@ class OpenAIJudge(ChatEndpoint):
             item = f"{pair.id}:{order}"
             # an item an earlier run stopped (budget, endpoint) continues after its kept replies
             tally = self.tally_for(job, item)
-            for attempt in range(tally.attempts, 1 + self.parse_retries):
-                try:
-                    resp = await self.ask(
-                        client,
-                        job,
-                        self.messages(pair, order),
-                        tally,
-                        **self.request_options(attempt),
-                    )
-                except Rejected as e:
-                    return self.failed(job, item, tally, str(e))
-                if resp is None:  # not a completion at all: a failed attempt
-                    continue
+            review: list[tuple[str, float, float]] = []  # the reply that parsed, once one did
+
+            def done(resp: Any) -> bool:
                 text = resp.choices[0].message.content
                 tally.raws.append(text)
                 try:
-                    first, second = parse_scores(text)
+                    review.append((text, *parse_scores(text)))
                 except ParseError as e:
                     tally.reason = str(e)
-                    continue
-                detail = {"scores": [first, second], "attempts": tally.attempts}
-                if len(tally.raws) > 1:  # asked again: the authors' script would keep the first
-                    detail["first_raw"] = tally.raws[0]
-                return self.succeeded(job, item, tally, first - second, detail, text)
-            return self.failed(job, item, tally, f"unparseable review: {tally.reason}")
+                return bool(review)
+
+            try:
+                messages = self.messages(pair, order)
+                await self.ask_until(client, job, messages, tally, self.request_options, done)
+            except Rejected as e:
+                return self.failed(job, item, tally, str(e))
+            if not review:
+                return self.failed(job, item, tally, f"unparseable review: {tally.reason}")
+            text, first, second = review[0]
+            detail = {"scores": [first, second], "attempts": tally.attempts}
+            if len(tally.raws) > 1:  # asked again: the authors' script would keep the first
+                detail["first_raw"] = tally.raws[0]
+            return self.succeeded(job, item, tally, first - second, detail, text)
 
         jobs = self.jobs(pairs)
         # one request per distinct prompt: the two orders of a pair whose answers are equal

@@ -261,6 +261,24 @@ class ChatEndpoint:
         tally.attempts += 1
         return resp
 
+    async def ask_until(
+        self,
+        client: Any,
+        job: Job,
+        messages: list[dict[str, str]],
+        tally: Tally,
+        options: Callable[[int], dict[str, Any]],
+        done: Callable[[Any], bool],
+    ) -> None:
+        """Ask ``job`` again until ``done(reply)`` says the replies so far answer it, or its
+        ``1 + parse_retries`` attempts are spent (those of an earlier run included: ``tally``);
+        ``options(attempt)`` are the attempt's request options. A reply that is not a chat
+        completion is a spent attempt; :class:`Rejected` propagates (the item failed)."""
+        for attempt in range(tally.attempts, 1 + self.parse_retries):
+            resp = await self.ask(client, job, messages, tally, **options(attempt))
+            if resp is not None and done(resp):
+                return
+
     def tally_for(self, job: Job, item_id: str) -> Tally:
         """The item's tally: it continues the replies an earlier run kept (``job.resume``)."""
         job.tally = Tally.resumed(job.resume, item_id, self.name)

@@ -135,22 +135,15 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
             tally = self.tally_for(job, item)
             parsed: list[tuple[float, float]] = []
             expected = None
-            for attempt in range(tally.attempts, 1 + self.parse_retries):
-                try:
-                    resp = await self.ask(
-                        client,
-                        job,
-                        messages(job.example),
-                        tally,
-                        n=self.samples,
-                        temperature=self.attempt_temperature(attempt),
-                        seed=self.attempt_seed(attempt),
-                        **extra,
-                    )
-                except Rejected as e:
-                    return self.failed(job, item, tally, str(e))
-                if resp is None:  # not a completion at all: a failed attempt
-                    continue
+
+            def options(attempt: int) -> dict[str, Any]:
+                temperature, seed = self.attempt_temperature(attempt), self.attempt_seed(attempt)
+                return {"n": self.samples, "temperature": temperature, "seed": seed, **extra}
+
+            def done(resp: Any) -> bool:
+                """Every sample parsed that parses; answered once one did (and logprobs came,
+                where the score is read from them)."""
+                nonlocal expected
                 for choice in resp.choices:
                     tally.raws.append(choice.message.content)
                     try:
@@ -160,8 +153,12 @@ class OpenAIScorer(ChatEndpoint, ScorerBase):
                 logprobs = getattr(resp.choices[0], "logprobs", None)
                 if self.logprobs and logprobs is not None:
                     expected = expected_scores(getattr(logprobs, "content", None) or [])
-                if parsed and (self.score_from == "samples" or expected is not None):
-                    break
+                return bool(parsed) and (self.score_from == "samples" or expected is not None)
+
+            try:
+                await self.ask_until(client, job, messages(job.example), tally, options, done)
+            except Rejected as e:
+                return self.failed(job, item, tally, str(e))
             if not parsed:
                 return self.failed(job, item, tally, f"unparseable reply: {tally.reason}")
             values = [combine(self.combine, t, r) for t, r in parsed]

@@ -142,10 +142,11 @@ CONF = ROOT / "conf"
 STEP_CONFIGS = {"score": "score", "segment": "segment", "train": "train", "evaluate": "evaluate"}
 SCHEMAS = {"score_schema": "score", "segmentation_schema": "segment", "train_schema": "train"}
 SCHEMAS["evaluate_schema"] = "evaluate"
-# (step, group) pairs where the step instantiates a group's option only to ask what it is:
-# train.py asks its judge whether it marks answers (phasedsft.judging.MarksAnswers) and tells
-# the user to run evaluate.py for a pairwise judge. Its default judge (reference) is shared
-# code, and the defaults are checked strictly (test_each_steps_defaults_target_...).
+# (step, group) pairs whose options a step composes but does not instantiate all of: train.py
+# instantiates a judge only if it marks answers (phasedsft.judging's reference, a user's own);
+# evaluate.py's pairwise judges it recognises by their _target_ and never imports
+# (train.held_out.marking_judge; test_train_never_imports_evaluates_judges). Its default judge
+# (reference) is shared code, and the defaults are checked strictly.
 BORROWED = {("train", "judge")}
 
 
@@ -302,3 +303,22 @@ def test_a_component_missing_part_of_its_protocol_is_a_plain_error():
         checked_scorer(OnlyScore())
     with pytest.raises(DataError, match="lacks judge_pairs, estimate"):
         checked_judge(OnlyScore())
+
+
+def test_train_never_imports_evaluates_judges():
+    """#24 item 2: a train run configured with a pairwise judge (judge=openai, judge=gpt4) leaves it to
+    evaluate.py without importing evaluate's code; the reference judge marks answers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from phasedsft.train.held_out import marking_judge\n"
+        "pairwise = OmegaConf.load('conf/judge/openai.yaml')\n"
+        "assert pairwise._target_.startswith('phasedsft.evaluate.')\n"
+        "assert marking_judge(pairwise) is None\n"
+        "assert marking_judge(OmegaConf.load('conf/judge/reference.yaml')) is not None\n"
+        "assert not [m for m in sys.modules if m.startswith('phasedsft.evaluate')], 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

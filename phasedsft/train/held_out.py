@@ -73,6 +73,23 @@ def generate_answers(
     return answers
 
 
+EVALUATE_PACKAGE = "phasedsft.evaluate."  # pairwise judges: evaluate.py's, never imported here
+
+
+def marking_judge(node: Any) -> MarksAnswers | None:
+    """The configured judge if it marks answers right or wrong (``phasedsft.judging``'s
+    reference judge, or a user's own :class:`MarksAnswers`); ``None`` for a judge that compares
+    two models (evaluate.py's: recognised by its ``_target_``, and never imported by training)."""
+    from hydra.utils import instantiate
+
+    from phasedsft.identity import current_target
+
+    if current_target(str(node.get("_target_", ""))).startswith(EVALUATE_PACKAGE):
+        return None
+    judge = instantiate(node)
+    return judge if isinstance(judge, MarksAnswers) else None
+
+
 def judge_answers(
     judge: MarksAnswers, examples: Sequence[Example], answers: Sequence[str]
 ) -> dict[str, Any]:

@@ -49,10 +49,10 @@ from phasedsft.select import Tokens, needs_scores, rule_of, select
 from phasedsft.train.curves import write_forgetting
 from phasedsft.train.distributed import barrier, export_slurm_ranks, is_main, rank, world_size
 from phasedsft.train.held_out import (
-    MarksAnswers,
     eval_datasets,
     generate_answers,
     judge_answers,
+    marking_judge,
 )
 from phasedsft.train.inspect import StageView, show, stage_tokens
 from phasedsft.train.ordering import (
@@ -596,9 +596,9 @@ def evaluate_last_stage(
     """The in-run check of the final weights on the held-out items, when the judge can mark them."""
     if not (cfg.eval.generate and s.eval_examples and specs):
         return None
-    judge = instantiate(cfg.judge)
-    if not isinstance(judge, MarksAnswers):
-        log.info("judge=%s compares two models: run evaluate.py after training", judge.name)
+    judge = marking_judge(cfg.judge)
+    if judge is None:
+        log.info("judge=%s compares two models: run evaluate.py after training", cfg.judge.name)
         return None
     return evaluate_final(cfg, s, specs[-1].dir, run_dir, judge, key=specs[-1].order_hash)
 

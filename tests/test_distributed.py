@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers.deps import needs
 
 from phasedsft.train.distributed import first_host, slurm_ranks
@@ -56,6 +57,7 @@ def test_a_job_ending_in_a_plain_error_tears_down_its_process_group(tmp_path):
     assert e.value.code == 2 and not dist.is_initialized()
 
 
+@pytest.mark.integration  # DeepSpeed's first init_distributed on a fresh machine takes ~45 s
 def test_deepspeed_lets_go_of_the_destroyed_groups_before_the_interpreter_exits(tmp_path):
     # a ZeRO-3 rank that had finished aborted at exit now and then (SIGABRT in CI): DeepSpeed's
     # globals kept the destroyed gloo groups alive until finalization

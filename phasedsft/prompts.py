@@ -117,6 +117,43 @@ class UserAssistantTemplate:
         return prompt, [*ids(ex.output), eos]
 
 
+@dataclass
+class PlainTemplate:
+    """The prompt and the completion verbatim, no template around them (``prompt=plain``): how
+    TRL's SFTTrainer trains a *standard* prompt-completion row (``{"prompt": "The sky is",
+    "completion": " blue."}``, ``dataset=prompt_completion``).
+
+    As TRL does it: the prompt tokenised with the tokenizer's own special tokens (a BOS where
+    the tokenizer adds one), the completion the rest of the tokens of ``prompt + completion``,
+    the loss on the completion only, and EOS appended to it. (Where tokenising the two together
+    changes the prompt's last tokens, the completion is tokenised on its own, so the prompt's
+    tokens stay exactly the prompt's.) An Alpaca triplet's prompt is ``instruction\\ninput``
+    (LLaMA-Factory's joining).
+    """
+
+    name: str = "plain"
+    add_eos: bool = True
+
+    def prompt_text(self, ex: Example, tokenizer: Any = None) -> str:
+        return ex.instruction + (f"\n{ex.input}" if ex.input.strip() else "")
+
+    def split_ids(self, ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
+        text = self.prompt_text(ex)
+        prompt = list(tokenizer(text)["input_ids"])
+        full = list(tokenizer(text + ex.output)["input_ids"])
+        if full[: len(prompt)] == prompt:
+            completion = full[len(prompt) :]
+        else:
+            completion = list(tokenizer(ex.output, add_special_tokens=False)["input_ids"])
+        if self.add_eos:
+            eos = _special_id(tokenizer, "eos_token_id")
+            if eos is None:
+                raise DataError("the tokenizer has no eos_token; set one or prompt.add_eos=false")
+            if completion[-1:] != [eos]:
+                completion = [*completion, eos]
+        return prompt, completion
+
+
 Segments = list[tuple[list[int], bool]]  # token ids, and whether the loss is on them
 
 

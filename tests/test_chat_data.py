@@ -368,7 +368,8 @@ def test_train_py_on_conversations_with_any_model_directory(smollm2_tokenizer, t
 def test_score_py_keeps_conversations_for_training(tmp_path):
     """score.py sees the whole conversation and writes it back: the scored file trains as is."""
     rows = [
-        {"id": f"c{i}", "messages": as_messages(TURNS if i % 2 else TURNS[1:3])} for i in range(6)
+        {"id": f"c{i}", "messages": as_messages(TURNS if i % 2 else TURNS[1:3]), "origin": "lab"}
+        for i in range(6)
     ]
     data = write_jsonl(tmp_path / "chats.jsonl", rows)
     run_command(
@@ -384,6 +385,8 @@ def test_score_py_keeps_conversations_for_training(tmp_path):
         no_traceback=True,
     )
     scored = tmp_path / "score" / "chats" / "scored.jsonl"
+    summary = json.loads((scored.parent / "summary.json").read_text())
+    assert summary["data"]["unused_fields"] == {"origin": 6}  # said, not dropped unseen
     back = load_data(str(scored), format="alpaca").examples
     original = load_data(str(data), format="messages").examples
     assert [(e.id, e.instruction, e.output, e.messages) for e in back] == [

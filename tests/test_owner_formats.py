@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from phasedsft.data.loaders import load_data
-from phasedsft.prompts import IGNORE_INDEX, AlpacaTemplate, ChatTemplate, encode
+from phasedsft.prompts import IGNORE_INDEX, AlpacaTemplate, ChatTemplate, PlainTemplate, encode
 from phasedsft.records import DataError, Example, Message, ToolCall
 from phasedsft.score.run import scored_rows
 
@@ -181,6 +181,32 @@ def test_llamafactory_tool_calling_rows_are_all_read(tmp_path):
     assert 'Tool (calculate_area): {"area": 15}' in calls.instruction
 
 
+def test_llamafactory_system_and_tools_columns_are_used(tmp_path, tiny_tokenizer):
+    """ShareGPT's ``system`` column (or a leading "system" turn) is the system turn; an alpaca
+    row's ``tools`` column (LLaMA-Factory's ``tools`` attribute) makes it a tool conversation."""
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    rows = [
+        {"conversations": turns, "system": "Be brief."},
+        {"conversations": [{"from": "system", "value": "Be brief."}, *turns]},
+    ]
+    by_column, by_turn = load_data(
+        write(tmp_path / "s.json", rows, as_list=True), format="sharegpt"
+    ).examples
+    expected = [("system", "Be brief."), ("user", "hi"), ("assistant", "hello")]
+    for ex in (by_column, by_turn):
+        assert [(m.role, m.content) for m in ex.messages] == expected
+    both = [{"conversations": [{"from": "system", "value": "x"}, *turns], "system": "y"}]
+    with pytest.raises(DataError, match=r"both\.json:\d+: both a 'system' field and a system turn"):
+        load_data(write(tmp_path / "both.json", both, as_list=True), format="sharegpt")
+    row = {"instruction": "Area of a 5 by 3 rectangle?", "input": "", "output": "15.",
+           "tools": json.dumps(AREA_TOOLS)}  # fmt: skip
+    ex = load_data(write(tmp_path / "a.json", [row], as_list=True)).examples[0]
+    assert json.loads(ex.tools) == [{"type": "function", "function": AREA_TOOLS[0]}]
+    assert [m.role for m in ex.messages] == ["user", "assistant"]
+    text = tiny_tokenizer.decode(encode(ex, TOOLS, tiny_tokenizer, 10_000).input_ids)
+    assert '{"name": "calculate_area", "description"' in text  # offered to the model
+
+
 def test_tool_calls_are_trained_and_tool_results_are_not(tmp_path, tiny_tokenizer):
     calls = load_data(write(tmp_path / "g.json", GLAIVE), format="sharegpt").examples[1]
     enc = encode(calls, TOOLS, tiny_tokenizer, 10_000)
@@ -322,6 +348,22 @@ def test_trl_conversational_prompt_completion_trains_the_completion_only(tmp_pat
     enc = encode(ex, ChatTemplate(), chatml, 10_000)
     assert "Blue.<|im_end|>" in chatml.decode(enc.input_ids)
     assert trained_spans(chatml, enc) == ["Green.<|im_end|>\n"]
+
+
+def test_trl_standard_prompt_completion_is_verbatim_with_prompt_plain(tmp_path, tiny_tokenizer):
+    """TRL concatenates a standard row's prompt and completion as written, no template; the
+    loss on the completion and the EOS appended to it."""
+    tok = tiny_tokenizer
+    row = {"prompt": "The sky is", "completion": " blue."}
+    ex = load_data(write(tmp_path / "pc.jsonl", [row]), format="prompt_completion").examples[0]
+    assert (ex.instruction, ex.output, ex.messages) == ("The sky is", " blue.", None)
+    enc = encode(ex, PlainTemplate(), tok, 10_000)
+    n_prompt = len(tok("The sky is")["input_ids"])
+    assert enc.input_ids == tok("The sky is blue.")["input_ids"] + [tok.eos_token_id]
+    assert enc.labels == [IGNORE_INDEX] * n_prompt + enc.input_ids[n_prompt:]
+    assert tok.decode(enc.input_ids[n_prompt:]) == " blue." + tok.eos_token
+    # the Alpaca template wraps the same row in its instruction text: not what TRL trains
+    assert "### Instruction:" in tok.decode(encode(ex, AlpacaTemplate(), tok, 10_000).input_ids)
 
 
 # ---------------------------------------------------------------- nothing disappears unseen

@@ -13,7 +13,6 @@ import json
 import random
 import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -163,10 +162,13 @@ def train_plan(tmp_path: Path, command: str, *extra: str, check: bool = True):
 def test_segment_prints_a_training_command_that_runs_as_printed(tmp_path):
     data = tmp_path / "my data" / "scored.jsonl"  # a space: the command must quote it
     data.parent.mkdir()
-    shutil.copy(ROOT / "examples" / "lab_conf" / "data" / "lab_qa.jsonl", data)
+    rows = (ROOT / "examples" / "lab_conf" / "data" / "lab_qa.jsonl").read_text().splitlines()
+    # a column no format uses: kept out of training, and said so in summary.json
+    data.write_text("".join(json.dumps({**json.loads(r), "origin": "lab"}) + "\n" for r in rows))
     command, result = segment(
         tmp_path, "dataset=jsonl", f"dataset.source.path={data}", "seed=3", "segment=jenks"
     )
+    assert result["data"]["unused_fields"] == {"origin": 30}
     manifest = result["stage_manifest"]
     assert shlex.split(command)[2:] == [
         "dataset=jsonl",

@@ -27,7 +27,7 @@ from phasedsft.identity import MOVED_TARGETS as MOVED_TARGETS
 from phasedsft.identity import NEUTRAL_DEFAULTS as NEUTRAL_DEFAULTS
 from phasedsft.identity import NON_SEMANTIC_KEYS as NON_SEMANTIC_KEYS
 from phasedsft.identity import NON_SEMANTIC_SCORER_KEYS as NON_SEMANTIC_SCORER_KEYS
-from phasedsft.identity import config_hash
+from phasedsft.identity import config_hash, data_job_hash
 from phasedsft.identity import current_target as current_target
 from phasedsft.identity import first_target as first_target
 from phasedsft.identity import with_first_targets as with_first_targets
@@ -226,7 +226,7 @@ class TrainConfig:
 @dataclass
 class ScoreRunConfig:
     root: str = "runs/score"
-    name: str = "${dataset.name}-${scorer.name}-${cfg_hash:}"
+    name: str = "${dataset.name}-${scorer.name}-${data_job_hash:}"
     # beside the project's runs: run.root=<project>/score -> <project>/.cache, the cache
     # train.py run.root=<project> uses (one score cache for every command of a project)
     cache_dir: str = "${parent_dir:${run.root}}/.cache"
@@ -240,8 +240,6 @@ class DataJobConfig:
     model: ModelConfig = MISSING  # local-LM scorers; the tokenizer for token counts
     dataset: DatasetConfig = MISSING
     scorer: Any = MISSING
-    # unused by these jobs; composed only because run names hash it (since v1)
-    trainer: Any = field(default=None, metadata={"schema": TrainerConfig})
 
 
 @dataclass
@@ -262,7 +260,7 @@ class ScoreConfig(DataJobConfig):
 @dataclass
 class SegmentRunConfig:
     root: str = "runs/segment"
-    name: str = "${dataset.name}-${cfg_hash:}"
+    name: str = "${dataset.name}-${data_job_hash:}"
     cache_dir: str = "${parent_dir:${run.root}}/.cache"  # as score.py's: the project's cache
 
 
@@ -392,6 +390,8 @@ def register() -> None:
     """Register schemas, generated options and resolvers (idempotent)."""
     if not OmegaConf.has_resolver("cfg_hash"):
         OmegaConf.register_new_resolver("cfg_hash", config_hash)
+    if not OmegaConf.has_resolver("data_job_hash"):
+        OmegaConf.register_new_resolver("data_job_hash", data_job_hash)
     if not OmegaConf.has_resolver("pkgdir"):
         OmegaConf.register_new_resolver("pkgdir", _package_dir)
     if not OmegaConf.has_resolver("path_name"):

@@ -178,6 +178,48 @@ def config_hash(*, _root_: DictConfig) -> str:
     return sha256_json(semantic_part(container))[:8]
 
 
+# score.py and segment.py composed ``trainer: paper`` (+ ``trainer/for_model/<model>``) until
+# 0.2: unused by them, but hashed into their run names. The node is gone from their configs; its
+# values then stay in their hash (:func:`data_job_hash`), so no finished score or segment run is
+# renamed and no paid answer orphaned (tests/test_identity.py), and editing the trainer presets
+# never renames a score run again.
+DATA_JOB_TRAINER: dict[str, Any] = {
+    "learning_rate": 5e-06,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 16,
+    "gradient_accumulation_steps": 1,
+    "weight_decay": 0.1,
+    "warmup_ratio": 0.1,
+    "lr_scheduler_type": "cosine",
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.95,
+    "max_grad_norm": 1.0,
+    "max_seq_length": 2048,
+    "shuffle": "once",
+    "bf16": None,
+    "gradient_checkpointing": True,
+}
+DATA_JOB_TRAINER_FOR_MODEL: dict[str, dict[str, Any]] = {  # by model.name
+    "tiny": {
+        "learning_rate": 0.001,
+        "max_seq_length": 160,
+        "gradient_checkpointing": False,
+        "save_steps": 50,
+        "logging_steps": 20,
+    },
+}
+
+
+def data_job_hash(*, _root_: DictConfig) -> str:
+    """:func:`config_hash` of a score.py or segment.py job, with the trainer node those jobs
+    composed until 0.2 (:data:`DATA_JOB_TRAINER`) put back, as their run names have hashed it."""
+    container = OmegaConf.to_container(_root_, resolve=False)
+    assert isinstance(container, dict)
+    model = OmegaConf.select(_root_, "model.name", default=None)
+    container["trainer"] = {**DATA_JOB_TRAINER, **DATA_JOB_TRAINER_FOR_MODEL.get(model, {})}
+    return sha256_json(semantic_part(container))[:8]
+
+
 # Parts of a training run's saved config left out of its comparison identity (what makes
 # finished runs comparable, :func:`comparison_identity`): the ordering (what a sweep compares),
 # in-run evaluation (eval, judge) and what does not change the weights (NON_SEMANTIC_KEYS; the

@@ -56,6 +56,11 @@ RUN_NAMES: dict[str, tuple[str, list[str]]] = {
         f"segment segment={s}": ("segment", [f"segment={s}"])
         for s in ("manual", "quantile", "balanced", "gmm", "jenks", "kde_valleys")
     },
+    # models other than tiny (whose trainer preset score.py and segment.py no longer compose)
+    "score scorer=ifd model=smollm2_135m": ("score", ["scorer=ifd", "model=smollm2_135m"]),
+    "score scorer=gpt4 model=llama2_7b": ("score", ["scorer=gpt4", "model=llama2_7b"]),
+    "segment model=smollm2_135m": ("segment", ["model=smollm2_135m"]),
+    "segment model=llama2_7b segment=jenks": ("segment", ["model=llama2_7b", "segment=jenks"]),
 }
 
 

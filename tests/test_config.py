@@ -210,9 +210,17 @@ def test_model_configs_choose_no_other_group_and_trainer_tiny_is_what_model_tiny
     tiny_default = compose([]).trainer
     assert compose(["model=llama2_7b", "trainer=tiny"]).trainer == tiny_default
     assert compose(["trainer/peft=lora"]).trainer.learning_rate == tiny_default.learning_rate
+
+
+def test_score_and_segment_compose_no_trainer_and_keep_their_run_names():
+    """score.py and segment.py train nothing: no trainer node (a trainer override is a typo
+    there). Their run names still hash the node they composed until 0.2, frozen in
+    identity.DATA_JOB_TRAINER: the presets' values then (tests/test_identity.py checks the
+    names of tiny and hub models against names written by the code that composed it)."""
     for job in ("score", "segment"):
-        data_job = compose([], job).trainer  # untyped there: the presets' own values
-        assert {k: tiny_default[k] for k in data_job} == data_job  # hashed into run names since v1
+        assert "trainer" not in compose([], job)
+        with pytest.raises(ConfigCompositionException):
+            compose(["trainer.learning_rate=1e-5"], job)
 
 
 @pytest.mark.parametrize(

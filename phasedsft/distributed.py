@@ -1,4 +1,5 @@
-"""Ranks for multi-GPU / multi-node runs: from torchrun, or derived from SLURM's task variables.
+"""Ranks for multi-GPU / multi-node jobs (train.py, score.py): from torchrun, or derived from
+SLURM's task variables.
 
 ``torchrun`` (or ``deepspeed``, ``accelerate launch``) sets ``RANK``, ``LOCAL_RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; the Trainer reads them. A SLURM job with
@@ -15,6 +16,12 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, MutableMapping
+from datetime import timedelta
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+# how long a rank waits for the others at a meeting point (a rank scoring a big share)
+RANKS_WAIT = timedelta(hours=24)
 
 
 def first_host(nodelist: str) -> str:
@@ -74,3 +81,43 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def join_ranks() -> int:
+    """Join the job's other ranks (gloo, CPU only) when it runs as several processes and no
+    process group exists yet; returns the number of ranks. The Trainer makes its own group
+    for training; score.py needs one only to wait for its ranks and add up their counts."""
+    export_slurm_ranks()
+    if world_size() <= 1:
+        return 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=RANKS_WAIT)
+    return world_size()
+
+
+def _joined() -> Any:
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and world_size() > 1 else None
+
+
+def gather(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    dist = _joined()
+    if dist is None:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
+    dist = _joined()
+    if dist is None:
+        return obj
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers.deps import needs
 
-from phasedsft.train.distributed import first_host, slurm_ranks
+from phasedsft.distributed import first_host, slurm_ranks
 
 
 def test_single_task_or_torchrun_leave_the_environment_alone():

@@ -28,6 +28,11 @@ beside it (``<name>.reserve``). A write of an answer (or a partial record) that 
 full deletes the reserve and writes again, so the answer in hand is kept; ``disk_full`` then
 tells the engine to stop asking (:class:`~phasedsft.nospace.NoSpace`). The next run makes the
 reserve again first: with the disk still full, it stops before sending anything.
+
+**Several hosts** (a cache under ``runs/`` on NFS, Lustre or GPFS, used by jobs on several
+nodes): each host writes a live file of its own and reads the others' answers from sealed,
+read-only copies, never from a file another host writes (:mod:`phasedsft.llm.sealed`). The
+host that first used the cache writes the file named here, so on one machine nothing changes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import socket
@@ -46,8 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from phasedsft.io import sha256_json
+from phasedsft.llm.sealed import SEAL_EVERY_S, Segments, better, host_name, live_path
 from phasedsft.nospace import NoSpace, is_no_space, no_space_message
 from phasedsft.records import Example
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -96,13 +105,30 @@ CREATE TABLE IF NOT EXISTS claims (
 )
 """
 
+# Every row recorded, in order (a trigger appends it), so a host seals exactly the rows it
+# recorded since its last seal (``sealed.upto``), replaced rows included; see sealed.py.
+CHANGES = """
+CREATE TABLE IF NOT EXISTS changes (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, also after the rows are pruned
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL
+)
+"""
+TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS results_changed AFTER INSERT ON results "
+    "BEGIN INSERT INTO changes (tbl, key) VALUES ('results', NEW.key); END",
+    "CREATE TRIGGER IF NOT EXISTS partials_changed AFTER INSERT ON partials "
+    "BEGIN INSERT INTO changes (tbl, key) VALUES ('partials', NEW.key); END",
+)
+SEALED = "CREATE TABLE IF NOT EXISTS sealed (id INTEGER PRIMARY KEY CHECK (id = 0), upto INTEGER)"
+
 RESERVE_BYTES = 512 * 1024  # disk kept free beside each cache for answers that meet a full disk
 # what counts as an item's answer to a run of requests (run_jobs, claims): any ok result, or a
 # failure some request answered (a request failure recorded with no request sent says nothing
 # about the item: a setting gave up before asking). Local scorers read their results directly.
 ANSWERED = "(status = 'ok' OR (status = 'failed' AND requests > 0))"
 CLAIM_TTL_S = 900.0  # a claim's lifetime: longer than one item's call, retries and backoff included
-HOST = socket.gethostname()
+HOST = socket.gethostname()  # claims: whose pid a stale check may look up
 _CHUNK = 900  # SQLite's limit on bound parameters, with room to spare
 
 
@@ -166,13 +192,42 @@ _COLUMNS = (
     "key, example_id, scorer, status, score, detail, raw, error, cost_usd, tokens_in, "
     "tokens_out, requests, unmetered_usd"
 )
+_PARTIAL_COLUMNS = (
+    "key, example_id, scorer, detail, raw, error, cost_usd, unmetered_usd, tokens_in, "
+    "tokens_out, requests"
+)
+# a sealed segment's tables: the columns above, then ``created`` (see sealed.py)
+SEGMENT_TABLES = {
+    "results": f"CREATE TABLE results ({_COLUMNS}, created, PRIMARY KEY (key))",
+    "partials": f"CREATE TABLE partials ({_PARTIAL_COLUMNS}, created, PRIMARY KEY (key))",
+}
+
+
+def _result(row: Sequence[Any]) -> Result:
+    return Result(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), *row[6:13])
+
+
+def _partial(row: Sequence[Any]) -> Result:
+    k, ex, sc, detail, raw, err, cost, unmetered, t_in, t_out, req = row[:11]
+    return Result(
+        k, ex, sc, "partial", None, json.loads(detail), raw, err, cost, t_in, t_out, req, unmetered
+    )
+
+
+def _answers(row: tuple[Any, ...]) -> bool:
+    """:data:`ANSWERED` of a results row (``status`` at 3, ``requests`` at 11)."""
+    return row[3] == "ok" or (row[3] == "failed" and row[11] > 0)
 
 
 class ScoreCache:
     def __init__(self, path: str | Path, reserve_bytes: int = RESERVE_BYTES):
         self._token = secrets.token_hex(4)
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.home = Path(path)  # the cache's name; this host writes ``path`` (see sealed.py)
+        self.home.parent.mkdir(parents=True, exist_ok=True)
+        self.host = host_name()
+        self.path = live_path(self.home, self.host)
+        self.segments = Segments(self.home, self.host, SEGMENT_TABLES)
+        self._sealed_at = time.monotonic()
         self.reserve = self.path.with_name(self.path.name + ".reserve")
         self.reserve_bytes = reserve_bytes
         self.disk_full: NoSpace | None = None  # set once a write needed the reserve
@@ -193,6 +248,16 @@ class ScoreCache:
                 columns = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
                 if "unmetered_usd" not in columns:  # a cache written before the column
                     self.db.execute(UNMETERED)
+                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+                self.db.execute(CHANGES)
+                self.db.execute(SEALED)
+                for trigger in TRIGGERS:
+                    self.db.execute(trigger)
+                if "changes" not in tables:  # a cache from before sealing: all of it is new
+                    for table in ("results", "partials"):
+                        self.db.execute(
+                            f"INSERT INTO changes (tbl, key) SELECT '{table}', key FROM {table}"
+                        )
                 self.db.commit()
             except sqlite3.Error as e:
                 if is_no_space(e):
@@ -200,6 +265,7 @@ class ScoreCache:
                 raise
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        self.publish()  # what an earlier run of this host left unsealed
 
     # ------------------------------------------------------------ a full disk
 
@@ -271,15 +337,18 @@ class ScoreCache:
         """The recorded results of these keys (failures given up before asking included:
         :func:`is_answer` tells which answer their item)."""
         keys = list(keys)
-        out: dict[str, Result] = {}
+        best: dict[str, tuple[Any, ...]] = {}
         for chunk in _chunks(keys):
             rows = self.db.execute(
-                f"SELECT {_COLUMNS} FROM results WHERE key IN ({','.join('?' * len(chunk))})",
+                f"SELECT {_COLUMNS}, created FROM results "
+                f"WHERE key IN ({','.join('?' * len(chunk))})",
                 list(chunk),
             ).fetchall()
-            for r in rows:
-                out[r[0]] = Result(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), *r[6:])
-        return out
+            best.update((r[0], r) for r in rows)
+        for r in self.segments.rows("results", f"{_COLUMNS}, created", keys):
+            if r[0] not in best or better(r, best[r[0]], _answers):
+                best[r[0]] = r
+        return {k: _result(r) for k, r in best.items()}
 
     def put(self, r: Result) -> None:
         """Record a result (one commit); the claim this cache's owner held on its key ends, and
@@ -310,6 +379,7 @@ class ScoreCache:
             self.db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (r.key, self.owner))
 
         self._write(statements, f"the answer of item {r.example_id}")
+        self._seal_now_and_then()
 
     def put_partial(self, r: Result) -> None:
         """Keep the paid replies of an item stopped before its answer (one commit); the item
@@ -338,35 +408,25 @@ class ScoreCache:
             self.db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (r.key, self.owner))
 
         self._write(statements, f"the replies received for item {r.example_id}")
+        self._seal_now_and_then()
 
     def partials(self, keys: Iterable[str]) -> dict[str, Result]:
-        """The kept partial records of these keys (status ``partial``)."""
+        """The kept partial records of these keys (status ``partial``), this host's or, for
+        keys it has none of, the newest another host sealed."""
         keys = list(keys)
-        out: dict[str, Result] = {}
+        found: dict[str, tuple[Any, ...]] = {}
         for chunk in _chunks(keys):
             rows = self.db.execute(
-                "SELECT key, example_id, scorer, detail, raw, error, cost_usd, tokens_in, "
-                "tokens_out, requests, unmetered_usd FROM partials "
+                f"SELECT {_PARTIAL_COLUMNS}, created FROM partials "
                 f"WHERE key IN ({','.join('?' * len(chunk))})",
                 list(chunk),
             ).fetchall()
-            for k, ex, sc, detail, raw, err, cost, t_in, t_out, req, unmetered in rows:
-                out[k] = Result(
-                    k,
-                    ex,
-                    sc,
-                    "partial",
-                    None,
-                    json.loads(detail),
-                    raw,
-                    err,
-                    cost,
-                    t_in,
-                    t_out,
-                    req,
-                    unmetered,
-                )
-        return out
+            found.update((r[0], r) for r in rows)
+        mine = set(found)
+        for r in self.segments.rows("partials", f"{_PARTIAL_COLUMNS}, created", keys):
+            if r[0] not in mine and (r[0] not in found or r[-1] > found[r[0]][-1]):
+                found[r[0]] = r
+        return {k: _partial(r) for k, r in found.items()}
 
     # ------------------------------------------------------------ claims (see the module doc)
 
@@ -385,6 +445,10 @@ class ScoreCache:
                 for k, status, created in rows
                 if since is None or status == "ok" or created >= since
             )
+        rest = [k for k in keys if k not in done]
+        for r in self.segments.rows("results", f"{_COLUMNS}, created", rest) if rest else ():
+            if _answers(r) and (since is None or r[3] == "ok" or r[-1] >= since):
+                done.add(r[0])
         return done
 
     def _stale(self, host: str, pid: int, expires: float, now: float) -> bool:
@@ -488,10 +552,62 @@ class ScoreCache:
         }
 
     def count(self) -> int:
-        """Results recorded (partial records not included)."""
+        """Results recorded by this host (partial records not included)."""
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
+    # ------------------------------------------------------------ other hosts (see sealed.py)
+
+    def _seal_now_and_then(self) -> None:
+        if time.monotonic() - self._sealed_at >= SEAL_EVERY_S:
+            self.publish()
+
+    def publish(self) -> Path | None:
+        """Seal the rows this host recorded since its last seal into a read-only segment
+        other hosts read (none when nothing is new). A failure to seal (a full disk) is
+        logged, never raised: the rows stay in this host's live file and are sealed later."""
+        self._sealed_at = time.monotonic()
+        try:
+            return self._seal()
+        except (OSError, sqlite3.Error) as e:
+            self._rollback()
+            log.warning("could not seal the new rows of %s for other hosts: %s", self.path, e)
+            return None
+
+    def _seal(self) -> Path | None:
+        self.db.execute("BEGIN IMMEDIATE")  # one sealer per host at a time
+        try:
+            row = self.db.execute("SELECT upto FROM sealed WHERE id = 0").fetchone()
+            upto = row[0] if row else 0
+            top = self.db.execute("SELECT MAX(n) FROM changes").fetchone()[0]
+            if top is None or top <= upto:
+                self._rollback()
+                return None
+            rows = {
+                table: self.db.execute(
+                    f"SELECT {columns}, created FROM {table} WHERE key IN "
+                    "(SELECT key FROM changes WHERE tbl = ? AND n > ?)",
+                    (table, upto),
+                ).fetchall()
+                for table, columns in (("results", _COLUMNS), ("partials", _PARTIAL_COLUMNS))
+            }
+            segment = self.segments.write(upto + 1, top, rows)
+            self.db.execute("INSERT OR REPLACE INTO sealed (id, upto) VALUES (0, ?)", (top,))
+            self.db.execute("DELETE FROM changes WHERE n <= ?", (top,))
+            self.db.commit()
+        except BaseException:
+            self._rollback()
+            raise
+        self.segments.merge_own()
+        return segment
+
+    def refresh(self) -> None:
+        """Read the other hosts' list of sealed segments again now (it is read every few
+        seconds anyway)."""
+        self.segments.refresh()
+
     def close(self) -> None:
+        self.publish()
+        self.segments.close()
         self.db.close()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from phasedsft.distributed import gather, is_main, join_ranks, rank
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import build_context, load_examples, score_cache_dir, start_job
 from phasedsft.llm.cache import Result, ScoreCache
@@ -32,6 +33,7 @@ from phasedsft.score.report import (
     summary_lines,
     text_histogram,
 )
+from phasedsft.score.spread import merged_counts, spread_run
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,11 @@ def context(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load the data -> estimate the cost (stop there on dry_run) -> score every example not in
-    the cache -> write the scored data, the failures, the summary and the histogram."""
+    the cache -> write the scored data, the failures, the summary and the histogram.
+
+    Run as N processes (torchrun, a SLURM job of N tasks), each scores its share of the
+    examples for a scorer that runs a local model (phasedsft.score.spread); rank 0 writes."""
+    ranks = join_ranks()
     run_dir = start_job(cfg)
     loaded, examples = load_examples(cfg)
     scorer = checked_scorer(instantiate(cfg.scorer))
@@ -84,6 +90,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scores = scorer.finalize(stats.raw_scores())
     columns, stopped = score_columns(scorer.name, stats.raw_scores(), examples, extras, extra_ctx)
     aborted = aborted or stopped
+    for c in (ctx, *extra_ctx.values()):  # for runs on other hosts sharing the cache
+        c.cache.publish()
+    if not is_main():  # rank 0 writes the run's files
+        return {"rank": rank(), "run_dir": str(run_dir)}
     # rows cached by an older version may hold an echoed key: redact on the way out too
     secrets = scorer.secrets()
     scored, failures = scored_rows(examples, scores, stats.ordered, secrets, columns)
@@ -91,6 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_jsonl(run_dir / "failures.jsonl", failures)
     summary = job_summary(scorer, examples, scores, stats, scored, failures, aborted, run_dir)
     check_summary(summary)
+    summary["ranks"] = ranks  # processes that shared the scoring (torchrun, SLURM tasks)
     summary["data"] = {  # what the loader skipped (on_error=skip) or did not use, as train.py says
         "skipped_rows": loaded.skips.summary(),
         "unused_fields": loaded.unused_fields,
@@ -117,13 +128,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def score_all(
     scorer: Scorer, examples: list[Example], ctx: ScoreContext
 ) -> tuple[RunStats, RequestsAborted | None]:
-    """The scorer's run over every example; a stop (budget, failures) keeps what it got."""
+    """The scorer's run over every example (each rank scoring its share, then reading the
+    others': phasedsft.score.spread); a stop (budget, failures) keeps what it got."""
     try:
-        return scorer.run(examples, ctx), None
+        whole, own = spread_run(scorer, examples, ctx)
     except RequestsAborted as e:
         if not e.stats.ordered:
             e.stats.ordered = [None] * len(examples)
         return e.stats, e
+    if own is not None:  # every rank's work, counted once (rank 0 writes the summary)
+        whole = merged_counts(
+            whole, gather({"done": own.done, "failed": own.failed, "requests": own.requests})
+        )
+    return whole, None
 
 
 def score_columns(

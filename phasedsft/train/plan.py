@@ -32,7 +32,7 @@ def world_size_for(cfg: DictConfig) -> int:
     """Processes the job will train on: the SLURM launcher's tasks, else this environment's."""
     from hydra.core.hydra_config import HydraConfig
 
-    from phasedsft.train.distributed import world_size
+    from phasedsft.distributed import world_size
 
     if HydraConfig.initialized():
         launcher = HydraConfig.get().launcher

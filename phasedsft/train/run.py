@@ -29,6 +29,14 @@ from phasedsft.checksums import require_verified
 from phasedsft.cli import USER_ERRORS
 from phasedsft.config import OptimizerState, StageSchedule
 from phasedsft.data.loaders import Loaded
+from phasedsft.distributed import (
+    barrier,
+    export_slurm_ranks,
+    from_main,
+    is_main,
+    rank,
+    world_size,
+)
 from phasedsft.io import (
     atomic_write_json,
     follow_umask,
@@ -44,10 +52,10 @@ from phasedsft.prompts import Encoded, encode
 from phasedsft.records import DataError, Example, UserError
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context, weights_context
+from phasedsft.score.spread import spread_run
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
 from phasedsft.select import Tokens, needs_scores, rule_of, select
 from phasedsft.train.curves import write_forgetting
-from phasedsft.train.distributed import barrier, export_slurm_ranks, is_main, rank, world_size
 from phasedsft.train.held_out import (
     eval_datasets,
     generate_answers,
@@ -570,7 +578,10 @@ def restaged(
         f"{done.dir.parent.name}/{done.dir.name}",  # these weights, this run
     )
     rescorer = checked_scorer(s.ordering.rescorer)
-    scores = apply_scores(pool, rescorer.score(pool, ctx), rescorer.name)
+    # each rank scores its share; every rank then cuts by rank 0's scores, so all cut alike
+    whole, _ = spread_run(rescorer, pool, ctx)
+    raw = from_main(whole.raw_scores())
+    scores = apply_scores(pool, rescorer.finalize(raw), rescorer.name)
     # the stages' own examples re-cut, then replay (if any) mixed in again from the stages as cut
     assert s.own_phases is not None
     first = len(s.own_phases) - len(later)

@@ -47,6 +47,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from phasedsft import rundir
 from phasedsft.checksums import fsync_path, sync_tree, verify, write_manifest
+from phasedsft.distributed import rank
 from phasedsft.io import (
     atomic_write_json,
     atomic_write_text,
@@ -66,7 +67,6 @@ from phasedsft.train.audit import (
     stage_train_loss,
 )
 from phasedsft.train.checkpoints import Resume, choose_resume, superseded
-from phasedsft.train.distributed import rank
 from phasedsft.train.packing import PackedCollator, PackedDataset, flat_layout, stage_packs
 from phasedsft.train.precision import guard_master_weights, resolve_half
 from phasedsft.train.tracking import tensorboard_dir

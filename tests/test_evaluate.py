@@ -64,6 +64,8 @@ def test_reports_from_a_tiny_sweep(sweep, capsys):
 
     png = out / "figure1_stages.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text(encoding="utf-8")  # evaluate.py ends with the report
+    assert page.startswith("<!DOCTYPE html>") and 'id="table-csv"' in page
     cats = (out / "categories.md").read_text()
     assert "held_out: win rate by level" in cats and "exact-match accuracy by task" in cats
     exports = sorted((out / "alpacaeval").glob("*.json"))

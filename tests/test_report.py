@@ -392,6 +392,15 @@ def test_the_model_gathers_the_whole_sweep(sweep):
     json.dumps(model, allow_nan=False)  # JSON-able
 
 
+def test_a_copied_sweep_shows_its_segment_run_once(sweep, tmp_path):
+    """The runs name the original's stage manifest, the copy holds its own segment/ folder:
+    one segmentation (the same manifest hash), not two."""
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    model = build_model(copy / "evaluation" / "reference", copy)
+    assert [s["manifest_hash"] for s in model["segments"]] == ["ab" * 32]
+
+
 def test_each_item_carries_its_verdict_as_evaluate_folds_it(sweep):
     eval_dir = sweep / "evaluation" / "reference"
     model = build_model(eval_dir, sweep)
@@ -923,19 +932,41 @@ def test_a_screenshot_per_section(page, tmp_path):
 
 
 @pytest.mark.integration
-def test_tens_of_thousands_of_items_stay_responsive(tmp_path, capsys):
-    """20,000 judged items (10 comparisons x 2 sets x 1,000): the time to filter and draw a
-    page of results in the page itself (performance.now(), layout included), reported."""
-    sweep = make_sweep(tmp_path, per_comparison=1000, seed=1, long_texts=True)
-    started = time.perf_counter()
-    path = write_report(sweep / "evaluation" / "reference", sweep)
-    built = time.perf_counter() - started
-    timings: dict[str, float] = {}
+def test_tens_of_thousands_of_items_stay_responsive(tmp_path):
+    """20,000 judged items (5 comparisons x 2 sets x 2,000): the page draws one page of
+    them, and each filter a user picks finds exactly the items it should (counted here from
+    the model). How long that takes is measured by ``benchmarks/bench_report.py``, not here."""
+    sweep = make_sweep(tmp_path, per_comparison=2000, seed=1, long_texts=True)
+    eval_dir = sweep / "evaluation" / "reference"
+    path = write_report(eval_dir, sweep)
+    model = build_model(eval_dir, sweep)
+    assert len(model["items"]) == 20_000
+    f = {name: i for i, name in enumerate(model["item_fields"])}
+    strings, comparisons = model["strings"], model["comparisons"]
+
+    def expected(state: dict[str, Any]) -> int:
+        n = 0
+        for it in model["items"]:
+            c = comparisons[it[f["comparison"]]]
+            if c["set"] != state["set"] or state["cmp"] not in ("*", c["label"]):
+                continue
+            v = VERDICTS[it[f["verdict"]]]
+            if state["verdict"] == "inconsistent" and it[f["consistent"]] != 0:
+                continue
+            if state["verdict"] in ("win", "tie", "loss") and v != state["verdict"]:
+                continue
+            if state["cat"] and state["cat"] not in [strings[k] for k in it[f["categories"]]]:
+                continue
+            text = "\n".join(
+                [it[f["id"]], *(strings[it[f[k]]] for k in ("question", "answer_a", "answer_b"))]
+            )
+            if state["q"] and state["q"].lower() not in text.lower():
+                continue
+            n += 1
+        return n
+
     with chromium() as tools:
-        t = time.perf_counter()
         load(tools, path.as_uri())
-        timings["open the page (wall, s)"] = time.perf_counter() - t
-        timings["parse + first page (ms)"] = tools.js("window.__report.loadMs")
         assert tools.js("document.querySelectorAll('#j-list article').length") == 25
         steps = [
             ("f-cmp", "*"),
@@ -945,24 +976,31 @@ def test_tens_of_thousands_of_items_stay_responsive(tmp_path, capsys):
             ("f-size", "100"),
             ("f-verdict", "inconsistent"),
             ("f-set", "koala"),
+            ("f-q", "question 7"),
         ]
+        counts = []
         for control, value in steps:
             before = tools.js("window.__report.renders")
-            choose(tools, control, value)
+            if control == "f-q":
+                tools.js(
+                    f"var q=document.getElementById('f-q'); q.value={json.dumps(value)}; "
+                    "q.form.requestSubmit()"
+                )
+            else:
+                choose(tools, control, value)
             tools.wait(f"window.__report.renders > {before}")
-            timings[f"{control}={value} (ms)"] = tools.js("window.__report.lastMs")
-        before = tools.js("window.__report.renders")
-        tools.js(
-            "var q=document.getElementById('f-q'); q.value='question 7'; q.form.requestSubmit()"
-        )
-        tools.wait(f"window.__report.renders > {before}")
-        timings["search 'question 7' (ms)"] = tools.js("window.__report.lastMs")
-        assert tools.js("window.__report.matching") > 0
+            report = tools.js("window.__report")
+            counts.append(report["matching"])
+            assert report["matching"] == expected(report["state"]), (control, value)
+            assert report["shown"] == min(report["state"]["size"], report["matching"])
+            if value == "ldiff-desc":  # sorted by length A - B, largest first
+                diffs = [
+                    int(t.split("length A − B: ")[1].split()[0])
+                    for t in tools.js(
+                        "Array.from(document.querySelectorAll('#j-list article p.meta'))"
+                        ".map(p=>p.textContent)"
+                    )
+                ]
+                assert diffs == sorted(diffs, reverse=True) and len(set(diffs)) > 1
+        assert counts[0] == 10_000 and all(counts)  # every filter found something
         assert tools.errors() == []
-    size = path.stat().st_size
-    with capsys.disabled():
-        print(f"\n20,000 items: page {size / 1e6:.1f} MB, built in {built:.1f} s")
-        for k, v in timings.items():
-            print(f"  {k}: {v:.1f}")
-    # no timing promise beyond a generous sanity bound (a shared 2-core machine)
-    assert all(v < 5_000 for k, v in timings.items() if k.endswith("(ms)"))

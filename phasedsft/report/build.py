@@ -580,7 +580,13 @@ def build_model(
     used.discard("")
     runs = [gather_run(d, sweep_dir, d.name in used) for d in find_runs(sweep_dir, sorted(used))]
     runs.sort(key=lambda r: (not r["in_evaluation"], r["name"]))
-    segments = [gather_segment(d, sweep_dir) for d in find_segments(sweep_dir, runs)]
+    segments: list[dict[str, Any]] = []
+    for d in find_segments(sweep_dir, runs):  # a copied sweep: its own and the original's
+        seg = gather_segment(d, sweep_dir)
+        if seg["manifest_hash"] is None or all(
+            s["manifest_hash"] != seg["manifest_hash"] for s in segments
+        ):
+            segments.append(seg)
     categories = (
         markdown_tables((eval_dir / "categories.md").read_text(encoding="utf-8"))
         if (eval_dir / "categories.md").is_file()

@@ -10,13 +10,21 @@
 #                       it (without it, job.result() on a cancelled job waits forever)
 #   SLURM_ACCOUNTING=0  munge + slurmctld + slurmd only
 #   SLURM_WAIT_S=60     how long to wait for each daemon
+#   SLURM_NODES=1       (default) one node: this machine, on loopback
+#   SLURM_NODES=2       two nodes on this one machine, psft-n1 and psft-n2: each slurmd in a network
+#                       and UTS namespace of its own (own address 10.77.0.<i>, own hostname),
+#                       joined to the controller (10.77.0.254, this machine) by veth pairs on a
+#                       bridge, names in /etc/hosts (launch/README.md: "Two nodes on one machine")
 set -euo pipefail
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
+NODES=${SLURM_NODES:-1}
+NET=10.77.0  # SLURM_NODES>1: node i is $NET.i, the controller $NET.254 on bridge psft-br
 WAIT_S=${SLURM_WAIT_S:-60}
 STATE=/run/phasedsft-slurm
 say() { echo "[slurm_local] $*"; }
 fail() { echo "[slurm_local] error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root (it installs packages and starts system daemons)"
+[[ "$NODES" =~ ^[1-9]$ ]] || fail "SLURM_NODES must be 1..9, not '$NODES'"
 started_at=$SECONDS
 
 # --- packages
@@ -44,6 +52,35 @@ until_ok() { local what=$1 t=$SECONDS; shift
     (( SECONDS - t < WAIT_S )) || fail "gave up waiting for $what after ${WAIT_S}s"; sleep 0.2
   done; }
 
+# --- SLURM_NODES>1: a network namespace per node, veth pairs on a bridge, names in /etc/hosts.
+# The nodes share this machine's filesystem and mounts (nothing but the network and the hostname
+# is separate), so the venv, the repository and the run directories are the same paths on every
+# node, as on a cluster with a shared filesystem. Recorded in $STATE/net for stop.sh.
+net_up() {
+  ip link show psft-br >/dev/null 2>&1 || ip link add psft-br type bridge
+  ip addr replace "$NET.254/24" dev psft-br; ip link set psft-br up
+  local i ns
+  for i in $(seq "$NODES"); do
+    ns=psft-n$i
+    [ -e /run/netns/$ns ] || ip netns add $ns
+    if ! ip link show psft-v$i >/dev/null 2>&1; then
+      ip -n $ns link del eth0 >/dev/null 2>&1 || true
+      ip link add psft-v$i type veth peer name eth0 netns $ns
+    fi
+    ip link set psft-v$i master psft-br up
+    ip -n $ns link set lo up
+    ip -n $ns addr replace "$NET.$i/24" dev eth0; ip -n $ns link set eth0 up
+    ip -n $ns route replace default via "$NET.254"
+  done
+  # every node's name resolves to its own address, in every namespace (one /etc/hosts for all)
+  local hosts; hosts=$(grep -v '# phasedsft-slurm$' /etc/hosts || true)
+  for i in $(seq "$NODES"); do hosts+=$'\n'"$NET.$i psft-n$i # phasedsft-slurm"; done
+  [ "$(cat /etc/hosts)" = "$hosts" ] || printf '%s\n' "$hosts" >/etc/hosts
+  echo "$NODES" >"$STATE/net"
+}
+in_node() { local i=$1; shift  # run a command as node i: its network namespace and hostname
+  nsenter --net=/run/netns/psft-n$i unshare --uts sh -c 'hostname "$0"; exec "$@"' "psft-n$i" "$@"; }
+
 # --- slurm.conf for this host (10% memory headroom or the node is marked invalid)
 host=$(hostname -s)
 hw=$(slurmd -C | head -1)
@@ -56,17 +93,28 @@ if [ "$ACCOUNTING" = 1 ]; then
 else
   acct=$'AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none'
 fi
+if [ "$NODES" = 1 ]; then
+  ctl_addr=127.0.0.1 pid_file=/run/slurm/slurmd.pid spool=/var/lib/slurm/slurmd
+  log_file=/var/log/slurm/slurmd.log names=$host
+  node_lines="NodeName=$host NodeAddr=127.0.0.1 $node_hw RealMemory=$mem State=UNKNOWN"
+else  # several slurmd on one machine: %n (the node's name) keeps their files apart
+  ctl_addr=$NET.254 pid_file=/run/slurm/slurmd-%n.pid spool=/var/lib/slurm/slurmd-%n
+  log_file=/var/log/slurm/slurmd-%n.log names=psft-n[1-$NODES] node_lines=""
+  for i in $(seq "$NODES"); do
+    node_lines+="${node_lines:+$'\n'}NodeName=psft-n$i NodeAddr=$NET.$i NodeHostname=psft-n$i $node_hw RealMemory=$mem State=UNKNOWN"
+  done
+fi
 conf="# written by phasedsft launch/slurm_local/start.sh
 ClusterName=phasedsft
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($ctl_addr)
 SlurmUser=slurm
 AuthType=auth/munge
 StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmdPidFile=$pid_file
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=$log_file
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 $acct
@@ -81,21 +129,25 @@ ReturnToService=2
 InactiveLimit=0
 MinJobAge=300
 KillWait=5
-NodeName=$host NodeAddr=127.0.0.1 $node_hw RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP"
+$node_lines
+PartitionName=debug Nodes=$names Default=YES MaxTime=INFINITE State=UP"
 changed=0
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
   printf '%s\n' "$conf" >/etc/slurm/slurm.conf; changed=1
 fi
 install -d -o slurm -g slurm /run/slurm /var/lib/slurm/slurmctld /var/log/slurm
-install -d /var/lib/slurm/slurmd
-if [ "$changed" = 1 ]; then  # our daemons must re-read the new config
-  for d in slurmd slurmctld; do
-    if running "$d" /run/slurm/$d.pid && grep -q "^$d " "$STATE/daemons"; then
-      kill "$(cat /run/slurm/$d.pid)"; until_ok "$d to stop" bash -c "! kill -0 $(cat /run/slurm/$d.pid)"
+if [ "$NODES" = 1 ]; then install -d /var/lib/slurm/slurmd
+else for i in $(seq "$NODES"); do install -d /var/lib/slurm/slurmd-psft-n$i; done; fi
+if [ "$changed" = 1 ]; then  # our daemons (every slurmd, the controller) must re-read the config
+  while read -r d pidfile; do
+    case "$d" in slurmd|slurmctld) ;; *) continue ;; esac
+    if running "$d" "$pidfile"; then
+      pid=$(tr -dc 0-9 <"$pidfile"); kill "$pid"; until_ok "$d to stop" bash -c "! kill -0 $pid"
     fi
-  done
+    sed -i "\\|^$d $pidfile\$|d" "$STATE/daemons"
+  done < <(cat "$STATE/daemons")
 fi
+[ "$NODES" = 1 ] || net_up
 
 # --- munge
 [ -s /etc/munge/munge.key ] || mungekey -c -f -k /etc/munge/munge.key
@@ -148,25 +200,39 @@ if ! running slurmctld /run/slurm/slurmctld.pid; then
   /usr/sbin/slurmctld; record slurmctld /run/slurm/slurmctld.pid
 fi
 until_ok slurmctld scontrol ping
-if ! running slurmd /run/slurm/slurmd.pid; then
-  # slurmd 22.05 initialises a cgroup plugin even with cgroups off: give it a hierarchy if none
-  if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" != cgroup2fs ] &&
-     [ "$(stat -f -c %T /sys/fs/cgroup/systemd 2>/dev/null)" != cgroupfs ]; then
-    mountpoint -q /sys/fs/cgroup || mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup
-    mkdir -p /sys/fs/cgroup/systemd
-    mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+# slurmd 22.05 initialises a cgroup plugin even with cgroups off: give it a hierarchy if none
+if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" != cgroup2fs ] &&
+   [ "$(stat -f -c %T /sys/fs/cgroup/systemd 2>/dev/null)" != cgroupfs ]; then
+  mountpoint -q /sys/fs/cgroup || mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup
+  mkdir -p /sys/fs/cgroup/systemd
+  mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+fi
+if [ "$NODES" = 1 ]; then
+  if ! running slurmd /run/slurm/slurmd.pid; then
+    /usr/sbin/slurmd; record slurmd /run/slurm/slurmd.pid
   fi
-  /usr/sbin/slurmd; record slurmd /run/slurm/slurmd.pid
+  node_names=("$host")
+else
+  node_names=()
+  for i in $(seq "$NODES"); do
+    node_names+=(psft-n$i)
+    if ! running slurmd /run/slurm/slurmd-psft-n$i.pid; then
+      in_node "$i" /usr/sbin/slurmd -N psft-n$i; record slurmd /run/slurm/slurmd-psft-n$i.pid
+    fi
+  done
 fi
 t=$SECONDS
-while :; do
-  state=$(sinfo -h -n "$host" -o %T 2>/dev/null | head -1)
-  case "$state" in
-    idle|mixed|allocated) break ;;
-    down*|drain*|fail*) scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true ;;
-  esac
-  (( SECONDS - t < WAIT_S )) ||
-    { tail -5 /var/log/slurm/slurmd.log /var/log/slurm/slurmctld.log; fail "node stuck in '$state'"; }
-  sleep 0.2
+for node in "${node_names[@]}"; do
+  while :; do
+    state=$(sinfo -h -n "$node" -o %T 2>/dev/null | head -1)
+    case "$state" in
+      idle|mixed|allocated) break ;;
+      down*|drain*|fail*) scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+    esac
+    (( SECONDS - t < WAIT_S )) || { tail -5 /var/log/slurm/slurmd*.log /var/log/slurm/slurmctld.log
+      fail "node $node stuck in '$state'"; }
+    sleep 0.2
+  done
+  say "node $node is $state: $cpus CPUs, ${mem} MB"
 done
-say "node $host is $state: $cpus CPUs, ${mem} MB, accounting=$ACCOUNTING ($(( SECONDS - started_at )) s)"
+say "accounting=$ACCOUNTING ($(( SECONDS - started_at )) s)"

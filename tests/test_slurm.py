@@ -328,13 +328,6 @@ def test_each_node_writes_its_own_cache_file(two_nodes, two_node_run):
             assert host == live[path.name], (host, path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every rank writes config.yaml (phasedsft/train/run.py train_run -> jobs.start_job), "
-    "run.json and stage_manifest.json (run.py write_run_record) and each stage's data_order.txt "
-    "(train/stage.py prepare_stage_dir); run.json's job.host then names whichever node wrote "
-    "last. Needs: only rank 0 writes them (issue #25).",
-)
 def test_run_level_files_are_written_once_by_rank_0(two_nodes, two_node_run):
     run = two_node_run["run"]
     per_rank = re.compile(r"(fed_ids\.rank\d+\.jsonl|ranks/\d+\.json|train\.log|\.hydra/.*)$")

@@ -386,7 +386,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def train_run(cfg: DictConfig) -> dict[str, Any]:
     """The recipe, under the run directory's lock."""
     started = time.time()
-    run_dir = start_job(cfg)
+    run_dir = start_job(cfg) if is_main() else run_dir_for(cfg)  # rank 0 writes run-level files
 
     # --- setup: data, tokenizer, scores, stages; the run's record; the tracker
     s = setup(cfg, Path(cfg.run.cache_dir))
@@ -497,9 +497,10 @@ def write_run_record(
         "eval_examples": len(s.eval_examples),
         **({"selection": s.selection} if s.selection is not None else {}),
     }
-    atomic_write_json(run_dir / rundir.RUN_RECORD, run_info)
-    if s.manifest is not None:
-        atomic_write_json(run_dir / rundir.STAGE_MANIFEST, s.manifest.to_json())
+    if is_main():  # every rank knows the record; rank 0 writes it (run.json names its host)
+        atomic_write_json(run_dir / rundir.RUN_RECORD, run_info)
+        if s.manifest is not None:
+            atomic_write_json(run_dir / rundir.STAGE_MANIFEST, s.manifest.to_json())
     log.info("run directory: %s", run_dir)
     log.info(
         "stages: %s", ", ".join(f"{sp.index}:{sp.name} ({len(sp.ids)} examples)" for sp in specs)

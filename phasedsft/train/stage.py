@@ -505,7 +505,8 @@ def finished_record(spec: StageSpec) -> dict[str, Any] | None:
 def prepare_stage_dir(spec: StageSpec) -> FedLog:
     """The stage's folder with its plan; this rank's fed log."""
     spec.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec.dir / "data_order.txt", "".join(f"{i}\n" for i in spec.sequence))
+    if rank() == 0:  # the plan, once (every rank feeds from spec.sequence itself)
+        atomic_write_text(spec.dir / "data_order.txt", "".join(f"{i}\n" for i in spec.sequence))
     return FedLog(fed_log_path(spec.dir, rank()), spec.sequence, rank())
 
 

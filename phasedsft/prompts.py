@@ -9,6 +9,7 @@ adds -100 on padding.
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,15 +373,52 @@ def template_segments(ex: Example, template: PromptTemplate, tokenizer: Any) -> 
     return segments
 
 
-@dataclass
 class Encoded:
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool = False  # the end of the output did not fit max_length
+    """An example's token ids and labels (-100 where the loss is not), kept as 32-bit arrays:
+    a million encoded examples as Python lists of ints would cost about 44 bytes a token, these
+    8. ``input_ids`` and ``labels`` read back as lists (new ones each time)."""
+
+    __slots__ = ("_ids", "_labels", "truncated")
+
+    def __init__(
+        self, input_ids: Sequence[int], labels: Sequence[int], truncated: bool = False
+    ) -> None:
+        self._ids = array("i", input_ids)
+        self._labels = array("i", labels)
+        self.truncated = truncated  # the end of the output did not fit max_length
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self._ids.tolist()
+
+    @property
+    def labels(self) -> list[int]:
+        return self._labels.tolist()
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._ids)
 
     @property
     def n_target(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+        return len(self._labels) - self._labels.count(IGNORE_INDEX)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Encoded):
+            return NotImplemented
+        return (self._ids, self._labels, self.truncated) == (
+            other._ids,
+            other._labels,
+            other.truncated,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # as the dataclass it was: mutable, unhashable
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoded(input_ids={self.input_ids!r}, labels={self.labels!r}, "
+            f"truncated={self.truncated!r})"
+        )
 
 
 def encode(

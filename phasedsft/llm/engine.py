@@ -47,9 +47,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from tqdm.auto import tqdm
 
@@ -177,14 +177,52 @@ class RunStats:
     disk_full: NoSpace | None = None  # the run stopped because the cache's disk is full
     seconds: float = 0.0
     results: dict[str, Result] = field(default_factory=dict)
-    ordered: list[Result | None] = field(default_factory=list)  # aligned with the examples
+    # aligned with the examples: a list, or (computed scorers) :class:`ComputedResults`
+    ordered: Sequence[Result | None] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         skip = ("results", "ordered", "disk_full")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def raw_scores(self) -> list[float | None]:
+        if isinstance(self.ordered, ComputedResults):
+            return list(self.ordered.scores)
         return [r.score if r is not None and r.status == "ok" else None for r in self.ordered]
+
+
+class ComputedResults(Sequence[Result]):
+    """The results of a scorer computed at once (no request, nothing cached), one per example,
+    made when read: what a list of ``Result(id, id, scorer, "ok" | "failed", score)`` holds,
+    without an object (and its ``detail`` dict) per example kept alive."""
+
+    __slots__ = ("ids", "scorer", "scores")
+
+    def __init__(self, ids: Sequence[str], scorer: str, scores: Sequence[float | None]):
+        if len(ids) != len(scores):
+            raise ValueError(f"{len(scores)} scores for {len(ids)} examples")
+        self.ids, self.scorer, self.scores = ids, scorer, scores
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def _at(self, i: int) -> Result:
+        s = self.scores[i]
+        return Result(self.ids[i], self.ids[i], self.scorer, "ok" if s is not None else "failed", s)
+
+    @overload
+    def __getitem__(self, i: int) -> Result: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Result]: ...
+    def __getitem__(self, i: int | slice) -> Result | list[Result]:
+        if isinstance(i, slice):
+            return [self._at(k) for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return self._at(i % n if n else i)
+
+    def __iter__(self) -> Iterator[Result]:
+        return (self._at(k) for k in range(len(self)))
 
 
 class RateLimiter:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from phasedsft.llm.cache import Result
-from phasedsft.llm.engine import RunStats
+from phasedsft.llm.engine import ComputedResults, RunStats
 from phasedsft.records import DataError, Example
 
 
@@ -122,10 +121,9 @@ class ComputedScorer(ScorerBase):
         raise NotImplementedError
 
     def run(self, examples: Sequence[Example], ctx: Any) -> Any:
-        results: list[Result | None] = [
-            Result(ex.id, ex.id, self.name, "ok" if s is not None else "failed", s)
-            for ex, s in zip(examples, self.score(examples, ctx), strict=True)
-        ]
+        # one Result(id, id, name, "ok" | "failed", score) per example, made when read
+        scores = self.score(examples, ctx)
+        results = ComputedResults([ex.id for ex in examples], self.name, scores)
         return RunStats(total=len(examples), done=len(examples), ordered=results)
 
 

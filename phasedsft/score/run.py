@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from phasedsft.distributed import gather, is_main, join_ranks, rank
+from phasedsft.distributed import barrier, gather, is_main, join_ranks, rank
 from phasedsft.io import atomic_write_json, atomic_write_text
 from phasedsft.jobs import build_context, load_examples, score_cache_dir, start_job
 from phasedsft.llm.cache import Result, ScoreCache
@@ -92,14 +92,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     aborted = aborted or stopped
     for c in (ctx, *extra_ctx.values()):  # for runs on other hosts sharing the cache
         c.cache.publish()
+    # every rank's collectives are finished before any leaves: a rank tearing down its process
+    # group while a peer's gloo work is in flight can abort at exit (as train.py's ranks do)
+    barrier()
     if not is_main():  # rank 0 writes the run's files
         return {"rank": rank(), "run_dir": str(run_dir)}
     # rows cached by an older version may hold an echoed key: redact on the way out too
     secrets = scorer.secrets()
-    scored, failures = scored_rows(examples, scores, stats.ordered, secrets, columns)
-    write_jsonl(run_dir / "scored.jsonl", scored)
+    rows = iter_scored_rows(examples, scores, stats.ordered, secrets, columns)
+    ok, failures = write_scored(run_dir / "scored.jsonl", rows)  # streamed, never a list
     write_jsonl(run_dir / "failures.jsonl", failures)
-    summary = job_summary(scorer, examples, scores, stats, scored, failures, aborted, run_dir)
+    summary = job_summary(scorer, examples, scores, stats, ok, len(failures), aborted, run_dir)
     check_summary(summary)
     summary["ranks"] = ranks  # processes that shared the scoring (torchrun, SLURM tasks)
     summary["data"] = {  # what the loader skipped (on_error=skip) or did not use, as train.py says
@@ -178,8 +181,43 @@ def scored_rows(
     columns: Mapping[str, Sequence[float | None]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The scored file's rows (trainable as is) and the failures' rows (reason, raw reply);
-    with ``columns``, each row's ``scores``: the columns its examples carried, then these."""
-    scored, failures = [], []
+    with ``columns``, each row's ``scores``: the columns its examples carried, then these.
+    (score.py streams them: :func:`iter_scored_rows`.)"""
+    scored: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for row in iter_scored_rows(examples, scores, results, secrets, columns):
+        (scored if "score" in row else failures).append(row)
+    return scored, failures
+
+
+def write_scored(path: Path, rows: Iterable[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """Write the scored rows of ``rows`` to ``path`` as they come (one at a time, never a list
+    of them); return how many, and the failures' rows (set aside for failures.jsonl)."""
+    failures: list[dict[str, Any]] = []
+    ok = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal ok
+        for row in rows:
+            if "score" in row:
+                ok += 1
+                yield json.dumps(row, ensure_ascii=False) + "\n"
+            else:
+                failures.append(row)
+
+    atomic_write_text(path, lines())
+    return ok, failures
+
+
+def iter_scored_rows(
+    examples: Sequence[Example],
+    scores: Sequence[float | None],
+    results: Sequence[Result | None],
+    secrets: tuple[str, ...],
+    columns: Mapping[str, Sequence[float | None]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`scored_rows`, one row at a time, in the examples' order: a scored row (it has
+    ``score``) or a failure's row (``id``, ``reason``, ``raw``)."""
     for k, (ex, score, r) in enumerate(zip(examples, scores, results, strict=True)):
         if score is not None:
             row = {
@@ -200,12 +238,9 @@ def scored_rows(
                 row["scores"] = {**(old if isinstance(old, dict) else {})} | {
                     name: values[k] for name, values in columns.items() if values[k] is not None
                 }
-            scored.append(row)
+            yield row
         elif r is not None:
-            failures.append(
-                {"id": ex.id, "reason": redact(r.error, secrets), "raw": redact(r.raw, secrets)}
-            )
-    return scored, failures
+            yield {"id": ex.id, "reason": redact(r.error, secrets), "raw": redact(r.raw, secrets)}
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -217,8 +252,8 @@ def job_summary(
     examples: Sequence[Example],
     scores: Sequence[float | None],
     stats: RunStats,
-    scored: Sequence[dict[str, Any]],
-    failures: Sequence[dict[str, Any]],
+    ok: int,
+    failed: int,
     aborted: RequestsAborted | None,
     run_dir: Path,
 ) -> dict[str, Any]:
@@ -230,9 +265,9 @@ def job_summary(
         "scorer": scorer.name,
         # every example, cached or answered now: ok + failed + not_scored == examples
         "examples": len(examples),
-        "ok": len(scored),
-        "failed": len(failures),
-        "not_scored": len(examples) - len(scored) - len(failures),
+        "ok": ok,
+        "failed": failed,
+        "not_scored": len(examples) - ok - failed,
         "counts": counts,
         "stopped": redact(str(aborted), scorer.secrets()) if aborted else None,
         "run_dir": str(run_dir),

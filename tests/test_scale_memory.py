@@ -1,0 +1,79 @@
+"""What keeps a million rows affordable (issue #25 item 4), as structure: the sizes and times
+themselves are measured by benchmarks/bench_scale.py, never here."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+from array import array
+
+import pytest
+
+from phasedsft.llm.cache import Result
+from phasedsft.llm.engine import ComputedResults, RunStats
+from phasedsft.prompts import IGNORE_INDEX, Encoded
+from phasedsft.records import Example
+from phasedsft.score.base import OracleScorer
+from phasedsft.score.run import iter_scored_rows, scored_rows, write_jsonl, write_scored
+
+
+def examples(n: int) -> list[Example]:
+    return [Example(str(i), f"do {i}", "", f"done {i}", score=float(1 + i % 5)) for i in range(n)]
+
+
+def test_computed_results_read_as_the_list_of_results_they_replace():
+    ids, scores = ["a", "b", "c"], [2.0, None, 4.5]
+    lazy = ComputedResults(ids, "length", scores)
+    eager = [
+        Result(i, i, "length", "ok" if s is not None else "failed", s)
+        for i, s in zip(ids, scores, strict=True)
+    ]
+    assert len(lazy) == 3 and list(lazy) == eager
+    assert [lazy[k] for k in range(-3, 3)] == eager + eager
+    assert lazy[1:] == eager[1:]
+    with pytest.raises(IndexError):
+        lazy[3]
+    assert RunStats(ordered=lazy).raw_scores() == RunStats(ordered=eager).raw_scores()
+    with pytest.raises(ValueError):
+        ComputedResults(ids, "length", scores[:2])
+
+
+def test_a_computed_scorer_keeps_no_result_object_per_example():
+    stats = OracleScorer().run(examples(4), None)
+    assert isinstance(stats.ordered, ComputedResults)
+    assert stats.raw_scores() == [1.0, 2.0, 3.0, 4.0]
+    assert [r.example_id for r in stats.ordered] == ["0", "1", "2", "3"]
+
+
+def test_scored_rows_are_streamed_to_the_file_and_counted(tmp_path):
+    exs = examples(5)
+    scores = [1.0, None, 3.0, None, 5.0]
+    results = [
+        Result(ex.id, ex.id, "s", "failed" if s is None else "ok", s, error="bad" if s else None)
+        for ex, s in zip(exs, scores, strict=True)
+    ]
+    results[3] = None  # not scored at all: neither row
+    rows = iter_scored_rows(exs, scores, results, ())
+    assert inspect.isgenerator(rows)  # one row at a time, never a list of every row
+    ok, failures = write_scored(tmp_path / "scored.jsonl", rows)
+    scored, expected_failures = scored_rows(exs, scores, results, ())
+    write_jsonl(tmp_path / "listed.jsonl", scored)
+    assert (tmp_path / "scored.jsonl").read_bytes() == (tmp_path / "listed.jsonl").read_bytes()
+    assert ok == len(scored) == 3
+    assert failures == expected_failures == [{"id": "1", "reason": None, "raw": None}]
+    assert [json.loads(x)["id"] for x in (tmp_path / "scored.jsonl").open()] == ["0", "2", "4"]
+
+
+def test_encoded_keeps_32_bit_arrays_and_reads_back_as_lists():
+    enc = Encoded([5, 70000, 9], [IGNORE_INDEX, 70000, 9], truncated=True)
+    assert isinstance(enc._ids, array) and enc._ids.itemsize == 4
+    assert not hasattr(enc, "__dict__")
+    assert enc.input_ids == [5, 70000, 9] and type(enc.input_ids) is list
+    assert enc.labels == [IGNORE_INDEX, 70000, 9]
+    assert (enc.n_tokens, enc.n_target, enc.truncated) == (3, 2, True)
+    assert enc == Encoded([5, 70000, 9], [IGNORE_INDEX, 70000, 9], True)
+    assert enc != Encoded([5, 70000, 9], [IGNORE_INDEX, 70000, 9], False)
+    assert pickle.loads(pickle.dumps(enc)) == enc  # DataLoader workers get it pickled
+    enc.input_ids.append(1)  # a copy: the encoding itself does not change
+    assert enc.n_tokens == 3

@@ -215,7 +215,11 @@ def data_job_hash(*, _root_: DictConfig) -> str:
     composed until 0.2 (:data:`DATA_JOB_TRAINER`) put back, as their run names have hashed it."""
     container = OmegaConf.to_container(_root_, resolve=False)
     assert isinstance(container, dict)
-    model = OmegaConf.select(_root_, "model.name", default=None)
+    # trainer/for_model/<option> was merged by the model *option*: tiny's is the from-scratch
+    # model (a hub directory that happens to be named "tiny" never had it)
+    name = OmegaConf.select(_root_, "model.name", default=None)
+    loader = OmegaConf.select(_root_, "model.loader._target_", default=None)
+    model = name if loader == "phasedsft.models.scratch_llama" else None
     container["trainer"] = {**DATA_JOB_TRAINER, **DATA_JOB_TRAINER_FOR_MODEL.get(model, {})}
     return sha256_json(semantic_part(container))[:8]
 

@@ -234,3 +234,69 @@ def test_two_hosts_write_one_cache_directory_at_once_and_each_reads_all(tmp_path
     got = json.loads(out.strip().splitlines()[-1])
     assert sorted(got) == sorted(keys)  # a third host reads both hosts' answers as one cache
     assert all(got[k] == [float(int(k.split("-")[1]) % 5 + 1), k.split("-")[0]] for k in keys)
+
+
+def test_merges_on_one_host_at_once_lose_no_row(tmp_path, monkeypatch):
+    """Two processes of a host merging at the same moment (a file lock: one after the other,
+    the second listing again) never delete what the other wrote."""
+    import threading
+
+    monkeypatch.setattr(sealed, "MERGE_ABOVE", 3)
+    a = on_host(monkeypatch, "node1", tmp_path / "scores.sqlite")
+    monkeypatch.setattr(sealed, "MERGE_ABOVE", 10_000)  # no merge while sealing here
+    for n in range(8):
+        a.put(result(f"k{n}"))
+        a.publish()
+    monkeypatch.setattr(sealed, "MERGE_ABOVE", 3)
+    mergers = [sealed.Segments(a.home, "node1", cache_module.SEGMENT_TABLES) for _ in range(2)]
+    threads = [threading.Thread(target=m.merge_own) for m in mergers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    b = on_host(monkeypatch, "node2", tmp_path / "scores.sqlite")
+    assert sorted(b.get_many([f"k{n}" for n in range(8)])) == [f"k{n}" for n in range(8)]
+
+
+def test_a_segment_gone_before_it_is_opened_leaves_no_file(tmp_path):
+    gone = tmp_path / "node1.000000000001-000000000002.abcdef01.sqlite"
+    assert sealed.open_segment(gone) is None
+    assert not gone.exists()  # opening never creates it (an empty file would break merging)
+
+
+def test_segments_never_replace_one_another(tmp_path):
+    segs = sealed.Segments(tmp_path / "scores.sqlite", "node1", cache_module.SEGMENT_TABLES)
+    one = segs.write(1, 2, {"results": [], "partials": []})
+    two = segs.write(1, 2, {"results": [], "partials": []})  # a live file started over
+    assert one != two and one.exists() and two.exists()
+
+
+def test_an_upgrade_interrupted_before_its_commit_is_done_again(tmp_path, monkeypatch):
+    path = tmp_path / "scores.sqlite"
+    with sqlite3.connect(path) as db:  # an older cache, upgraded up to the DDL, then killed
+        db.execute(cache_module.SCHEMA)
+        db.execute(cache_module.UNMETERED)
+        db.execute(cache_module.CHANGES)
+        db.execute(cache_module.SEALED)
+        db.execute(
+            "INSERT INTO results (key, example_id, scorer, status, score, detail, created) "
+            "VALUES ('old', 'old', 'test', 'ok', 2.5, '{}', 0)"
+        )
+    on_host(monkeypatch, "node1", path)
+    b = on_host(monkeypatch, "node2", path)
+    assert b.get_many(["old"])["old"].score == 2.5
+
+
+def test_a_cache_left_open_is_sealed_when_its_process_exits(tmp_path, monkeypatch):
+    path = tmp_path / "scores.sqlite"
+    script = textwrap.dedent(
+        """
+        import sys
+        from phasedsft.llm.cache import Result, ScoreCache
+        cache = ScoreCache(sys.argv[1])
+        cache.put(Result("k", "k", "t", "ok", 4.0, requests=1))  # never closed
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=120)
+    b = on_host(monkeypatch, "some-other-host", path)
+    assert b.get_many(["k"])["k"].score == 4.0

@@ -107,6 +107,18 @@ def test_a_share_nobody_recorded_is_scored_by_the_reader(tmp_path):
     assert ctx.cache.get_many([key])[key].score == 2.0
 
 
+def test_a_scorer_that_costs_nothing_is_not_split_even_with_a_tokenizer(tmp_path):
+    """scorer=length needs the tokenizer (uses_model) but computes at once, caching nothing:
+    split, each rank's share would be counted again on top of the whole (summary.json would
+    not add up)."""
+    from phasedsft.score.base import LengthScorer
+    from phasedsft.score.spread import splits
+
+    assert LengthScorer.uses_model and LengthScorer.costs_nothing
+    assert not splits(LengthScorer())
+    assert splits(CountingScorer([]))
+
+
 def test_a_scorer_without_a_model_is_not_split(tmp_path):
     from phasedsft.score.base import OracleScorer
 
@@ -188,3 +200,19 @@ def test_two_ranks_of_a_self_paced_run_split_its_rescoring(tmp_path):
     assert len(stages) == 3
     for st in stages:  # both ranks fed the same re-cut stages (rank 0 checked every rank's log)
         assert json.loads((st / "stage.json").read_text())["fed_matches_plan"] is True
+
+
+def test_a_local_scorer_runs_on_this_ranks_gpu(monkeypatch):
+    from phasedsft.score import local
+
+    assert local.scoring_device(cuda=True, env={"LOCAL_RANK": "3"}) == "cuda:3"
+    assert local.scoring_device(cuda=True, env={}) == "cuda:0"
+    assert local.scoring_device(cuda=False, env={"LOCAL_RANK": "3"}) == "cpu"
+
+    class Placed:  # a model its loader placed (device_map): left where it is
+        def __init__(self):
+            self.hf_device_map = {"": 1}
+
+    monkeypatch.setattr(local, "scoring_device", lambda: "cuda:1")
+    model = Placed()
+    assert local.on_scoring_device(model) is model

@@ -32,11 +32,13 @@ reserve again first: with the disk still full, it stops before sending anything.
 **Several hosts** (a cache under ``runs/`` on NFS, Lustre or GPFS, used by jobs on several
 nodes): each host writes a live file of its own and reads the others' answers from sealed,
 read-only copies, never from a file another host writes (:mod:`phasedsft.llm.sealed`). The
-host that first used the cache writes the file named here, so on one machine nothing changes.
+host that first used the cache writes the file named here (on one machine the file keeps its
+name; the sealed copies beside it take about as much disk again).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -46,6 +48,7 @@ import secrets
 import socket
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +231,7 @@ class ScoreCache:
         self.path = live_path(self.home, self.host)
         self.segments = Segments(self.home, self.host, SEGMENT_TABLES)
         self._sealed_at = time.monotonic()
+        self._closed = False
         self.reserve = self.path.with_name(self.path.name + ".reserve")
         self.reserve_bytes = reserve_bytes
         self.disk_full: NoSpace | None = None  # set once a write needed the reserve
@@ -248,17 +252,20 @@ class ScoreCache:
                 columns = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
                 if "unmetered_usd" not in columns:  # a cache written before the column
                     self.db.execute(UNMETERED)
-                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
                 self.db.execute(CHANGES)
                 self.db.execute(SEALED)
                 for trigger in TRIGGERS:
                     self.db.execute(trigger)
-                if "changes" not in tables:  # a cache from before sealing: all of it is new
+                self.db.commit()
+                if self.db.execute("SELECT upto FROM sealed WHERE id = 0").fetchone() is None:
+                    # never sealed (a new cache, or one from before sealing: all of it is new);
+                    # the mark is set in the same transaction, so an interrupted upgrade redoes it
                     for table in ("results", "partials"):
                         self.db.execute(
                             f"INSERT INTO changes (tbl, key) SELECT '{table}', key FROM {table}"
                         )
-                self.db.commit()
+                    self.db.execute("INSERT INTO sealed (id, upto) VALUES (0, 0)")
+                    self.db.commit()
             except sqlite3.Error as e:
                 if is_no_space(e):
                     raise self._no_space("the cache could not be set up") from e
@@ -266,6 +273,7 @@ class ScoreCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         self.publish()  # what an earlier run of this host left unsealed
+        _OPEN.add(self)
 
     # ------------------------------------------------------------ a full disk
 
@@ -574,25 +582,33 @@ class ScoreCache:
             return None
 
     def _seal(self) -> Path | None:
-        self.db.execute("BEGIN IMMEDIATE")  # one sealer per host at a time
+        # the new rows, read from one snapshot (WAL: other processes keep writing meanwhile)
+        self.db.execute("BEGIN")
         try:
             row = self.db.execute("SELECT upto FROM sealed WHERE id = 0").fetchone()
             upto = row[0] if row else 0
             top = self.db.execute("SELECT MAX(n) FROM changes").fetchone()[0]
-            if top is None or top <= upto:
-                self._rollback()
-                return None
-            rows = {
-                table: self.db.execute(
-                    f"SELECT {columns}, created FROM {table} WHERE key IN "
-                    "(SELECT key FROM changes WHERE tbl = ? AND n > ?)",
-                    (table, upto),
-                ).fetchall()
-                for table, columns in (("results", _COLUMNS), ("partials", _PARTIAL_COLUMNS))
-            }
-            segment = self.segments.write(upto + 1, top, rows)
-            self.db.execute("INSERT OR REPLACE INTO sealed (id, upto) VALUES (0, ?)", (top,))
-            self.db.execute("DELETE FROM changes WHERE n <= ?", (top,))
+            rows = {}
+            if top is not None and top > upto:
+                rows = {
+                    table: self.db.execute(
+                        f"SELECT {columns}, created FROM {table} WHERE key IN "
+                        "(SELECT key FROM changes WHERE tbl = ? AND n > ?)",
+                        (table, upto),
+                    ).fetchall()
+                    for table, columns in (("results", _COLUMNS), ("partials", _PARTIAL_COLUMNS))
+                }
+        finally:
+            self._rollback()  # a read: nothing to commit
+        if not rows:
+            return None
+        # written with no lock held; then the mark moves, never back (a sealer of this host that
+        # ran meanwhile sealed a part of the same rows: a row in two segments is harmless)
+        segment = self.segments.write(upto + 1, top, rows)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("UPDATE sealed SET upto = MAX(upto, ?) WHERE id = 0", (top,))
+            self.db.execute("DELETE FROM changes WHERE n <= (SELECT upto FROM sealed WHERE id = 0)")
             self.db.commit()
         except BaseException:
             self._rollback()
@@ -606,9 +622,26 @@ class ScoreCache:
         self.segments.refresh()
 
     def close(self) -> None:
+        if self._closed:
+            return
         self.publish()
+        self._closed = True
+        _OPEN.discard(self)
         self.segments.close()
         self.db.close()
+
+
+# Caches still open when the process exits seal what they recorded (a job that never closed
+# its cache: the judge's, train.py's); a cache garbage-collected earlier is sealed the next
+# time a process of its host opens it.
+_OPEN: weakref.WeakSet[ScoreCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _publish_open_caches() -> None:
+    for cache in list(_OPEN):
+        if not cache._closed:
+            cache.publish()
 
 
 def identity_hash(identity: Mapping[str, Any]) -> str:

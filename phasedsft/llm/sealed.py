@@ -11,12 +11,15 @@ opened by another**. That is the rule here:
   writes ``<stem>.<host><suffix>`` beside it. Processes of one host share their live file (WAL,
   claims), exactly as on a single machine.
 * **Sealed segments for everyone else.** A host copies the rows it recorded since its last seal
-  into a new file ``<name>.sealed/<host>.<first>-<last>.sqlite``: written under a temporary name,
+  into a new file ``<name>.sealed/<host>.<first>-<last>.<token>.sqlite``: written under a temporary name,
   synced, renamed into place, and never changed again, so other hosts open it with SQLite's
   ``immutable=1`` (no locks, no journal, safe on any filesystem). A host seals when its cache
   opens (what an earlier run left unsealed), every :data:`SEAL_EVERY_S` seconds while it
-  records, when it closes, and when asked (:meth:`ScoreCache.publish`: data-parallel scoring
-  does before its ranks meet). Many small segments of one host are merged into one.
+  records, when it closes, when the process exits (for caches still open), and when asked
+  (:meth:`ScoreCache.publish`: score.py at its end, data-parallel scoring before its ranks
+  meet). A host's many small segments are merged into one now and then (one merge per host at a
+  time, under a file lock; its largest segment is left as it is, so a merge rewrites only what
+  was sealed since).
 * **Reads see all of it as one cache**: this host's live file, then every other host's
   segments; of several rows for one key, an answer beats a non-answer, ``ok`` beats ``failed``,
   and the newest wins (:func:`better`).
@@ -31,6 +34,7 @@ answers unsealed; they are sealed when a process of that host opens the cache ag
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -47,7 +51,9 @@ log = logging.getLogger(__name__)
 SEAL_EVERY_S = 60.0  # while recording, a host seals its new rows at most this often
 REFRESH_EVERY_S = 10.0  # how often the list of other hosts' segments is read again
 MERGE_ABOVE = 16  # a host's segments are merged into one once it has more than this many
-_SEGMENT = re.compile(r"^(?P<host>.+)\.(?P<first>\d{12})-(?P<last>\d{12})\.sqlite$")
+_SEGMENT = re.compile(
+    r"^(?P<host>.+)\.(?P<first>\d{12})-(?P<last>\d{12})\.(?P<token>[0-9a-f]{8})\.sqlite$"
+)
 _CHUNK = 900
 
 
@@ -122,12 +128,9 @@ class Segments:
             with contextlib.suppress(sqlite3.Error):
                 self._open.pop(gone).close()
         for path in sorted(present - set(self._open)):
-            try:
-                db = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
-                db.execute("SELECT 1 FROM results LIMIT 1").fetchall()
-            except sqlite3.Error:  # merged away between the listing and the open
-                continue
-            self._open[path] = db
+            db = open_segment(path)
+            if db is not None:
+                self._open[path] = db
 
     def _paths(self, other_hosts: bool) -> Iterator[Path]:
         if not self.dir.is_dir():
@@ -137,19 +140,26 @@ class Segments:
             if m and (m["host"] != self.host) == other_hosts:
                 yield p
 
-    def rows(self, table: str, columns: str, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-        """Every other host's rows of ``table`` for these keys (several per key possible)."""
+    def rows(self, table: str, columns: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every other host's rows of ``table`` for these keys (several per key possible). A
+        segment merged away while read (gone, stale on NFS): the list is read again and the
+        lookup repeated once, so the merged segment's rows are found."""
+        try:
+            return self._rows(table, columns, keys)
+        except sqlite3.Error:
+            self.refresh()
+            return self._rows(table, columns, keys)
+
+    def _rows(self, table: str, columns: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
         for db in self.others():
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start : start + _CHUNK]
-                try:
-                    yield from db.execute(
-                        f"SELECT {columns} FROM {table} "
-                        f"WHERE key IN ({','.join('?' * len(chunk))})",
-                        list(chunk),
-                    ).fetchall()
-                except sqlite3.Error:  # a segment merged away under us: its rows are elsewhere
-                    break
+                out += db.execute(
+                    f"SELECT {columns} FROM {table} WHERE key IN ({','.join('?' * len(chunk))})",
+                    list(chunk),
+                ).fetchall()
+        return out
 
     def close(self) -> None:
         for db in self._open.values():
@@ -162,8 +172,9 @@ class Segments:
     def write(self, first: int, last: int, rows: dict[str, list[tuple[Any, ...]]]) -> Path:
         """A new segment of this host holding ``rows`` (per table), in place atomically."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        final = self.dir / f"{self.host}.{first:012d}-{last:012d}.sqlite"
-        tmp = self.dir / f".tmp.{self.host}.{os.getpid()}.{secrets.token_hex(4)}"
+        token = secrets.token_hex(4)  # never the name of another segment: none is written over
+        final = self.dir / f"{self.host}.{first:012d}-{last:012d}.{token}.sqlite"
+        tmp = self.dir / f".tmp.{self.host}.{os.getpid()}.{token}"
         try:
             db = sqlite3.connect(tmp)
             try:
@@ -188,25 +199,67 @@ class Segments:
         return final
 
     def merge_own(self) -> None:
-        """Merge this host's segments into one once there are more than :data:`MERGE_ABOVE`
-        (later rows of a key replace earlier ones); the merged ones are removed after."""
-        own = sorted(self._paths(other_hosts=False), key=lambda p: _span(p)[1])
+        """Merge this host's segments, all but its largest, into one once there are more than
+        :data:`MERGE_ABOVE` (later rows of a key replace earlier ones; readers prefer the better
+        row of a key across segments anyway). One merge per host at a time (a file lock); the
+        merged segments are removed after the merged one is in place."""
+        if sum(1 for _ in self._paths(other_hosts=False)) <= MERGE_ABOVE:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f".merge.{self.host}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._merge_locked()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _merge_locked(self) -> None:
+        own = list(self._paths(other_hosts=False))  # listed again: another merge may be done
         if len(own) <= MERGE_ABOVE:
             return
-        merged: dict[str, list[tuple[Any, ...]]] = {}
-        for table in self.tables:
-            by_key: dict[str, tuple[Any, ...]] = {}
-            for path in own:
-                db = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
-                try:
+        largest = max(own, key=lambda p: p.stat().st_size if p.exists() else 0)
+        inputs = sorted((p for p in own if p != largest), key=lambda p: _span(p)[1])
+        merged: dict[str, list[tuple[Any, ...]]] = {table: [] for table in self.tables}
+        by_key: dict[str, dict[str, tuple[Any, ...]]] = {table: {} for table in self.tables}
+        read: list[Path] = []
+        for path in inputs:
+            db = open_segment(path)
+            if db is None:  # gone or unreadable: left as it is
+                continue
+            try:
+                for table in self.tables:
                     for row in db.execute(f"SELECT * FROM {table}"):
-                        by_key[row[0]] = row
-                finally:
-                    db.close()
-            merged[table] = list(by_key.values())
-        self.write(_span(own[0])[0], _span(own[-1])[1], merged)
-        for path in own:
-            path.unlink(missing_ok=True)
+                        by_key[table][row[0]] = row
+            except sqlite3.Error:
+                continue
+            finally:
+                db.close()
+            read.append(path)
+        if len(read) < 2:
+            return
+        for table in self.tables:
+            merged[table] = list(by_key[table].values())
+        written = self.write(_span(read[0])[0], _span(read[-1])[1], merged)
+        for path in read:
+            if path != written:
+                path.unlink(missing_ok=True)
+
+
+def open_segment(path: Path) -> sqlite3.Connection | None:
+    """A sealed segment, read-only and immutable (never creating a file: a segment merged away
+    between a listing and the open is ``None``)."""
+    try:
+        db = sqlite3.connect(
+            f"{path.as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False
+        )
+    except sqlite3.Error:
+        return None
+    try:
+        db.execute("SELECT 1 FROM results LIMIT 1").fetchall()
+    except sqlite3.Error:
+        db.close()
+        return None
+    return db
 
 
 def _span(path: Path) -> tuple[int, int]:

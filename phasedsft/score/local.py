@@ -21,9 +21,10 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -87,10 +88,28 @@ def _lazy_model(ctx: ScoreContext) -> Callable[[], Any]:
     def get() -> Any:
         if not loaded:
             assert ctx.load_model is not None
-            loaded.append(ctx.load_model().eval())
+            loaded.append(on_scoring_device(ctx.load_model().eval()))
         return loaded[0]
 
     return get
+
+
+def scoring_device(cuda: bool | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """Where a local scorer runs: this rank's GPU (``cuda:LOCAL_RANK``; torchrun and SLURM
+    tasks set it) when there is one, else the CPU."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    return f"cuda:{int(env.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
+
+
+def on_scoring_device(model: Any) -> Any:
+    """``model`` moved to :func:`scoring_device` when all of it sits on the CPU (a model placed
+    by its loader, ``device_map`` or quantized, stays where it is)."""
+    device = scoring_device()
+    placed = getattr(model, "hf_device_map", None) or getattr(model, "is_quantized", False)
+    if device == "cpu" or placed or _device(model).type != "cpu":
+        return model
+    return model.to(device)
 
 
 @dataclass
@@ -141,11 +160,12 @@ class LocalLMScorer(ScorerBase):
                 for ex in batch
             ]
             padded = pad_batch(prompts, tok.pad_token_id, side="left")
-            ids = torch.tensor(padded["input_ids"])
+            device = _device(model())
+            ids = torch.tensor(padded["input_ids"], device=device)
             torch.manual_seed(self.seed)
             out = model().generate(
                 input_ids=ids,
-                attention_mask=torch.tensor(padded["attention_mask"]),
+                attention_mask=torch.tensor(padded["attention_mask"], device=device),
                 max_new_tokens=self.max_new_tokens,
                 do_sample=self.temperature > 0,
                 temperature=self.temperature if self.temperature > 0 else None,

@@ -49,8 +49,11 @@ def current_ranks() -> Ranks:
 
 
 def splits(scorer: Scorer) -> bool:
-    """Whether the scorer's work is split between ranks (it runs a local model)."""
-    return bool(getattr(scorer, "uses_model", False))
+    """Whether the scorer's work is split between ranks: it runs a local model (a computed
+    scorer that only needs the tokenizer, ``length``, costs nothing and caches nothing)."""
+    return bool(getattr(scorer, "uses_model", False)) and not getattr(
+        scorer, "costs_nothing", False
+    )
 
 
 def spread_run(

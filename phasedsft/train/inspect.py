@@ -146,7 +146,7 @@ def show(
             score = f", score {ex.score:g}" if ex is not None and ex.score is not None else ""
             cut = ", output truncated" if enc.truncated else ""
             print(
-                f"--- example {j}/{len(shown)} id={ex_id}{score}: {len(enc.input_ids)} tokens, "
+                f"--- example {j}/{len(shown)} id={ex_id}{score}: {enc.n_tokens} tokens, "
                 f"{enc.n_target} target{cut}",
                 file=out,
             )

@@ -55,7 +55,7 @@ def packed_row(items: Sequence[Encoded]) -> dict[str, list[int]]:
     for e in items:
         input_ids += e.input_ids
         labels += [IGNORE_INDEX, *e.labels[1:]]  # an example's first token is never a target
-        position_ids += range(len(e.input_ids))
+        position_ids += range(e.n_tokens)
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
@@ -136,7 +136,7 @@ def stage_packs(
     tcfg: Any, encoded: Mapping[str, Encoded], sequence: Sequence[str]
 ) -> list[list[int]]:
     """The packs a stage feeds under ``tcfg`` (``trainer.packing``, its budget)."""
-    return pack_plan([len(encoded[i].input_ids) for i in sequence], packing_budget(tcfg))
+    return pack_plan([encoded[i].n_tokens for i in sequence], packing_budget(tcfg))
 
 
 def stage_units(tcfg: Any, encoded: Mapping[str, Encoded], sequence: Sequence[str]) -> int:

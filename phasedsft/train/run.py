@@ -283,7 +283,7 @@ def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) ->
     order = phase.sequence(float(cfg.trainer.num_train_epochs), seed=cfg.seed, reshuffle=reshuffle)
     if cfg.trainer.group_by_length:
         batch = cfg.trainer.per_device_train_batch_size * world_size()
-        lengths = {i: len(encoded[i].input_ids) for i in phase.ids}
+        lengths = {i: encoded[i].n_tokens for i in phase.ids}
         order = group_by_length(order, lengths, batch, seed=cfg.seed)
     return order
 

@@ -219,8 +219,10 @@ def data_job_hash(*, _root_: DictConfig) -> str:
     # model (a hub directory that happens to be named "tiny" never had it)
     name = OmegaConf.select(_root_, "model.name", default=None)
     loader = OmegaConf.select(_root_, "model.loader._target_", default=None)
-    model = name if loader == "phasedsft.models.scratch_llama" else None
-    container["trainer"] = {**DATA_JOB_TRAINER, **DATA_JOB_TRAINER_FOR_MODEL.get(model, {})}
+    own = DATA_JOB_TRAINER_FOR_MODEL.get(str(name), {})
+    if loader != "phasedsft.models.scratch_llama":
+        own = {}
+    container["trainer"] = {**DATA_JOB_TRAINER, **own}
     return sha256_json(semantic_part(container))[:8]
 
 

@@ -178,7 +178,8 @@ def prompt_ids(n: int, length: int, vocab: int, seed: int = 1) -> list[list[int]
 def batches(args: argparse.Namespace, vocab: int) -> dict[str, Any]:
     """The same examples, padded per batch and packed: (batches, real tokens, computed tokens)."""
     from phasedsft.prompts import IGNORE_INDEX, Encoded
-    from phasedsft.train.packing import PackedCollator, PackedDataset, pack_plan
+    from phasedsft.train.packed import PackedCollator, PackedDataset
+    from phasedsft.train.packing import pack_plan
     from phasedsft.train.stage import Collator, SequenceDataset
 
     lengths = example_lengths(args.steps * args.batch, args.median_tokens, args.seq_len)

@@ -40,7 +40,8 @@ from phasedsft.config import TrainerConfig
 from phasedsft.models import BuildContext, scratch_llama, train_bpe_tokenizer
 from phasedsft.prompts import AlpacaTemplate, encode
 from phasedsft.train.ordering import group_by_length
-from phasedsft.train.packing import PackedCollator, PackedDataset, pack_plan
+from phasedsft.train.packed import PackedCollator, PackedDataset
+from phasedsft.train.packing import pack_plan
 from phasedsft.train.stage import (
     Collator,
     CurriculumTrainer,

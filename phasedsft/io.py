@@ -99,8 +99,45 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def canonical_pieces(obj: Any, chunk: int = 65536) -> Iterator[str]:
+    """:func:`canonical_json` of ``obj`` in pieces whose concatenation is exactly that text:
+    dicts (string keys) and lists are walked, scalars encoded ``chunk`` at a time, so a stage
+    manifest of a million ids is never one string (nor its UTF-8 bytes) in memory at once."""
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        yield "{"
+        for n, key in enumerate(sorted(obj)):
+            yield ("," if n else "") + json.dumps(key, ensure_ascii=False) + ":"
+            yield from canonical_pieces(obj[key], chunk)
+        yield "}"
+    elif isinstance(obj, list | tuple) and len(obj) > 1:
+        yield "["
+        scalars = (str, int, float, bool, type(None))
+        if all(isinstance(x, scalars) for x in obj):
+            for start in range(0, len(obj), chunk):
+                yield ("," if start else "") + canonical_json(list(obj[start : start + chunk]))[
+                    1:-1
+                ]
+        else:
+            for n, item in enumerate(obj):
+                if n:
+                    yield ","
+                yield from canonical_pieces(item, chunk)
+        yield "]"
+    else:
+        yield canonical_json(obj)
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+def sha256_json_large(obj: Any) -> str:
+    """:func:`sha256_json` of an object too big to hold as one text (a stage manifest): the
+    same digest, fed :func:`canonical_pieces` one at a time."""
+    h = hashlib.sha256()
+    for piece in canonical_pieces(obj):
+        h.update(piece.encode("utf-8"))
+    return h.hexdigest()
 
 
 def sha256_lines(lines: Iterable[str], chunk: int = 4096) -> str:

@@ -80,19 +80,30 @@ def _ensure_pad(tokenizer: Any) -> Any:
 
 
 def train_bpe_tokenizer(
-    context: BuildContext, vocab_size: int = 512, min_frequency: int = 2
+    context: BuildContext, vocab_size: int = 512, min_frequency: int = 2, max_texts: int = 100_000
 ) -> Any:
-    """A byte-level BPE (digits split one by one) trained on the run's training texts, cached."""
+    """A byte-level BPE (digits split one by one) trained on the run's training texts, cached.
+
+    It learns from the first ``max_texts`` texts in data order (all of them in a smaller set):
+    512 merges are settled long before that, and training on a million texts took most of a
+    first ``segment.py`` run (benchmarks/bench_scale.py). The cache key hashes exactly the texts
+    it learns from, so a set of at most ``max_texts`` keeps the tokenizer it always had."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # AutoTokenizer would import torch too
+
+    if max_texts < 1:
+        raise ModelError(f"model.tokenizer.max_texts={max_texts}: must be at least 1")
+
+    def corpus() -> Iterable[str]:
+        return itertools.islice(context.corpus(), max_texts)
 
     # the corpus is read as a stream (once to hash it, once more to train on a miss): a list of
     # every text would be one more copy of the rows
     header = [f"v{TOKENIZER_VERSION}", str(vocab_size), str(min_frequency)]
-    key = sha256_lines(itertools.chain(header, context.corpus()))[:16]
+    key = sha256_lines(itertools.chain(header, corpus()))[:16]
     target = context.cache_dir / "tokenizers" / key
     if (target / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(target)
+        return PreTrainedTokenizerFast.from_pretrained(target)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -108,7 +119,7 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(context.corpus(), trainer)
+    tok.train_from_iterator(corpus(), trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
@@ -120,7 +131,7 @@ def train_bpe_tokenizer(
         os.replace(tmp, target)
     except OSError:  # another process won the race: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(target)
+    return PreTrainedTokenizerFast.from_pretrained(target)
 
 
 def load_tokenizer(

@@ -10,13 +10,8 @@ from helpers import tiny_stage, weights
 
 from phasedsft.prompts import IGNORE_INDEX, Encoded
 from phasedsft.train.audit import AuditError, FedLog, FeedShape, audit_fed
-from phasedsft.train.packing import (
-    PackedCollator,
-    PackedDataset,
-    flat_layout,
-    pack_plan,
-    packed_row,
-)
+from phasedsft.train.packed import PackedCollator, PackedDataset
+from phasedsft.train.packing import flat_layout, pack_plan, packed_row
 from phasedsft.train.stage import (
     STAGE_FILE,
     Collator,

@@ -140,3 +140,53 @@ def test_the_documented_permutation_glob_plans_six_valid_jobs(tmp_path):
     assert "plan: 6 jobs, 0 invalid, nothing trained" in out.stdout
     orders = sorted(re.findall(r"^  #\d (\d-\d-\d) ", out.stdout, flags=re.M))
     assert orders == ["1-2-3", "1-3-2", "2-1-3", "2-3-1", "3-1-2", "3-2-1"]
+
+
+def test_a_plan_keeps_counts_not_tokens_and_they_are_trainings(tiny_tokenizer):
+    """plan_only encodes as training does but keeps three numbers an example: the same counts,
+    the same skipped and truncated examples, the same tokens when an example is read again."""
+    from phasedsft.data.graded import generate_suite
+    from phasedsft.prompts import AlpacaTemplate, EncodedCounts
+    from phasedsft.train.inspect import stage_tokens
+    from phasedsft.train.run import encode_all
+
+    exs = generate_suite(120, seed=3).examples
+    template = AlpacaTemplate()
+    lengths = sorted(
+        len(template.split_ids(ex, tiny_tokenizer)[0]) for ex in exs
+    )  # a max_length that skips some prompts and cuts some outputs
+    max_len = lengths[len(lengths) // 2] + 8
+    full_report: dict = {}
+    counts_report: dict = {}
+    kept, full = encode_all(exs, template, tiny_tokenizer, max_len, full_report)
+    kept_c, counts = encode_all(exs, template, tiny_tokenizer, max_len, counts_report, tokens=False)
+    assert isinstance(counts, EncodedCounts) and not isinstance(full, EncodedCounts)
+    assert [e.id for e in kept_c] == [e.id for e in kept] and list(counts) == list(full)
+    assert counts_report == full_report
+    assert full_report["prompt_too_long_skipped"]["count"] > 0 and full_report["output_truncated"]
+    for i in full:
+        c, f = counts[i], full[i]
+        assert (c.n_tokens, c.n_target, c.truncated) == (f.n_tokens, f.n_target, f.truncated)
+        assert c.input_ids == f.input_ids and c.labels == f.labels and c == f
+    ids = list(full)
+    assert stage_tokens(ids, counts) == stage_tokens(ids, full)
+
+
+def test_planning_imports_no_training_stack(tmp_path):
+    """train.py plan_only (the recipe module, the offline tokenizer) never imports torch: its
+    memory at a million rows (benchmarks/bench_scale.py) has no room for it."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import phasedsft.train.run\n"
+        "from phasedsft.models import BuildContext, train_bpe_tokenizer\n"
+        "texts = ['a plan counts tokens', 'and trains nothing'] * 20\n"
+        f"ctx = BuildContext(Path({str(tmp_path)!r}), 0, lambda: iter(texts))\n"
+        "tok = train_bpe_tokenizer(ctx, vocab_size=300)\n"
+        "tok = train_bpe_tokenizer(ctx, vocab_size=300)  # and from the cache\n"
+        "assert tok('a plan')['input_ids']\n"
+        "print(sorted(m for m in ('torch', 'datasets', 'peft') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -77,3 +77,30 @@ def test_encoded_keeps_32_bit_arrays_and_reads_back_as_lists():
     assert pickle.loads(pickle.dumps(enc)) == enc  # DataLoader workers get it pickled
     enc.input_ids.append(1)  # a copy: the encoding itself does not change
     assert enc.n_tokens == 3
+
+
+def test_tinys_tokenizer_learns_from_the_first_max_texts_and_small_sets_keep_theirs(tmp_path):
+    """model=tiny's BPE learns from the first ``max_texts`` texts (training on a million took
+    most of a first segment.py run): the same tokenizer as trained on those texts alone, and a
+    set no larger than the cap keeps the cache key (so the tokenizer) it had before the cap."""
+    from phasedsft.io import sha256_lines
+    from phasedsft.models import TOKENIZER_VERSION, BuildContext, ModelError, train_bpe_tokenizer
+
+    texts = [f"example {i} says {'ab' * (i % 7)}" for i in range(20)]
+    texts += [f"quux zvxw {'qz' * (i % 9)} jjkk" for i in range(40)]  # merges of their own
+
+    def trained(cache: str, corpus: list[str], **kw):
+        ctx = BuildContext(tmp_path / cache, 0, lambda: iter(corpus))
+        tok = train_bpe_tokenizer(ctx, vocab_size=300, **kw)
+        (key,) = [p.name for p in (tmp_path / cache / "tokenizers").iterdir()]
+        return tok, key
+
+    capped, capped_key = trained("capped", texts, max_texts=20)
+    alone, alone_key = trained("alone", texts[:20])
+    assert capped_key == alone_key and capped.get_vocab() == alone.get_vocab()
+    whole, whole_key = trained("whole", texts)
+    assert whole.get_vocab() != capped.get_vocab()  # the cap is what made the difference
+    before = sha256_lines([f"v{TOKENIZER_VERSION}", "300", "2", *texts])[:16]
+    assert whole_key == before  # 60 texts, under the default cap: the key of every text
+    with pytest.raises(ModelError, match="max_texts=0"):
+        trained("none", texts, max_texts=0)

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phasedsft.io import atomic_write_json, canonical_json, paused_gc, sha256_json
+from phasedsft.io import (
+    atomic_write_json,
+    canonical_json,
+    paused_gc,
+    sha256_json,
+    sha256_json_large,
+)
 from phasedsft.records import DataError, Example, stage_of
 from phasedsft.segment.methods import Segmenter
 
@@ -79,7 +85,7 @@ class StageManifest:
         }
 
     def __post_init__(self) -> None:
-        computed = sha256_json(self.content())
+        computed = sha256_json_large(self.content())
         if self.hash and self.hash != computed:
             raise DataError("stage manifest hash does not match its content (edited or corrupt)")
         self.hash = computed

@@ -92,9 +92,7 @@ class Tokens(NamedTuple):
 
 def stage_tokens(ids: Sequence[str], encoded: Mapping[str, Encoded]) -> Tokens:
     """Tokens and target tokens over one pass of a stage's examples."""
-    return Tokens(
-        sum(len(encoded[i].input_ids) for i in ids), sum(encoded[i].n_target for i in ids)
-    )
+    return Tokens(sum(encoded[i].n_tokens for i in ids), sum(encoded[i].n_target for i in ids))
 
 
 def plural(n: int, noun: str) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from phasedsft.jobs import build_context, load_examples, load_tokenizer, run_dir
 from phasedsft.llm.cache import ScoreCache
 from phasedsft.locks import RunLock, held
 from phasedsft.models import BuildContext
-from phasedsft.prompts import Encoded, encode
+from phasedsft.prompts import Encoded, EncodedCounts, encode
 from phasedsft.records import DataError, Example, UserError
 from phasedsft.score.base import apply_scores, checked_scorer
 from phasedsft.score.context import score_context, weights_context
@@ -56,12 +57,6 @@ from phasedsft.score.spread import spread_run
 from phasedsft.segment.manifest import StageManifest, load_or_build_manifest
 from phasedsft.select import Tokens, needs_scores, rule_of, select
 from phasedsft.train.curves import write_forgetting
-from phasedsft.train.held_out import (
-    eval_datasets,
-    generate_answers,
-    judge_answers,
-    marking_judge,
-)
 from phasedsft.train.inspect import StageView, show, stage_tokens
 from phasedsft.train.ordering import (
     Phase,
@@ -81,7 +76,7 @@ from phasedsft.train.plan import (
     stage_steps,
 )
 from phasedsft.train.publish import publish_stages
-from phasedsft.train.stage import Continuity, StageInputs, StageSpec, train_stage
+from phasedsft.train.stage_spec import Continuity, StageSpec
 from phasedsft.train.tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -96,16 +91,34 @@ def encode_all(
     tokenizer: Any,
     max_length: int,
     report: dict[str, Any],
-) -> tuple[list[Example], dict[str, Encoded]]:
-    """Encode every example; those whose prompt leaves no room for output are skipped and counted."""
-    kept, encoded, too_long, truncated = [], {}, [], 0
+    tokens: bool = True,
+) -> tuple[list[Example], Mapping[str, Encoded]]:
+    """Encode every example; those whose prompt leaves no room for output are skipped and counted.
+
+    ``tokens=False`` (a plan) keeps each example's counts only (:class:`EncodedCounts`): the
+    same numbers, a tenth of the memory; an example's tokens are encoded again when read."""
+
+    def make(ex: Example) -> Encoded | None:
+        return encode(ex, template, tokenizer, max_length)
+
+    kept: list[Example] = []
+    encoded: dict[str, Encoded] = {}
+    counts: tuple[array[int], array[int], array[int]] = (array("i"), array("i"), array("b"))
+    too_long: list[str] = []
+    truncated = 0
     for ex in examples:
-        enc = encode(ex, template, tokenizer, max_length)
+        enc = make(ex)
         if enc is None:
             too_long.append(ex.id)
             continue
         truncated += enc.truncated
-        encoded[ex.id] = enc
+        if tokens:
+            encoded[ex.id] = enc
+        else:
+            for column, value in zip(
+                counts, (enc.n_tokens, enc.n_target, enc.truncated), strict=True
+            ):
+                column.append(value)
         kept.append(ex)
     if too_long:
         log.warning(
@@ -118,6 +131,8 @@ def encode_all(
     report["output_truncated"] = truncated
     if not kept:
         raise DataError(f"no example fits trainer.max_seq_length={max_length}")
+    if not tokens:
+        return kept, EncodedCounts(kept, *counts, make)
     return kept, encoded
 
 
@@ -139,8 +154,8 @@ class Setup:
     eval_examples: list[Example]
     tokenizer: Any
     template: Any
-    encoded: dict[str, Encoded]
-    eval_encoded: dict[str, Encoded]
+    encoded: Mapping[str, Encoded]  # counts only in a plan (EncodedCounts)
+    eval_encoded: Mapping[str, Encoded]
     phases: list[Phase]
     manifest: StageManifest | None
     manifest_path: str | None
@@ -150,7 +165,7 @@ class Setup:
     selection: dict[str, Any] | None = None  # selection=...: the rule, the counts, the kept ids
 
 
-def example_tokens(examples: Sequence[Example], encoded: dict[str, Encoded]) -> Tokens:
+def example_tokens(examples: Sequence[Example], encoded: Mapping[str, Encoded]) -> Tokens:
     """Each example's training tokens (all fed, and those in the loss), counted as the plan and
     run.json count a stage's (:func:`stage_tokens`): what selection=token_budget spends."""
     counts = [stage_tokens([ex.id], encoded) for ex in examples]
@@ -174,9 +189,9 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
     template = instantiate(cfg.prompt)
     tokenizer = load_tokenizer(cfg, examples)
     max_len = cfg.trainer.max_seq_length
-    examples, encoded = encode_all(examples, template, tokenizer, max_len, report)
+    examples, encoded = encode_all(examples, template, tokenizer, max_len, report, tokens=not plan)
     eval_examples: list[Example] = []
-    eval_encoded: dict[str, Encoded] = {}
+    eval_encoded: Mapping[str, Encoded] = {}
     if held_out is not None:
         eval_examples = (
             held_out.examples[: cfg.eval.max_items] if cfg.eval.max_items else held_out.examples
@@ -277,7 +292,7 @@ def load_stage_model(model_dir: Path, loader_cfg: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", **options)
 
 
-def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) -> list[str]:
+def planned_order(cfg: DictConfig, phase: Phase, encoded: Mapping[str, Encoded]) -> list[str]:
     """The exact ids a stage feeds: epochs of seeded shuffles, grouped by length if asked."""
     reshuffle = cfg.trainer.shuffle == "every_epoch"
     order = phase.sequence(float(cfg.trainer.num_train_epochs), seed=cfg.seed, reshuffle=reshuffle)
@@ -288,7 +303,7 @@ def planned_order(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) ->
     return order
 
 
-def trainer_items(cfg: DictConfig, phase: Phase, encoded: dict[str, Encoded]) -> int:
+def trainer_items(cfg: DictConfig, phase: Phase, encoded: Mapping[str, Encoded]) -> int:
     """What the Trainer iterates over for a stage: planned items, or packed rows of them."""
     return stage_units(cfg.trainer, encoded, planned_order(cfg, phase, encoded))
 
@@ -521,6 +536,9 @@ def uptrain(
 ) -> list[dict[str, Any]]:
     """Train the stages in order, each from the previous stage's weights; their records.
     A self-paced ordering re-cuts the stages still to come after each (``specs`` updated)."""
+    from phasedsft.train.held_out import eval_datasets  # the training stack (torch, Trainer),
+    from phasedsft.train.stage import StageInputs, train_stage  # imported by training alone
+
     ctx = build_context(cfg, s.examples)
     evals = (
         eval_datasets(s.eval_examples, s.eval_encoded, cfg.eval.by_task)
@@ -608,6 +626,8 @@ def evaluate_last_stage(
     """The in-run check of the final weights on the held-out items, when the judge can mark them."""
     if not (cfg.eval.generate and s.eval_examples and specs):
         return None
+    from phasedsft.train.held_out import marking_judge
+
     judge = marking_judge(cfg.judge)
     if judge is None:
         log.info("judge=%s compares two models: run evaluate.py after training", cfg.judge.name)
@@ -646,6 +666,8 @@ def evaluate_final(
 ) -> dict[str, Any]:
     """Greedy answers from the final weights, marked by the judge; cached by the last stage's order."""
     import json
+
+    from phasedsft.train.held_out import generate_answers, judge_answers
 
     out = run_dir / "eval" / "final.json"
     if out.is_file():

@@ -53,7 +53,6 @@ from phasedsft.io import (
     atomic_write_text,
     follow_umask,
     replace_dir,
-    sha256_lines,
 )
 from phasedsft.prompts import Encoded, pad_batch
 from phasedsft.records import DataError
@@ -67,8 +66,10 @@ from phasedsft.train.audit import (
     stage_train_loss,
 )
 from phasedsft.train.checkpoints import Resume, choose_resume, superseded
-from phasedsft.train.packing import PackedCollator, PackedDataset, flat_layout, stage_packs
+from phasedsft.train.packed import PackedCollator, PackedDataset
+from phasedsft.train.packing import flat_layout, stage_packs
 from phasedsft.train.precision import guard_master_weights, resolve_half
+from phasedsft.train.stage_spec import Continuity, StageSpec
 from phasedsft.train.tracking import tensorboard_dir
 
 log = logging.getLogger(__name__)
@@ -104,22 +105,6 @@ class Collator:
 
 
 OPTIMIZER_FILE = "optimizer_state.pt"  # a stage's final optimizer state, for the next stage
-
-
-@dataclass(frozen=True)
-class Continuity:
-    """How one stage continues from the one before (``trainer.stage_policy``).
-
-    ``span``: (optimizer steps of the stages before this one, steps of all stages): the stage
-    follows one schedule spanning every stage, from where the previous stage left it.
-    ``optimizer_from``: the previous stage's final optimizer state (its moments) to start from.
-    ``keep_optimizer``: save this stage's final optimizer state for the next stage.
-    """
-
-    warmup: bool = True
-    span: tuple[int, int] | None = None
-    optimizer_from: Path | None = None
-    keep_optimizer: bool = False
 
 
 class CurriculumTrainer(Trainer):
@@ -340,21 +325,6 @@ def training_arguments(
         deepspeed=deepspeed_config(tcfg.deepspeed),
         **extra,
     )
-
-
-@dataclass
-class StageSpec:
-    index: int  # 1-based position in the run
-    name: str  # e.g. difficulty-3, random-1, all, sorted
-    ids: Sequence[str]  # the stage's examples
-    sequence: Sequence[str]  # the planned fed order (epochs unrolled)
-    dir: Path
-    packs: Sequence[Sequence[int]] | None = None  # trainer.packing: the rows, as plan positions
-    continuity: Continuity = Continuity()  # trainer.stage_policy: how it follows the stage before
-
-    @property
-    def order_hash(self) -> str:
-        return sha256_lines(self.sequence)
 
 
 def read_stage(stage_dir: Path) -> dict[str, Any] | None:

@@ -109,7 +109,7 @@ def canonical_pieces(obj: Any, chunk: int = 65536) -> Iterator[str]:
             yield ("," if n else "") + json.dumps(key, ensure_ascii=False) + ":"
             yield from canonical_pieces(obj[key], chunk)
         yield "}"
-    elif isinstance(obj, list | tuple) and len(obj) > 1:
+    elif isinstance(obj, list | tuple):
         yield "["
         scalars = (str, int, float, bool, type(None))
         if all(isinstance(x, scalars) for x in obj):

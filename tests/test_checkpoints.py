@@ -354,3 +354,26 @@ def test_when_no_checkpoint_verifies_the_stage_trains_from_its_start(
         "checkpoint-2",
     ]
     assert_same_weights(stage_dir / "model", finished / "model")
+
+
+def test_a_later_stage_refuses_weights_trained_with_another_tokenizer(tmp_path, tiny_tokenizer):
+    """The previous stage's weights continue only with the vocabulary saved beside them: a
+    tokenizer that changed between a crash and its resume (a hub revision, tiny's BPE learnt
+    from other texts) is refused by name before any weights load."""
+    from types import SimpleNamespace
+
+    from phasedsft.models import BuildContext, train_bpe_tokenizer
+    from phasedsft.records import UserError
+    from phasedsft.train.run import check_same_tokenizer, model_loader
+
+    previous = tmp_path / "stage-1"
+    tiny_tokenizer.save_pretrained(previous / "model")
+    check_same_tokenizer(previous / "model", tiny_tokenizer)  # the same: nothing to say
+    check_same_tokenizer(tmp_path / "no-tokenizer-saved", tiny_tokenizer)
+    texts = ["quite other texts", "learnt by another tokenizer"] * 30
+    other = train_bpe_tokenizer(BuildContext(tmp_path / "cache", 0, lambda: iter(texts)), 300)
+    with pytest.raises(UserError, match=r"stage-1/model was trained with another tokenizer"):
+        check_same_tokenizer(previous / "model", other)
+    load = model_loader(SimpleNamespace(), None, other, previous, None)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="start a new run"):
+        load()  # refused before it reads cfg or any weights

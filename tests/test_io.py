@@ -30,7 +30,7 @@ def test_large_json_hashes_the_same_bytes_as_the_whole_text():
     from phasedsft.io import canonical_json, canonical_pieces, sha256_json, sha256_json_large
 
     rng = random.Random(0)
-    ids = [f"id-{i}-é\"\\n" for i in range(2500)]
+    ids = [f'id-{i}-é"\\n' for i in range(2500)]
     objects = [
         {"stages": [ids[:1000], ids[1000:], []], "thresholds": [1.5, 3.5], "n": None},
         {"b": {"z": [1, 2.5, True, None, "x"], "a": []}, "a": [[1], [2, [3, {"k": "v"}]]]},
@@ -45,3 +45,5 @@ def test_large_json_hashes_the_same_bytes_as_the_whole_text():
     for obj in objects:
         assert "".join(canonical_pieces(obj, chunk=7)) == canonical_json(obj)
         assert sha256_json_large(obj) == sha256_json(obj)
+    # a manifest of one stage is still fed in pieces, never as one text
+    assert len(list(canonical_pieces({"stages": [ids]}, chunk=100))) > 25

@@ -140,7 +140,9 @@ def show(
         )
         shown = list(dict.fromkeys(st.order))[:n]
         for j, ex_id in enumerate(shown, start=1):
-            enc, ex = encoded[ex_id], examples.get(ex_id)
+            counted, ex = encoded[ex_id], examples.get(ex_id)
+            # tokens read once (a plan's Counted encodes them again on every read)
+            enc = Encoded(counted.input_ids, counted.labels, counted.truncated)
             score = f", score {ex.score:g}" if ex is not None and ex.score is not None else ""
             cut = ", output truncated" if enc.truncated else ""
             print(

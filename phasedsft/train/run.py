@@ -196,7 +196,9 @@ def setup(cfg: DictConfig, cache_dir: Path, plan: bool = False) -> Setup:
         eval_examples = (
             held_out.examples[: cfg.eval.max_items] if cfg.eval.max_items else held_out.examples
         )
-        eval_examples, eval_encoded = encode_all(eval_examples, template, tokenizer, max_len, {})
+        eval_examples, eval_encoded = encode_all(
+            eval_examples, template, tokenizer, max_len, {}, tokens=not plan
+        )
 
     ordering = checked_ordering(instantiate(cfg.ordering))
     rule = rule_of(cfg.get("selection"))  # which examples to train on (none: all of them)
@@ -248,6 +250,8 @@ def model_loader(
         return instantiate(cfg.model.loader, context=ctx, tokenizer=tokenizer)
 
     def load() -> Any:
+        if previous is not None:
+            check_same_tokenizer(previous / rundir.MODEL_DIR, tokenizer)
         if adapter is not None:
             if previous is None:
                 return adapter.wrap(base())
@@ -258,6 +262,25 @@ def model_loader(
         return load_stage_model(previous / rundir.MODEL_DIR, cfg.model.loader)
 
     return load
+
+
+def check_same_tokenizer(model_dir: Path, tokenizer: Any) -> None:
+    """A stage continues the previous stage's weights only with the tokens they were trained
+    on: the vocabulary saved beside them must be this run's (a hub tokenizer revised, or
+    ``model=tiny``'s BPE learnt from other texts, between a crash and its resume)."""
+    saved = model_dir / "tokenizer.json"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not saved.is_file():
+        return  # a slow tokenizer, or weights saved without one: nothing to compare
+    from tokenizers import Tokenizer
+
+    if Tokenizer.from_file(str(saved)).get_vocab(True) != backend.get_vocab(True):
+        raise UserError(
+            f"{model_dir} was trained with another tokenizer than this run loads now (its "
+            f"tokenizer.json has a different vocabulary), so its token ids would mean other "
+            "text: resume with the tokenizer the run started with, or start a new run "
+            "(run.name=...)"
+        )
 
 
 def adapter_export(adapter: Any, base: Any, tokenizer: Any, deepspeed: bool) -> Any:

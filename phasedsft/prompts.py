@@ -478,11 +478,19 @@ class EncodedCounts(Mapping[str, Encoded]):
         import numpy as np
 
         self._examples = examples
-        self._at = {ex.id: k for k, ex in enumerate(examples)}
+        self._index: dict[str, int] | None = None  # id -> position, made when first read
         self._n_tokens = np.asarray(n_tokens, dtype=np.int32)
         self._n_target = np.asarray(n_target, dtype=np.int32)
         self._truncated = np.asarray(truncated, dtype=bool)
         self._make = make
+
+    @property
+    def _at(self) -> dict[str, int]:
+        # made on first use, which in a plan is after the stage manifest is read: the two
+        # largest transient structures of a million-row plan are never alive at once
+        if self._index is None:
+            self._index = {ex.id: k for k, ex in enumerate(self._examples)}
+        return self._index
 
     def _encoded(self, k: int) -> Encoded:
         enc = self._make(self._examples[k])

@@ -104,3 +104,21 @@ def test_tinys_tokenizer_learns_from_the_first_max_texts_and_small_sets_keep_the
     assert whole_key == before  # 60 texts, under the default cap: the key of every text
     with pytest.raises(ModelError, match="max_texts=0"):
         trained("none", texts, max_texts=0)
+
+
+def test_a_manifest_read_back_shares_its_id_strings_and_keeps_its_hash(tmp_path):
+    """JSON gives each of an id's three occurrences (difficulty, random, equal-random stages)
+    a string of its own; read back, the random stages hold the difficulty stages' strings."""
+    from phasedsft.io import atomic_write_json
+    from phasedsft.segment.manifest import StageManifest, build_manifest
+    from phasedsft.segment.methods import ManualThresholds
+
+    built = build_manifest(examples(300), ManualThresholds([1.5, 3.5]), random_seed=0)
+    path = tmp_path / "manifest.json"
+    atomic_write_json(path, built.to_json())
+    read = StageManifest.load(path)  # raises if the content no longer hashes to its hash
+    assert read.to_json() == built.to_json()
+    first = {id(i) for stage in read.stages for i in stage}
+    for groups in (read.random_stages, read.random_equal_stages):
+        assert all(id(i) in first for g in groups for i in g)
+    assert len(first) == 300

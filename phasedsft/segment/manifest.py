@@ -104,6 +104,7 @@ class StageManifest:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: cannot read stage manifest: {e}") from None
+        shared_ids(obj)
         if obj.get("version") != MANIFEST_VERSION:
             raise DataError(
                 f"{path}: manifest version {obj.get('version')} is not {MANIFEST_VERSION}"
@@ -199,6 +200,20 @@ def stage_stats(
             }
         )
     return stats
+
+
+def shared_ids(obj: dict[str, Any]) -> None:
+    """The random stages of a manifest just read hold the very id strings of its difficulty
+    stages (JSON gives each occurrence a string of its own): at a million examples, two
+    million strings (about 100 MB) fewer. Content and hash unchanged."""
+    stages = obj.get("stages")
+    if not isinstance(stages, list) or not all(isinstance(s, list) for s in stages):
+        return  # not a manifest's shape: the checks that follow say what is wrong
+    memo = {i: i for stage in stages for i in stage if isinstance(i, str)}
+    for name in ("random_stages", "random_equal_stages"):
+        groups = obj.get(name)
+        if isinstance(groups, list) and all(isinstance(g, list) for g in groups):
+            obj[name] = [[memo.get(i, i) if isinstance(i, str) else i for i in g] for g in groups]
 
 
 def data_hash(examples: Sequence[Example], chunk: int = 65536) -> str:

@@ -102,15 +102,22 @@ def test_paid_replies_kept_on_one_host_are_continued_on_another(tmp_path, monkey
     assert kept.detail == {"attempts": 2} and kept.raw == '["r1"]' and kept.cost_usd == 0.5
 
 
-def test_a_cache_written_before_sealing_is_sealed_whole_on_its_first_open(tmp_path, monkeypatch):
+def older_cache(tmp_path, *upgrades: str):
+    """A cache file as an earlier version left it: its tables (plus ``upgrades``' DDL) and one
+    answer, ``old`` scored 2.5."""
     path = tmp_path / "scores.sqlite"
-    with sqlite3.connect(path) as db:  # the layout of earlier versions: no changes log
-        db.execute(cache_module.SCHEMA)
-        db.execute(cache_module.UNMETERED)
+    with sqlite3.connect(path) as db:
+        for ddl in (cache_module.SCHEMA, cache_module.UNMETERED, *upgrades):
+            db.execute(ddl)
         db.execute(
             "INSERT INTO results (key, example_id, scorer, status, score, detail, created) "
             "VALUES ('old', 'old', 'test', 'ok', 2.5, '{}', 0)"
         )
+    return path
+
+
+def test_a_cache_written_before_sealing_is_sealed_whole_on_its_first_open(tmp_path, monkeypatch):
+    path = older_cache(tmp_path)  # the layout of earlier versions: no changes log
     on_host(monkeypatch, "node1", path)
     b = on_host(monkeypatch, "node2", path)
     assert b.get_many(["old"])["old"].score == 2.5
@@ -272,16 +279,8 @@ def test_segments_never_replace_one_another(tmp_path):
 
 
 def test_an_upgrade_interrupted_before_its_commit_is_done_again(tmp_path, monkeypatch):
-    path = tmp_path / "scores.sqlite"
-    with sqlite3.connect(path) as db:  # an older cache, upgraded up to the DDL, then killed
-        db.execute(cache_module.SCHEMA)
-        db.execute(cache_module.UNMETERED)
-        db.execute(cache_module.CHANGES)
-        db.execute(cache_module.SEALED)
-        db.execute(
-            "INSERT INTO results (key, example_id, scorer, status, score, detail, created) "
-            "VALUES ('old', 'old', 'test', 'ok', 2.5, '{}', 0)"
-        )
+    # an older cache, upgraded up to the DDL, then killed
+    path = older_cache(tmp_path, cache_module.CHANGES, cache_module.SEALED)
     on_host(monkeypatch, "node1", path)
     b = on_host(monkeypatch, "node2", path)
     assert b.get_many(["old"])["old"].score == 2.5

@@ -60,6 +60,7 @@ bench: $(STAMP)  ## benchmarks in interleaved rounds (not part of the tests); al
 	$(PY) benchmarks/bench_gpu.py --json $(BENCH_PARTS)/gpu.json
 	$(PY) benchmarks/bench_local_scorers.py --json $(BENCH_PARTS)/local_scorers.json
 	$(PY) benchmarks/bench_scale.py --json $(BENCH_PARTS)/scale.json
+	$(PY) benchmarks/bench_token_counts.py --json $(BENCH_PARTS)/token_counts.json
 	$(PY) benchmarks/bench_report.py --json $(BENCH_PARTS)/report.json
 	$(PY) benchmarks/compare.py --merge $(BENCH_JSON) $(BENCH_PARTS)/*.json
 	@echo "compare with an earlier run: $(PY) benchmarks/compare.py OLD.json $(BENCH_JSON)"

@@ -118,3 +118,20 @@ def test_bench_gpu_toy_mode_writes_every_field(tmp_path):
     mfu = data["per_round"]["toy/sdpa/padded/mfu"]
     assert mfu[0] == pytest.approx(6 * toy["flop_params"] * tps[0] / 1e12)
     assert tps[0] == pytest.approx(padded["real_tokens"] / padded["seconds"][0])
+
+
+def test_bench_token_counts_counts_the_same_tokens_three_ways(tmp_path):
+    """Table 1's counting bench on a few generated rows: the tokenizer's pass, a cold count
+    cache and a warm one each measured every round (the bench itself refuses a variant whose
+    total differs from the others')."""
+    out = tmp_path / "token_counts.json"
+    cmd = [sys.executable, str(BENCH / "bench_token_counts.py"), "--n", "300", "--rounds", "2"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["bench"] == "token_counts" and data["n"] == 300 and data["rounds"] == 2
+    assert data["tokens"] > 300 * 10  # every row has at least 18 words
+    for variant in ("tokenizer", "cold", "warm"):
+        assert len(data["seconds"][variant]) == 2 and len(data["cores"][variant]) == 2
+        m = data["summary"][f"{variant}/seconds"]
+        assert 0 < m["min"] <= m["median"] <= m["max"]

@@ -3,7 +3,7 @@
     python benchmarks/bench_token_counts.py [--n 1000000] [--rounds 2] [--json FILE]
 
 ``--n`` generated Alpaca-like rows (``bench_scale.generate``, the same seeded rows as
-bench_scale.py) give the texts segment.py counts for Table 1 (``instruction\\ninput\\noutput``);
+bench_scale.py) give the texts segment.py counts for Table 1 (``phasedsft.segment.run.table_text``);
 the tokenizer is ``model=tiny``'s byte-level BPE, learnt from them as segment.py learns it
 (``phasedsft.models.train_bpe_tokenizer``, untimed). Then ``--rounds`` interleaved rounds of
 :func:`phasedsft.data.tokens.token_counts` over all texts:
@@ -33,6 +33,7 @@ from phasedsft.data.tokens import token_counts
 from phasedsft.jobs import tokenizer_corpus
 from phasedsft.models import BuildContext, train_bpe_tokenizer
 from phasedsft.records import Example
+from phasedsft.segment.run import table_text
 
 VARIANTS = ("tokenizer", "cold", "warm")
 
@@ -57,7 +58,7 @@ def main() -> None:
         tokenizer = train_bpe_tokenizer(
             BuildContext(work / "bpe", 0, lambda: tokenizer_corpus(examples))
         )
-        texts = [f"{e.instruction}\n{e.input}\n{e.output}" for e in examples]
+        texts = [table_text(e) for e in examples]
 
         seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
         cores: dict[str, list[float]] = {v: [] for v in VARIANTS}

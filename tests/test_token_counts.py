@@ -90,3 +90,28 @@ def test_apply_scores_keeps_examples_that_already_carry_the_score():
     a, b = Example("a", "q", "", "x", score=2.0), Example("b", "q", "", "y", score=1.0)
     out = apply_scores([a, b], [2.0, 3.0], "test")
     assert out[0] is a and out[1] == Example("b", "q", "", "y", score=3.0)
+
+
+def test_table1_counts_each_stages_instruction_input_and_output(tiny_tokenizer, tmp_path):
+    """Table 1's mean tokens per stage: instruction, input and output of each example, counted
+    as the tokenizer counts them, the same with the count cache cold and warm."""
+    from phasedsft.segment.run import stage_table, table_text
+
+    exs = [
+        Example(
+            str(i), f"Task {i}: {TEXTS[i % 5]}", "some input" if i % 2 else "", f"Answer {i}.", s
+        )
+        for i, s in enumerate([1.0, 2.0, 4.5, 1.5, 3.0, 5.0])
+    ]
+    assert table_text(exs[1]) == "Task 1: \nsome input\nAnswer 1."
+    stages = [["0", "3"], ["1", "4"], ["2", "5"]]
+    by_id = {e.id: e for e in exs}
+    want = [
+        sum(reference(tiny_tokenizer, [table_text(by_id[x]) for x in ids])) / len(ids)
+        for ids in stages
+    ]
+    for cache in (None, tmp_path, tmp_path):  # uncached, then a cold and a warm cache
+        rows = stage_table(exs, stages, tiny_tokenizer, cache)
+        assert [r["mean_tokens"] for r in rows] == want
+        assert [r["count"] for r in rows] == [2, 2, 2]
+        assert [r["mean_difficulty"] for r in rows] == [1.25, 2.5, 4.75]

@@ -3,8 +3,9 @@
     python benchmarks/bench_token_counts.py [--n 1000000] [--rounds 2] [--json FILE]
 
 ``--n`` generated Alpaca-like rows (``bench_scale.generate``, the same seeded rows as
-bench_scale.py) give the texts segment.py counts for Table 1 (``phasedsft.segment.run.table_text``);
-the tokenizer is ``model=tiny``'s byte-level BPE, learnt from them as segment.py learns it
+bench_scale.py, read by segment.py's loader ``load_jsonl``) give the texts segment.py counts
+for Table 1 (``phasedsft.segment.run.table_text``); the tokenizer is ``model=tiny``'s
+byte-level BPE, learnt from them as segment.py learns it
 (``phasedsft.models.train_bpe_tokenizer``, untimed). Then ``--rounds`` interleaved rounds of
 :func:`phasedsft.data.tokens.token_counts` over all texts:
 
@@ -21,7 +22,6 @@ bench_scale.py's first (``--no-warmup``) segment.py run at ``--n`` rows stands o
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +29,10 @@ from pathlib import Path
 from bench_scale import generate
 from compare import median_range, write_json
 
+from phasedsft.data.loaders import load_jsonl
 from phasedsft.data.tokens import token_counts
 from phasedsft.jobs import tokenizer_corpus
 from phasedsft.models import BuildContext, train_bpe_tokenizer
-from phasedsft.records import Example
 from phasedsft.segment.run import table_text
 
 VARIANTS = ("tokenizer", "cold", "warm")
@@ -49,12 +49,7 @@ def main() -> None:
         work = Path(tmp)
         data = work / "rows.jsonl"
         generate(data, args.n)
-        with open(data, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
-        examples = [
-            Example(r["id"], r["instruction"], r["input"], r["output"], r["score"]) for r in rows
-        ]
-        del rows
+        examples = load_jsonl(str(data)).examples  # segment.py's own loader
         tokenizer = train_bpe_tokenizer(
             BuildContext(work / "bpe", 0, lambda: tokenizer_corpus(examples))
         )
